@@ -1,0 +1,39 @@
+# The two set-up commands for a fresh machine are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+QSTAR_HOME ?= $(CURDIR)/.qstar
+export QSTAR_HOME
+export DAGSTER_HOME := $(QSTAR_HOME)/dagster
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test ui lint clean
+
+install: $(STAMP)
+
+# torch==2.13.0 goes in first and alone: with no torch installed, pip resolves a bare
+# "torch" requirement to the newest CUDA build (several GB); 2.13.0 resolves to the local
+# CPU build here and satisfies the project's range afterwards, so nothing more is pulled.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/qstar demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# Dagster UI and daemon (schedules, sensors) on 127.0.0.1:3000, instance under $(DAGSTER_HOME).
+ui: install
+	$(BIN)/qstar init
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: install
+	$(BIN)/ruff check qstar_dagster tests bench
+
+clean:
+	rm -rf $(VENV) $(QSTAR_HOME)

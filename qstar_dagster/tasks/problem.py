@@ -1,0 +1,29 @@
+"""The unit every prompt set is made of."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def content_id(prefix: str, *parts: Any) -> str:
+    """Deterministic id from content: the same parts always give the same id."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return f"{prefix}_{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem: str
+    reference_answer: str
+    reference_solution: str | None = None
+    domain: str = "jsonl"  # arith | gsm8k | math | jsonl
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def prompt_id(self) -> str:
+        # Content-addressed: the same problem with the same reference is the same prompt,
+        # whichever set or file it came from.
+        return content_id("p", self.problem, self.reference_answer)
