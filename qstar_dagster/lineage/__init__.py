@@ -1,0 +1,5 @@
+"""The DuckDB lineage store: schema, migrations, writes and lineage queries."""
+
+from qstar_dagster.lineage.store import Edge, LineageStore, PromptSetWrite
+
+__all__ = ["Edge", "LineageStore", "PromptSetWrite"]

@@ -1,0 +1,167 @@
+"""The `qstar` command: run the embedded pipeline, query the lineage store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from qstar_dagster.resources import default_home
+
+DAGSTER_YAML = """\
+# Written by `qstar init`: the Dagster instance of this data directory.
+telemetry:
+  enabled: false
+"""
+
+
+def _home() -> Path:
+    return Path(default_home())
+
+
+def _store_path() -> Path:
+    return _home() / "lineage.duckdb"
+
+
+def prepare_instance(home: Path):
+    """The Dagster instance under `home`/dagster, with telemetry off and the built-in
+    prompt sets registered as partitions."""
+    from dagster import DagsterInstance
+
+    from qstar_dagster.assets.prompts import builtin_partition_keys, prompt_set_partitions
+
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    (home / "inbox").mkdir(parents=True, exist_ok=True)
+    instance = DagsterInstance.get()
+    existing = set(instance.get_dynamic_partitions(prompt_set_partitions.name))
+    missing = [k for k in builtin_partition_keys() if k not in existing]
+    if missing:
+        instance.add_dynamic_partitions(prompt_set_partitions.name, missing)
+    return instance
+
+
+@click.group()
+def main() -> None:
+    """qstar-dagster: the Q* data factory. Data directory: $QSTAR_HOME (default ./.qstar)."""
+
+
+@main.command()
+def init() -> None:
+    """Create the data directory, its Dagster instance and the lineage store."""
+    from qstar_dagster.lineage import LineageStore
+
+    home = _home()
+    prepare_instance(home)
+    LineageStore(_store_path())
+    click.echo(f"data directory {home}\nDagster instance {os.environ['DAGSTER_HOME']}\nlineage store {_store_path()}")
+
+
+@main.command()
+@click.option("--prompt-set", "prompt_sets", multiple=True, help="materialize only these sets (default: built-in)")
+def demo(prompt_sets: tuple[str, ...]) -> None:
+    """Run the embedded pipeline for the built-in prompt sets into the data directory."""
+    from qstar_dagster.assets.prompts import builtin_partition_keys
+    from qstar_dagster.definitions import defs
+
+    home = _home()
+    instance = prepare_instance(home)
+    job = defs.resolve_job_def("embedded_pipeline")
+    keys = list(prompt_sets) or builtin_partition_keys()
+    started = time.monotonic()
+    for key in keys:
+        click.echo(f"== embedded pipeline, prompt set {key}")
+        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
+                                         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        if not result.success:
+            click.echo(f"run {result.run_id} for {key} failed; see `make ui` for its logs", err=True)
+            sys.exit(1)
+    click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
+    _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
+
+
+def _open_read_only():
+    import duckdb
+
+    from qstar_dagster.lineage import LineageStore
+
+    path = _store_path()
+    if not path.exists():
+        raise click.ClickException(f"no lineage store at {path}; run `make demo` (or `qstar init`) first, "
+                                   "or set QSTAR_HOME to your data directory")
+    LineageStore(path)  # apply any pending migrations before reading
+    return duckdb.connect(str(path), read_only=True)
+
+
+def _print_sql(query: str, as_json: bool, max_rows: int = 100) -> None:
+    import duckdb
+
+    con = _open_read_only()
+    try:
+        rel = con.sql(query)
+        if rel is None:
+            return
+        if as_json:
+            columns = rel.columns
+            click.echo(json.dumps([dict(zip(columns, r)) for r in rel.fetchall()], indent=2, default=str))
+        else:
+            rel.show(max_rows=max_rows, max_width=200)
+    except duckdb.Error as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+    finally:
+        con.close()
+
+
+@main.command()
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True, help="print rows as a JSON list of objects")
+@click.option("--max-rows", default=100, show_default=True)
+def sql(query: str, as_json: bool, max_rows: int) -> None:
+    """Run a read-only SQL QUERY on the lineage store and print the result."""
+    _print_sql(query, as_json, max_rows)
+
+
+@main.command()
+@click.argument("artifact_id")
+@click.option("--json", "as_json", is_flag=True, help="print the edges as JSON")
+def lineage(artifact_id: str, as_json: bool) -> None:
+    """Print the ancestry of ARTIFACT_ID: a prompt, node, step label, dataset, checkpoint,
+    evaluation, or a prompt set as 'name@version'."""
+    from qstar_dagster.lineage import LineageStore
+
+    if not _store_path().exists():
+        _open_read_only()  # raises the helpful error
+    store = LineageStore(_store_path())
+    edges = store.lineage(artifact_id)
+    if not edges:
+        raise click.ClickException(f"{artifact_id!r} has no recorded lineage (unknown id?); "
+                                   "try `qstar sql \"select * from lineage_edges limit 20\"`")
+    if as_json:
+        click.echo(json.dumps([e.__dict__ for e in edges], indent=2))
+        return
+    parents: dict[str, list] = {}
+    kinds = {artifact_id: edges[0].child_kind}
+    for e in edges:
+        parents.setdefault(e.child_id, []).append(e)
+        kinds.setdefault(e.parent_id, e.parent_kind)
+    click.echo(f"{artifact_id} ({kinds[artifact_id]})")
+
+    def walk(node: str, indent: int, seen: frozenset) -> None:
+        for e in parents.get(node, []):
+            again = " (see above)" if e.parent_id in seen else ""
+            click.echo(f"{'  ' * indent}└─ {e.relation} → {e.parent_id} ({e.parent_kind}){again}")
+            if not again:
+                walk(e.parent_id, indent + 1, seen | {e.parent_id})
+
+    walk(artifact_id, 1, frozenset({artifact_id}))
+
+
+if __name__ == "__main__":
+    main()

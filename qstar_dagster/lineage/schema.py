@@ -1,0 +1,203 @@
+"""The lineage store's schema: numbered migrations for tables (data), views recreated on
+every open (code). A store file records the migrations applied to it in `schema_version`;
+opening an older file applies the missing ones in order, each in its own transaction."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "runs and prompt sets",
+        """
+        CREATE TABLE runs (
+            run_id VARCHAR NOT NULL,           -- Dagster run id (or a CLI run id)
+            asset_key VARCHAR NOT NULL,
+            partition VARCHAR NOT NULL DEFAULT '',
+            config JSON,
+            code_version VARCHAR,
+            started_at TIMESTAMP NOT NULL,
+            ended_at TIMESTAMP,
+            status VARCHAR NOT NULL DEFAULT 'started',   -- started | success | failure
+            PRIMARY KEY (run_id, asset_key, partition)
+        );
+        -- Content-addressed: one row per distinct problem, whichever sets contain it.
+        CREATE TABLE prompt_texts (
+            prompt_id VARCHAR PRIMARY KEY,
+            domain VARCHAR NOT NULL,
+            problem VARCHAR NOT NULL,
+            reference_answer VARCHAR NOT NULL,
+            reference_solution VARCHAR,
+            meta JSON,
+            created_run VARCHAR
+        );
+        -- One row per version (content hash) of a prompt set; old versions stay for lineage.
+        CREATE TABLE prompt_sets (
+            prompt_set VARCHAR NOT NULL,
+            version VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,            -- builtin:arith?... or the file path
+            domain VARCHAR NOT NULL,
+            n INTEGER NOT NULL,
+            n_duplicates INTEGER NOT NULL,      -- rows of the source that repeat an earlier row
+            created_run VARCHAR,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (prompt_set, version)
+        );
+        CREATE TABLE prompt_set_members (
+            prompt_set VARCHAR NOT NULL,
+            version VARCHAR NOT NULL,
+            idx INTEGER NOT NULL,               -- position in the source
+            prompt_id VARCHAR NOT NULL,
+            PRIMARY KEY (prompt_set, version, prompt_id)
+        );
+        -- Which version of each set is current.
+        CREATE TABLE prompt_set_heads (
+            prompt_set VARCHAR PRIMARY KEY,
+            version VARCHAR NOT NULL
+        );
+        """,
+    ),
+    (
+        2,
+        "lifecycle artifacts: checkpoints, tree nodes, step labels, datasets, evaluations",
+        """
+        CREATE TABLE checkpoints (
+            checkpoint_id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,              -- policy | prm | judge
+            base VARCHAR,                       -- checkpoint id or model name it started from
+            path VARCHAR,
+            sha256 VARCHAR,
+            trained_on_dataset VARCHAR,
+            config JSON,
+            metrics JSON,
+            created_run VARCHAR,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE nodes (
+            node_id VARCHAR PRIMARY KEY,        -- one reasoning step; the root has parent_id NULL
+            tree_id VARCHAR NOT NULL,
+            prompt_id VARCHAR NOT NULL,
+            parent_id VARCHAR,
+            depth INTEGER NOT NULL,
+            text VARCHAR NOT NULL,
+            n_tokens INTEGER,
+            logprob DOUBLE,
+            is_terminal BOOLEAN NOT NULL DEFAULT FALSE,
+            answer VARCHAR,
+            is_correct BOOLEAN,
+            policy_checkpoint VARCHAR,
+            search VARCHAR,
+            stats JSON,
+            created_run VARCHAR
+        );
+        CREATE TABLE step_labels (
+            node_id VARCHAR NOT NULL,
+            labeler VARCHAR NOT NULL,           -- mc | binary_search | judge | oracle | consensus ...
+            kind VARCHAR NOT NULL,              -- hard | soft | ternary
+            value DOUBLE,                       -- NULL when the labeler could not say (unparsed judge)
+            n_rollouts INTEGER,
+            n_correct INTEGER,
+            cost_tokens BIGINT,
+            raw VARCHAR,
+            labeler_checkpoint VARCHAR,
+            created_run VARCHAR,
+            PRIMARY KEY (node_id, labeler, kind)
+        );
+        CREATE TABLE datasets (
+            dataset_id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,              -- rft | prm | pairs | ...
+            spec JSON,
+            n_rows INTEGER NOT NULL,
+            path VARCHAR,
+            sha256 VARCHAR,
+            created_run VARCHAR,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE dataset_members (
+            dataset_id VARCHAR NOT NULL,
+            row_idx INTEGER NOT NULL,
+            node_id VARCHAR NOT NULL,
+            role VARCHAR NOT NULL DEFAULT 'step',   -- step | chosen | rejected | ...
+            PRIMARY KEY (dataset_id, row_idx, node_id, role)
+        );
+        CREATE TABLE evaluations (
+            eval_id VARCHAR PRIMARY KEY,
+            checkpoint_ids VARCHAR[] NOT NULL,
+            prompt_set VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,
+            n INTEGER,
+            accuracy DOUBLE,
+            details JSON,
+            created_run VARCHAR,
+            created_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+# Views are code, not data: they are dropped and recreated whenever a store is opened
+# read-write, so changing one needs no migration.
+VIEWS: dict[str, str] = {
+    # The current version of every prompt set, one row per member prompt.
+    "prompts": """
+        SELECT m.prompt_set, m.version, m.idx, t.prompt_id, t.domain, t.problem,
+               t.reference_answer, t.reference_solution, t.meta, s.created_run
+        FROM prompt_set_members m
+        JOIN prompt_set_heads h USING (prompt_set, version)
+        JOIN prompt_sets s USING (prompt_set, version)
+        JOIN prompt_texts t USING (prompt_id)
+    """,
+    # Every artifact -> an artifact (or run) it was made from. Ids: a prompt set version is
+    # 'set@version'; a step label is 'node_id/labeler/kind'; the rest are their own ids.
+    "lineage_edges": """
+        SELECT 'prompt_set' AS child_kind, prompt_set || '@' || version AS child_id,
+               'source' AS parent_kind, source AS parent_id, 'loaded_from' AS relation FROM prompt_sets
+        UNION ALL
+        SELECT 'prompt', prompt_id, 'prompt_set', prompt_set || '@' || version, 'member_of'
+        FROM prompt_set_members
+        UNION ALL
+        SELECT 'node', node_id, 'node', parent_id, 'child_of' FROM nodes WHERE parent_id IS NOT NULL
+        UNION ALL
+        SELECT 'node', node_id, 'prompt', prompt_id, 'answers' FROM nodes WHERE parent_id IS NULL
+        UNION ALL
+        SELECT 'node', node_id, 'checkpoint', policy_checkpoint, 'sampled_by'
+        FROM nodes WHERE policy_checkpoint IS NOT NULL
+        UNION ALL
+        SELECT 'step_label', node_id || '/' || labeler || '/' || kind, 'node', node_id, 'labels' FROM step_labels
+        UNION ALL
+        SELECT 'step_label', node_id || '/' || labeler || '/' || kind, 'checkpoint', labeler_checkpoint, 'labeled_by'
+        FROM step_labels WHERE labeler_checkpoint IS NOT NULL
+        UNION ALL
+        SELECT DISTINCT 'dataset', dataset_id, 'node', node_id, 'contains' FROM dataset_members
+        UNION ALL
+        SELECT 'checkpoint', checkpoint_id, 'dataset', trained_on_dataset, 'trained_on'
+        FROM checkpoints WHERE trained_on_dataset IS NOT NULL
+        UNION ALL
+        SELECT 'checkpoint', c.checkpoint_id, 'checkpoint', c.base, 'fine_tuned_from'
+        FROM checkpoints c JOIN checkpoints b ON b.checkpoint_id = c.base
+        UNION ALL
+        SELECT 'evaluation', eval_id, 'checkpoint', unnest(checkpoint_ids), 'evaluates' FROM evaluations
+        UNION ALL
+        SELECT 'evaluation', e.eval_id, 'prompt_set', h.prompt_set || '@' || h.version, 'evaluated_on'
+        FROM evaluations e JOIN prompt_set_heads h USING (prompt_set)
+        UNION ALL
+        SELECT kind, id, 'run', created_run, 'created_by' FROM (
+            SELECT 'prompt_set' AS kind, prompt_set || '@' || version AS id, created_run FROM prompt_sets
+            UNION ALL SELECT 'checkpoint', checkpoint_id, created_run FROM checkpoints
+            UNION ALL SELECT 'dataset', dataset_id, created_run FROM datasets
+            UNION ALL SELECT 'evaluation', eval_id, created_run FROM evaluations
+        ) WHERE created_run IS NOT NULL
+    """,
+    "label_stats": """
+        SELECT labeler, kind,
+               count(*) AS n_labels,
+               count(value) AS n_parsed,
+               avg(value) AS mean_value,
+               avg(CASE WHEN value IS NULL THEN NULL WHEN value > 0.5 THEN 1.0 ELSE 0.0 END) AS positive_rate,
+               avg(CASE WHEN value IS NULL THEN 1.0 ELSE 0.0 END) AS unparsed_rate,
+               sum(cost_tokens) AS cost_tokens,
+               sum(cost_tokens) / count(*) AS tokens_per_label
+        FROM step_labels GROUP BY labeler, kind
+    """,
+}

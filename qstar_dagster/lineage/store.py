@@ -1,0 +1,258 @@
+"""The lineage store: one DuckDB file, the factory's system of record.
+
+Every write goes through `transaction()`: it commits whole or not at all. Rows have
+content-hash or otherwise deterministic keys and are inserted with ON CONFLICT DO NOTHING,
+so writing the same rows twice changes nothing and a killed run that is re-run adds only
+what is missing.
+
+DuckDB lets one process at a time open a file for writing, and Dagster runs steps in
+separate processes, so the store holds a connection only for the length of one
+transaction and waits (with backoff) while another process has the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from qstar_dagster.lineage.schema import LATEST_VERSION, MIGRATIONS, VIEWS
+from qstar_dagster.tasks.problem import Problem
+
+log = logging.getLogger(__name__)
+
+# Columns holding JSON: Python values are serialized on the way in.
+_JSON_COLUMNS = {"config", "meta", "stats", "metrics", "spec", "details"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Edge:
+    child_kind: str
+    child_id: str
+    parent_kind: str
+    parent_id: str
+    relation: str
+    depth: int
+
+
+class LineageStore:
+    def __init__(self, path: str | Path, *, lock_timeout_s: float = 120.0, target_version: int | None = None):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.migrate(target_version)
+
+    # --- connections and transactions ----------------------------------------------
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as e:  # another process holds the file's lock
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All writes inside commit together; any exception rolls every one of them back."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    # --- schema -----------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self.connect() as con:
+            return _applied_version(con)
+
+    def migrate(self, target: int | None = None) -> None:
+        target = LATEST_VERSION if target is None else target
+        with self.connect() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+            )
+            current = _applied_version(con)
+            if current > LATEST_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {current}, newer than this code's "
+                    f"{LATEST_VERSION}; upgrade qstar-dagster to open it"
+                )
+            for version, name, sql in MIGRATIONS:
+                if current < version <= target:
+                    con.execute("BEGIN TRANSACTION")
+                    try:
+                        con.execute(sql)
+                        con.execute("INSERT INTO schema_version VALUES (?, ?, ?)", [version, name, utcnow()])
+                    except BaseException:
+                        con.execute("ROLLBACK")
+                        raise
+                    con.execute("COMMIT")
+                    log.info("lineage store %s: applied migration %d (%s)", self.path, version, name)
+            if target == LATEST_VERSION:
+                for view, sql in VIEWS.items():
+                    con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+
+    # --- generic writes and reads -------------------------------------------------------
+
+    def insert(self, con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert rows, skipping those whose key is already there; returns how many were new."""
+        if not rows:
+            return 0
+        columns = list(rows[0])
+        data = {
+            c: [json.dumps(r[c], sort_keys=True, default=str) if c in _JSON_COLUMNS and r[c] is not None
+                else r[c] for r in rows]
+            for c in columns
+        }
+        before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        staged = pa.table(data)  # noqa: F841  (read by name in the SQL below)
+        cols = ", ".join(columns)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM staged ON CONFLICT DO NOTHING")
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] - before
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
+        with self.connect() as con:
+            cur = con.execute(sql, params or [])
+            columns = [d[0] for d in cur.description] if cur.description else []
+            return columns, cur.fetchall()
+
+    def records(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        columns, rows = self.query(sql, params)
+        return [dict(zip(columns, r)) for r in rows]
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def begin_run(self, run_id: str, asset_key: str, partition: str | None, config: dict | None,
+                  code_version: str | None) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO runs (run_id, asset_key, partition, config, code_version, started_at, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'started') ON CONFLICT DO UPDATE SET "
+                "started_at = excluded.started_at, status = 'started', ended_at = NULL",
+                [run_id, asset_key, partition or "", json.dumps(config or {}, default=str), code_version, utcnow()],
+            )
+
+    def end_run(self, con: duckdb.DuckDBPyConnection, run_id: str, asset_key: str, partition: str | None,
+                status: str = "success") -> None:
+        con.execute(
+            "UPDATE runs SET ended_at = ?, status = ? WHERE run_id = ? AND asset_key = ? AND partition = ?",
+            [utcnow(), status, run_id, asset_key, partition or ""],
+        )
+
+    # --- prompt sets ----------------------------------------------------------------------
+
+    def write_prompt_set(self, con: duckdb.DuckDBPyConnection, prompt_set: str, source: str,
+                         problems: Iterable[Problem], run_id: str | None) -> PromptSetWrite:
+        """Record one version of a prompt set and make it the set's current version.
+        The version is the hash of its prompts in order, so an unchanged source is a no-op."""
+        problems = list(problems)
+        if not problems:
+            raise ValueError(f"prompt set {prompt_set!r} from {source} has no problems; refusing to write it")
+        members, seen = [], set()
+        for idx, p in enumerate(problems):
+            if p.prompt_id not in seen:
+                seen.add(p.prompt_id)
+                members.append((idx, p))
+        version = _version_hash([p.prompt_id for p in problems])
+        domains = sorted({p.domain for p in problems})
+        n_new_prompts = self.insert(con, "prompt_texts", [
+            {"prompt_id": p.prompt_id, "domain": p.domain, "problem": p.problem,
+             "reference_answer": p.reference_answer, "reference_solution": p.reference_solution,
+             "meta": p.meta, "created_run": run_id}
+            for _, p in members
+        ])
+        new_version = self.insert(con, "prompt_sets", [{
+            "prompt_set": prompt_set, "version": version, "source": source, "domain": ",".join(domains),
+            "n": len(members), "n_duplicates": len(problems) - len(members), "created_run": run_id,
+            "created_at": utcnow(),
+        }]) == 1
+        self.insert(con, "prompt_set_members", [
+            {"prompt_set": prompt_set, "version": version, "idx": idx, "prompt_id": p.prompt_id}
+            for idx, p in members
+        ])
+        con.execute(
+            "INSERT INTO prompt_set_heads VALUES (?, ?) ON CONFLICT DO UPDATE SET version = excluded.version",
+            [prompt_set, version],
+        )
+        return PromptSetWrite(prompt_set, version, len(members), len(problems) - len(members),
+                              n_new_prompts, new_version)
+
+    # --- lineage ------------------------------------------------------------------------------
+
+    def lineage(self, artifact_id: str, max_depth: int = 50) -> list[Edge]:
+        """Every edge on the way from an artifact (or a row's id) up to its sources."""
+        sql = """
+            WITH RECURSIVE walk(child_kind, child_id, parent_kind, parent_id, relation, depth) AS (
+                SELECT child_kind, child_id, parent_kind, parent_id, relation, 1
+                FROM lineage_edges WHERE child_id = ?
+                UNION
+                SELECT e.child_kind, e.child_id, e.parent_kind, e.parent_id, e.relation, w.depth + 1
+                FROM lineage_edges e JOIN walk w ON e.child_id = w.parent_id
+                WHERE w.depth < ?
+            )
+            SELECT child_kind, child_id, parent_kind, parent_id, relation, min(depth) AS depth
+            FROM walk GROUP BY ALL ORDER BY depth, child_id, relation, parent_id
+        """
+        _, rows = self.query(sql, [artifact_id, max_depth])
+        return [Edge(*r) for r in rows]
+
+    def kind_of(self, artifact_id: str) -> str | None:
+        _, rows = self.query(
+            "SELECT child_kind FROM lineage_edges WHERE child_id = ? UNION "
+            "SELECT parent_kind FROM lineage_edges WHERE parent_id = ? LIMIT 1",
+            [artifact_id, artifact_id],
+        )
+        return rows[0][0] if rows else None
+
+
+@dataclass(frozen=True)
+class PromptSetWrite:
+    prompt_set: str
+    version: str
+    n: int
+    n_duplicates: int
+    n_new_prompts: int
+    new_version: bool
+
+
+def _version_hash(prompt_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest()[:12]
+
+
+def _applied_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]

@@ -1,0 +1,67 @@
+"""Where a prompt set's problems come from: the built-in sets, or a file in the inbox."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qstar_dagster.tasks.arith import ArithSpec, generate_problems
+from qstar_dagster.tasks.loaders import JsonlFields, ProblemFileError, load_problems
+from qstar_dagster.tasks.problem import Problem
+
+
+@dataclass(frozen=True)
+class BuiltinSet:
+    n: int
+    seed: int
+    spec: ArithSpec = field(default_factory=ArithSpec)
+    exclude: str | None = None  # a set whose problems this one must not repeat (train for test)
+
+
+BUILTIN_PROMPT_SETS: dict[str, BuiltinSet] = {
+    "arith-train": BuiltinSet(n=4000, seed=1),
+    "arith-test": BuiltinSet(n=200, seed=2, exclude="arith-train"),
+}
+
+
+def builtin_problems(name: str, n: int | None = None, seed: int | None = None,
+                     spec: ArithSpec | None = None) -> list[Problem]:
+    if name not in BUILTIN_PROMPT_SETS:
+        raise KeyError(f"no built-in prompt set {name!r}; built-in sets: {sorted(BUILTIN_PROMPT_SETS)}")
+    base = BUILTIN_PROMPT_SETS[name]
+    n, seed, spec = n or base.n, base.seed if seed is None else seed, spec or base.spec
+    if base.exclude is None:
+        return generate_problems(n, seed, spec)
+    taken = {p.problem for p in builtin_problems(base.exclude)}
+    # Draw extra, then keep the first n not in the excluded set: held-out means held out.
+    pool = generate_problems(2 * n + 100, seed, spec)
+    kept = [p for p in pool if p.problem not in taken][:n]
+    if len(kept) < n:
+        raise ValueError(f"{name}: only {len(kept)} problems outside {base.exclude}; widen the spec")
+    return kept
+
+
+_KEY_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def inbox_key(path: Path) -> str:
+    """The prompt-set (partition) name of an inbox file: its stem, in safe characters."""
+    return _KEY_RE.sub("-", path.stem).strip("-") or "unnamed"
+
+
+def inbox_files(inbox: Path) -> dict[str, Path]:
+    return {inbox_key(p): p for p in sorted(inbox.glob("*.jsonl"))} if inbox.is_dir() else {}
+
+
+def resolve_prompt_set(name: str, inbox: Path, *, format: str | None = None, fields: JsonlFields | None = None,
+                       n: int | None = None, seed: int | None = None) -> tuple[list[Problem], str]:
+    """The problems of prompt set `name` and a description of their source."""
+    if name in BUILTIN_PROMPT_SETS:
+        return builtin_problems(name, n=n, seed=seed), f"builtin:{name}"
+    files = inbox_files(inbox)
+    if name not in files:
+        raise ProblemFileError(inbox / f"{name}.jsonl", f"prompt set {name!r} is neither built in nor in the inbox",
+                               f"put {name}.jsonl in {inbox}, or use one of {sorted(BUILTIN_PROMPT_SETS)}")
+    problems = load_problems(files[name], format=format, fields=fields)
+    return (problems[:n] if n else problems), str(files[name])
