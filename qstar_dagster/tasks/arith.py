@@ -101,9 +101,10 @@ def sample_problem(rng: random.Random, spec: ArithSpec) -> ArithProblem:
         if op == "*":
             b = rng.randint(2, max(2, spec.max_multiplier))
         else:
-            b = rng.randint(spec.min_operand, spec.max_operand)
-            if op == "-" and not spec.allow_negative and b > value:
-                op = "+"
+            hi = spec.max_operand
+            if op == "-" and not spec.allow_negative:
+                hi = min(hi, value)  # value >= 0 here: no step so far went below zero
+            b = rng.randint(min(spec.min_operand, hi), hi)
         operations.append((op, b))
         value = _OPS[op](value, b)
     return ArithProblem(start, tuple(operations))

@@ -1,0 +1,35 @@
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+GSM8K_ROWS = [
+    {"question": "Janet has 16 eggs and eats 3. How many are left?", "answer": "16 - 3 = <<16-3=13>>13\n#### 13"},
+    {"question": "A shop sells 1,200 pens a day for 3 days. How many pens?",
+     "answer": "1200 * 3 = <<1200*3=3600>>3600\n#### 3,600"},
+]
+MATH_ROWS = [
+    {"problem": "Compute $\\frac{1}{2}+\\frac{1}{3}$.", "solution": "It is $\\boxed{\\frac{5}{6}}$.",
+     "answer": "\\frac{5}{6}", "level": 1, "subject": "Prealgebra", "unique_id": "test/a.json"},
+    {"problem": "Find $z$ with $z+\\bar z = 12$, $z-\\bar z=-18i$.",
+     "solution": "So $z = \\boxed{6-9i}$.", "level": 3, "subject": "Algebra"},
+]
+
+
+@pytest.fixture
+def gsm8k_file(tmp_path):
+    return write_jsonl(tmp_path / "gsm8k_small.jsonl", GSM8K_ROWS)
+
+
+@pytest.fixture
+def math_file(tmp_path):
+    return write_jsonl(tmp_path / "math_small.jsonl", MATH_ROWS)
