@@ -111,6 +111,7 @@ def prompt_set(context: AssetExecutionContext, config: PromptSetConfig, store: L
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run:
         fields = JsonlFields(config.problem_field, config.answer_field, config.solution_field)
+        fields = None if fields == JsonlFields() else fields
         # Load and validate the whole source before writing anything.
         problems, source = resolve_prompt_set(name, data_dir.inbox, format=config.format, fields=fields,
                                               n=config.n, seed=config.seed)

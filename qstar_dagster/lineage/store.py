@@ -125,13 +125,14 @@ class LineageStore:
     # --- generic writes and reads -------------------------------------------------------
 
     def insert(self, con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert rows, skipping those whose key is already there; returns how many were new."""
+        """Insert rows, skipping those whose key is already there; returns how many were new.
+        Values of JSON columns are serialized here."""
         if not rows:
             return 0
-        columns = list(rows[0])
+        columns = list(dict.fromkeys(c for r in rows for c in r))  # a column a row lacks is NULL there
         data = {
-            c: [json.dumps(r[c], sort_keys=True, default=str) if c in _JSON_COLUMNS and r[c] is not None
-                else r[c] for r in rows]
+            c: [json.dumps(r[c], sort_keys=True, default=str) if c in _JSON_COLUMNS and r.get(c) is not None
+                else r.get(c) for r in rows]
             for c in columns
         }
         before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]

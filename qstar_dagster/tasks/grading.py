@@ -133,7 +133,8 @@ def _verify_here(predicted: str, reference: str, timeout_s: int) -> bool:
 
 
 def _parses_here(answer: str, timeout_s: int) -> bool:
-    return bool(_parse_here(answer, timeout_s))
+    # parse() returns [sympy object, text] on success and just [text] when it gives up
+    return any(not isinstance(x, str) for x in _parse_here(answer, timeout_s))
 
 
 class _HelperProcess:

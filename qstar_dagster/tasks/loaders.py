@@ -126,12 +126,11 @@ def load_problems(path: str | Path, format: str | None = None, fields: JsonlFiel
         raise ProblemFileError(path, "no such file", "check the path")
     if format is not None and format not in FORMATS:
         raise ProblemFileError(path, f"unknown format {format!r}", f"use one of {', '.join(FORMATS)} or leave it unset")
-    if fields is not None:
-        format = format or "jsonl"
     problems: list[Problem] = []
     for lineno, row in _rows(path):
         if format is None:
-            format = detect_format(row)
+            # Custom field names mean generic JSONL, unless the row is plainly GSM8K or MATH.
+            format = detect_format(row) or ("jsonl" if fields is not None else None)
             if format is None:
                 raise ProblemFileError(
                     path, f"cannot tell the format from the fields {sorted(row)}",

@@ -84,6 +84,7 @@ def test_a_helper_that_does_not_answer_in_time_counts_as_no_match_and_is_replace
 def test_reference_answer_parseability():
     assert is_parseable_answer("42") and is_parseable_answer("\\frac{5}{6}")
     assert not is_parseable_answer("") and not is_parseable_answer(None)
+    assert not is_parseable_answer("\\frac{1}{") and not is_parseable_answer(")(")
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared reference data is not beside this checkout")

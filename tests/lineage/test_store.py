@@ -1,0 +1,155 @@
+import multiprocessing
+
+import duckdb
+import pytest
+
+from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage.schema import LATEST_VERSION
+from qstar_dagster.tasks.arith import generate_problems
+from qstar_dagster.tasks.problem import Problem
+
+
+def counts(store):
+    return {t: store.query(f"SELECT count(*) FROM {t}")[1][0][0]
+            for t in ("prompt_texts", "prompt_sets", "prompt_set_members", "prompt_set_heads")}
+
+
+def write(store, name, problems, run="r1"):
+    with store.transaction() as con:
+        return store.write_prompt_set(con, name, "test", problems, run)
+
+
+def test_writing_the_same_prompt_set_twice_changes_nothing(tmp_path):
+    store = LineageStore(tmp_path / "s.duckdb")
+    problems = generate_problems(50, seed=1)
+    first = write(store, "a", problems)
+    before = counts(store)
+    second = write(store, "a", problems, run="r2")
+    assert counts(store) == before == {"prompt_texts": 50, "prompt_sets": 1, "prompt_set_members": 50,
+                                       "prompt_set_heads": 1}
+    assert (first.new_version, first.n_new_prompts) == (True, 50)
+    assert (second.new_version, second.n_new_prompts, second.version) == (False, 0, first.version)
+
+
+def test_a_changed_source_is_a_new_version_and_old_members_stay(tmp_path):
+    store = LineageStore(tmp_path / "s.duckdb")
+    problems = generate_problems(20, seed=1)
+    v1 = write(store, "a", problems[:10])
+    v2 = write(store, "a", problems[5:])
+    assert v1.version != v2.version
+    current = store.records("SELECT prompt_id FROM prompts WHERE prompt_set = 'a'")
+    assert {r["prompt_id"] for r in current} == {p.prompt_id for p in problems[5:]}
+    assert counts(store)["prompt_set_members"] == 25  # v1's membership kept for lineage
+    assert counts(store)["prompt_texts"] == 20  # shared prompts stored once
+
+
+def test_duplicates_are_kept_once_and_counted(tmp_path):
+    store = LineageStore(tmp_path / "s.duckdb")
+    p = generate_problems(3, seed=1)
+    w = write(store, "a", [p[0], p[1], p[0], p[2], p[1]])
+    assert (w.n, w.n_duplicates) == (3, 2)
+    assert [r["idx"] for r in store.records("SELECT idx FROM prompts ORDER BY idx")] == [0, 1, 3]
+
+
+def test_a_failure_mid_write_leaves_nothing(tmp_path):
+    store = LineageStore(tmp_path / "s.duckdb")
+    good = generate_problems(30, seed=1)
+    bad_row = Problem(problem=None, reference_answer="1")  # violates NOT NULL
+    with pytest.raises(duckdb.ConstraintException):
+        write(store, "a", good[:15] + [bad_row] + good[15:])
+    assert counts(store) == dict.fromkeys(counts(store), 0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.transaction() as con:
+            store.write_prompt_set(con, "a", "test", good, "r1")
+            raise RuntimeError("boom")
+    assert counts(store) == dict.fromkeys(counts(store), 0)
+
+
+def test_an_empty_prompt_set_is_refused(tmp_path):
+    store = LineageStore(tmp_path / "s.duckdb")
+    with pytest.raises(ValueError, match="has no problems"):
+        write(store, "a", [])
+
+
+def test_an_older_store_file_is_migrated_with_its_data(tmp_path):
+    path = tmp_path / "old.duckdb"
+    old = LineageStore(path, target_version=1)
+    assert old.schema_version() == 1
+    problems = generate_problems(10, seed=4)
+    write(old, "a", problems)
+    con = duckdb.connect(str(path))
+    assert "nodes" not in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    con.close()
+
+    store = LineageStore(path)
+    assert store.schema_version() == LATEST_VERSION
+    assert store.query("SELECT count(*) FROM prompts WHERE prompt_set = 'a'")[1] == [(10,)]
+    assert store.query("SELECT count(*) FROM nodes")[1] == [(0,)]
+    applied = store.query("SELECT version FROM schema_version ORDER BY 1")[1]
+    assert [v for (v,) in applied] == list(range(1, LATEST_VERSION + 1))
+
+
+def test_a_store_newer_than_the_code_is_refused(tmp_path):
+    path = tmp_path / "new.duckdb"
+    LineageStore(path)
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO schema_version VALUES (?, 'future', now())", [LATEST_VERSION + 1])
+    con.close()
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        LineageStore(path)
+
+
+def _writer(path, name, seed):
+    store = LineageStore(path)
+    for i in range(5):
+        write(store, f"{name}{i}", generate_problems(20, seed=seed + i))
+
+
+def test_two_processes_can_write_the_same_store(tmp_path):
+    path = tmp_path / "s.duckdb"
+    LineageStore(path)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, n, s)) for n, s in (("x", 0), ("y", 100))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert LineageStore(path).query("SELECT count(DISTINCT prompt_set) FROM prompts")[1] == [(10,)]
+
+
+def test_lineage_walks_from_a_step_label_to_its_sources(tmp_path):
+    store = LineageStore(tmp_path / "s.duckdb")
+    p = generate_problems(1, seed=1)[0]
+    set_version = write(store, "a", [p], run="run-prompts").version
+    with store.transaction() as con:
+        store.insert(con, "checkpoints", [{"checkpoint_id": "ck_policy", "kind": "policy", "base": None,
+                                           "path": "/x", "created_run": "run-train", "created_at": "2026-01-01"}])
+        store.insert(con, "nodes", [
+            {"node_id": "n_root", "tree_id": "t1", "prompt_id": p.prompt_id, "parent_id": None, "depth": 0,
+             "text": "", "policy_checkpoint": None},
+            {"node_id": "n_1", "tree_id": "t1", "prompt_id": p.prompt_id, "parent_id": "n_root", "depth": 1,
+             "text": "1 + 2 = 3", "policy_checkpoint": "ck_policy"},
+        ])
+        store.insert(con, "step_labels", [
+            {"node_id": "n_1", "labeler": "mc", "kind": "soft", "value": 0.75, "n_rollouts": 4, "n_correct": 3,
+             "cost_tokens": 40},
+            {"node_id": "n_1", "labeler": "judge", "kind": "ternary", "value": None, "cost_tokens": 10},
+        ])
+    parents = {(e.child_id, e.parent_id) for e in store.lineage("n_1/mc/soft")}
+    assert {("n_1/mc/soft", "n_1"), ("n_1", "n_root"), ("n_1", "ck_policy"), ("n_root", p.prompt_id),
+            (p.prompt_id, f"a@{set_version}"), (f"a@{set_version}", "run-prompts"),
+            ("ck_policy", "run-train")} <= parents
+    stats = store.records("SELECT * FROM label_stats ORDER BY labeler")
+    assert [(s["labeler"], s["n_labels"], s["n_parsed"], s["unparsed_rate"]) for s in stats] == [
+        ("judge", 1, 0, 1.0), ("mc", 1, 1, 0.0)]
+    assert stats[1]["mean_value"] == 0.75 and stats[1]["tokens_per_label"] == 40
+
+
+def test_runs_are_recorded_start_and_end(tmp_path):
+    store = LineageStore(tmp_path / "s.duckdb")
+    store.begin_run("r1", "prompt_set", "a", {"n": 3}, "0.1/1")
+    with store.transaction() as con:
+        store.end_run(con, "r1", "prompt_set", "a", "success")
+    [run] = store.records("SELECT * FROM runs")
+    assert run["status"] == "success" and run["ended_at"] >= run["started_at"] and run["partition"] == "a"
