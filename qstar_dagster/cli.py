@@ -69,11 +69,11 @@ def init() -> None:
 def demo(prompt_sets: tuple[str, ...]) -> None:
     """Run the embedded pipeline for the built-in prompt sets into the data directory."""
     from qstar_dagster.assets.prompts import builtin_partition_keys
-    from qstar_dagster.definitions import defs
+    from qstar_dagster.definitions import make_definitions
 
     home = _home()
     instance = prepare_instance(home)
-    job = defs.resolve_job_def("embedded_pipeline")
+    job = make_definitions(str(home)).resolve_job_def("embedded_pipeline")
     keys = list(prompt_sets) or builtin_partition_keys()
     started = time.monotonic()
     for key in keys:

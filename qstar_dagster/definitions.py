@@ -14,8 +14,8 @@ embedded_pipeline = define_asset_job(
 
 def make_definitions(data_dir: str | None = None) -> Definitions:
     """Definitions whose resources point at `data_dir` (default: $QSTAR_HOME or ./.qstar)."""
-    data = DataDirResource(path=data_dir) if data_dir else DataDirResource()
-    store = LineageStoreResource(path=f"{data.path}/lineage.duckdb")
+    data = DataDirResource(path=data_dir)
+    store = LineageStoreResource(path=f"{data_dir}/lineage.duckdb" if data_dir else None)
     return Definitions(
         assets=[prompt_set],
         jobs=[embedded_pipeline],

@@ -1,10 +1,14 @@
-"""Dagster resources: where the data lives and the lineage store in it."""
+"""Dagster resources: where the data lives and the lineage store in it.
 
+Paths left unset resolve when used, from $QSTAR_HOME (default ./.qstar), not when this
+module is imported, so that the environment of the process that runs a step decides."""
 
 import os
 from pathlib import Path
+from typing import Optional
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from qstar_dagster.lineage import LineageStore
 
@@ -17,10 +21,14 @@ def default_home() -> str:
 class DataDirResource(ConfigurableResource):
     """The data directory: the store, checkpoints, exported datasets, the prompt inbox."""
 
-    path: str = default_home()
+    path: Optional[str] = Field(None, description="data directory; unset: $QSTAR_HOME or ./.qstar")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path or default_home())
 
     def subdir(self, name: str) -> Path:
-        p = Path(self.path) / name
+        p = self.root / name
         p.mkdir(parents=True, exist_ok=True)
         return p
 
@@ -30,7 +38,7 @@ class DataDirResource(ConfigurableResource):
 
 
 class LineageStoreResource(ConfigurableResource):
-    path: str = str(Path(default_home()) / "lineage.duckdb")
+    path: Optional[str] = Field(None, description="DuckDB file; unset: lineage.duckdb in the data directory")
 
     def store(self) -> LineageStore:
-        return LineageStore(self.path)
+        return LineageStore(self.path or Path(default_home()) / "lineage.duckdb")

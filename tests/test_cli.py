@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from qstar_dagster.cli import main
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("QSTAR_HOME", str(tmp_path / "q"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "q" / "dagster"))
+    return tmp_path / "q"
+
+
+def test_demo_then_sql_and_lineage(home):
+    runner = CliRunner()
+    out = runner.invoke(main, ["demo"])
+    assert out.exit_code == 0, out.output
+    assert (home / "lineage.duckdb").exists() and (home / "dagster" / "dagster.yaml").exists()
+    assert "enabled: false" in (home / "dagster" / "dagster.yaml").read_text()
+
+    out = runner.invoke(main, ["sql", "select prompt_set, count(*) as n from prompts group by 1 order by 1", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == [{"prompt_set": "arith-test", "n": 200}, {"prompt_set": "arith-train", "n": 4000}]
+
+    table = runner.invoke(main, ["sql", "select prompt_set from prompts limit 1"])
+    assert "prompt_set" in table.output and "arith-" in table.output
+
+    pid = json.loads(runner.invoke(main, ["sql", "select prompt_id from prompts where prompt_set='arith-test' "
+                                                 "limit 1", "--json"]).output)[0]["prompt_id"]
+    out = runner.invoke(main, ["lineage", pid])
+    assert out.exit_code == 0, out.output
+    assert f"{pid} (prompt)" in out.output and "member_of → arith-test@" in out.output
+    assert "loaded_from → builtin:arith-test (source)" in out.output and "created_by →" in out.output
+
+    # the demo is idempotent: a second run adds no prompt
+    before = runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output
+    assert runner.invoke(main, ["demo"]).exit_code == 0
+    assert runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output == before
+
+
+def test_errors_are_clear(home):
+    runner = CliRunner()
+    out = runner.invoke(main, ["sql", "select 1"])
+    assert out.exit_code != 0 and "no lineage store" in out.output and "make demo" in out.output
+    runner.invoke(main, ["init"])
+    out = runner.invoke(main, ["sql", "select * from no_such_table"])
+    assert out.exit_code != 0 and "no_such_table" in out.output
+    out = runner.invoke(main, ["sql", "delete from prompt_texts"])
+    assert out.exit_code != 0 and "read-only" in out.output.lower()
+    out = runner.invoke(main, ["lineage", "p_nothing"])
+    assert out.exit_code != 0 and "no recorded lineage" in out.output
