@@ -27,8 +27,8 @@ def test_demo_then_sql_and_lineage(home):
     table = runner.invoke(main, ["sql", "select prompt_set from prompts limit 1"])
     assert "prompt_set" in table.output and "arith-" in table.output
 
-    pid = json.loads(runner.invoke(main, ["sql", "select prompt_id from prompts where prompt_set='arith-test' "
-                                                 "limit 1", "--json"]).output)[0]["prompt_id"]
+    query = "select prompt_id from prompts where prompt_set='arith-test' limit 1"
+    pid = json.loads(runner.invoke(main, ["sql", query, "--json"]).output)[0]["prompt_id"]
     out = runner.invoke(main, ["lineage", pid])
     assert out.exit_code == 0, out.output
     assert f"{pid} (prompt)" in out.output and "member_of → arith-test@" in out.output

@@ -14,6 +14,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
+    DefaultSensorStatus,
     DynamicPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
@@ -145,7 +146,7 @@ def _file_sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-@sensor(asset_selection=[prompt_set], minimum_interval_seconds=30,
+@sensor(asset_selection=[prompt_set], minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
         description="Adds a prompt-set partition for each new .jsonl file in the inbox (and the built-in "
         "sets) and materializes it; a changed file is materialized again as a new version.")
 def prompt_inbox_sensor(context: SensorEvaluationContext, data_dir: DataDirResource) -> SensorResult:

@@ -5,7 +5,6 @@ module is imported, so that the environment of the process that runs a step deci
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -21,7 +20,7 @@ def default_home() -> str:
 class DataDirResource(ConfigurableResource):
     """The data directory: the store, checkpoints, exported datasets, the prompt inbox."""
 
-    path: Optional[str] = Field(None, description="data directory; unset: $QSTAR_HOME or ./.qstar")
+    path: str | None = Field(None, description="data directory; unset: $QSTAR_HOME or ./.qstar")
 
     @property
     def root(self) -> Path:
@@ -38,7 +37,7 @@ class DataDirResource(ConfigurableResource):
 
 
 class LineageStoreResource(ConfigurableResource):
-    path: Optional[str] = Field(None, description="DuckDB file; unset: lineage.duckdb in the data directory")
+    path: str | None = Field(None, description="DuckDB file; unset: lineage.duckdb in the data directory")
 
     def store(self) -> LineageStore:
         return LineageStore(self.path or Path(default_home()) / "lineage.duckdb")

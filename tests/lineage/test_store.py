@@ -58,10 +58,9 @@ def test_a_failure_mid_write_leaves_nothing(tmp_path):
     with pytest.raises(duckdb.ConstraintException):
         write(store, "a", good[:15] + [bad_row] + good[15:])
     assert counts(store) == dict.fromkeys(counts(store), 0)
-    with pytest.raises(RuntimeError, match="boom"):
-        with store.transaction() as con:
-            store.write_prompt_set(con, "a", "test", good, "r1")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as con:
+        store.write_prompt_set(con, "a", "test", good, "r1")
+        raise RuntimeError("boom")
     assert counts(store) == dict.fromkeys(counts(store), 0)
 
 

@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qstar_dagster.tasks.arith import ArithSpec, generate_problems, judge_steps, parse_problem, sample_problem
+from qstar_dagster.tasks.arith import (
+    ArithSpec,
+    generate_problems,
+    judge_steps,
+    parse_problem,
+    sample_problem,
+)
 from qstar_dagster.tasks.grading import answers_match, extract_answer
 from qstar_dagster.tasks.steps import LINE
 
