@@ -1,0 +1,165 @@
+"""Transformers backend: batched sampling with a KV cache, on CPU or GPU.
+
+Why not `model.generate`: it cannot share one prompt's prefill among that prompt's `n`
+samples, and it keeps finished rows in the batch until the longest one ends. Here each
+prompt is prefilled once, its cache is repeated for its samples, and rows that hit a stop
+string or end-of-sequence leave the batch at once, so a batch of short steps costs what
+its tokens cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from qstar_dagster.generation.base import Completion, SamplingParams, cut_at_stop
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def load_causal_lm(name_or_path: str, device: str = "cpu", dtype: torch.dtype | None = None):
+    """A causal LM and its tokenizer from a local path, or a Hugging Face id already in the
+    local cache. Never downloads: a missing model is an immediate, clear error."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name_or_path).expanduser()
+    kwargs = {} if local.exists() else {"local_files_only": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.exists() else name_or_path, dtype=dtype or torch.float32, **kwargs
+        )
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} is neither a local directory nor in the Hugging Face cache "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}). Fix: pass a path to a saved model, or "
+            "download it first on a machine with network (huggingface-cli download ...)"
+        ) from None
+    return model.to(device).eval(), tokenizer
+
+
+class TransformersGenerator:
+    name = "transformers"
+
+    def __init__(self, model_or_path, tokenizer=None, device: str = "cpu", dtype: torch.dtype | None = None,
+                 max_batch_sequences: int = 512, progress_every_s: float = 30.0):
+        if isinstance(model_or_path, (str, Path)):
+            model_or_path, tokenizer = load_causal_lm(str(model_or_path), device, dtype)
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer along with a model object")
+        self.model, self.tokenizer = model_or_path.eval(), tokenizer
+        self.device = torch.device(device)
+        self.max_batch_sequences = max_batch_sequences
+        self.progress_every_s = progress_every_s
+        self.eos_ids = _eos_ids(self.model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        rng = torch.Generator(device="cpu").manual_seed(params.seed)
+        per_chunk = max(1, self.max_batch_sequences // params.n)
+        out: list[list[Completion]] = []
+        started, last_log, n_tokens = time.monotonic(), time.monotonic(), 0
+        for i in range(0, len(prompts), per_chunk):
+            chunk = self._generate_chunk(list(prompts[i : i + per_chunk]), params, rng)
+            out.extend(chunk)
+            n_tokens += sum(c.n_tokens for cs in chunk for c in cs)
+            if time.monotonic() - last_log > self.progress_every_s:
+                rate = n_tokens / (time.monotonic() - started)
+                left = (len(prompts) - len(out)) / max(1, len(out)) * (time.monotonic() - started)
+                log.info("generated %d/%d prompts, %.0f tokens/s, ETA %.0fs", len(out), len(prompts), rate, left)
+                last_log = time.monotonic()
+        return out
+
+    def _generate_chunk(self, prompts: list[str], params: SamplingParams, rng: torch.Generator):
+        tok = self.tokenizer
+        enc = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(enc), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for r, e in enumerate(enc):  # left padding: every row's last token is at the same column
+            ids[r, width - len(e):] = torch.tensor(e)
+            mask[r, width - len(e):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        # Prefill once per prompt, then give each of its n samples a copy of the cache.
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        n = params.n
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, 0)
+            mask = mask.repeat_interleave(n, 0)
+            positions = positions.repeat_interleave(n, 0)
+        next_pos = positions[:, -1:] + 1
+
+        rows = len(prompts) * n
+        alive = torch.arange(rows, device=self.device)  # original row of each batch row
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        lps: list[list[float]] = [[] for _ in range(rows)]
+        texts = [""] * rows
+        finish: list[str | None] = [None] * rows
+        for step in range(params.max_new_tokens):
+            logprobs = torch.log_softmax(logits, -1)
+            chosen = _sample(logits, params, rng).to(self.device)
+            chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+            keep = []
+            for b, (row, t, lp) in enumerate(zip(alive.tolist(), chosen.tolist(), chosen_lp)):
+                tokens[row].append(t)
+                lps[row].append(lp)
+                if t in self.eos_ids:
+                    finish[row] = "stop"
+                    continue
+                texts[row] += tok.decode([t], skip_special_tokens=True)
+                if params.stop and cut_at_stop(texts[row], params.stop)[1]:
+                    finish[row] = "stop"
+                    continue
+                keep.append(b)
+            if not keep or step == params.max_new_tokens - 1:
+                break
+            if len(keep) < len(alive):  # finished rows leave the batch
+                idx = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(idx)
+                alive, chosen, mask, next_pos = alive[idx], chosen[idx], mask[idx], next_pos[idx]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
+                             past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+
+        results = []
+        for row in range(rows):
+            text, _ = cut_at_stop(texts[row], params.stop) if params.stop else (texts[row], False)
+            results.append(Completion(
+                text=text, n_tokens=len(tokens[row]), logprob=float(sum(lps[row])),
+                finish_reason=finish[row] or "length",
+                token_logprobs=lps[row] if params.logprobs else None,
+            ))
+        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator) -> torch.Tensor:
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / params.temperature, -1).cpu()
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > params.top_p  # keep the smallest set reaching top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=rng)[:, 0]
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
