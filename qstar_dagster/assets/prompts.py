@@ -5,6 +5,7 @@ annotations of asset and resource signatures at definition time.)"""
 
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -150,8 +151,6 @@ def _file_sha(path) -> str:
         description="Adds a prompt-set partition for each new .jsonl file in the inbox (and the built-in "
         "sets) and materializes it; a changed file is materialized again as a new version.")
 def prompt_inbox_sensor(context: SensorEvaluationContext, data_dir: DataDirResource) -> SensorResult:
-    import json
-
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     existing = set(context.instance.get_dynamic_partitions(prompt_set_partitions.name))
     new_keys = [k for k in builtin_partition_keys() if k not in existing]

@@ -34,7 +34,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE TABLE prompt_sets (
             prompt_set VARCHAR NOT NULL,
             version VARCHAR NOT NULL,
-            source VARCHAR NOT NULL,            -- builtin:arith?... or the file path
+            source VARCHAR NOT NULL,            -- builtin:<set name>, or the path of the file
             domain VARCHAR NOT NULL,
             n INTEGER NOT NULL,
             n_duplicates INTEGER NOT NULL,      -- rows of the source that repeat an earlier row
