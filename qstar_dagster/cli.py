@@ -163,5 +163,26 @@ def lineage(artifact_id: str, as_json: bool) -> None:
     walk(artifact_id, 1, frozenset({artifact_id}))
 
 
+@main.command()
+@click.argument("model_path")
+@click.option("--host", default="127.0.0.1", show_default=True, help="bind address (loopback by default)")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--name", default=None, help="model name served in /v1/models (default: the path's last part)")
+@click.option("--device", default="cpu", show_default=True)
+def serve(model_path: str, host: str, port: int, name: str | None, device: str) -> None:
+    """Serve a local model over an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
+    /v1/models) through the transformers backend."""
+    import uvicorn
+
+    from qstar_dagster.generation.hf import ModelNotFoundError, TransformersGenerator
+    from qstar_dagster.generation.server import make_app
+
+    try:
+        gen = TransformersGenerator(model_path, device=device)
+    except ModelNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    uvicorn.run(make_app(gen, name or Path(model_path).name), host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     main()
