@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from qstar_dagster.resources import default_home
+from qstar_dagster.resources import default_home, default_store_path
 
 DAGSTER_YAML = """\
 # Written by `qstar init`: the Dagster instance of this data directory.
@@ -24,7 +24,7 @@ def _home() -> Path:
 
 
 def _store_path() -> Path:
-    return _home() / "lineage.duckdb"
+    return default_store_path(_home())
 
 
 def prepare_instance(home: Path):
@@ -87,17 +87,22 @@ def demo(prompt_sets: tuple[str, ...]) -> None:
     _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
 
 
-def _open_read_only():
-    import duckdb
-
+def _require_store():
+    """The store of the data directory, migrated; a clear error when there is none."""
     from qstar_dagster.lineage import LineageStore
 
     path = _store_path()
     if not path.exists():
         raise click.ClickException(f"no lineage store at {path}; run `make demo` (or `qstar init`) first, "
                                    "or set QSTAR_HOME to your data directory")
-    LineageStore(path)  # apply any pending migrations before reading
-    return duckdb.connect(str(path), read_only=True)
+    return LineageStore(path)
+
+
+def _open_read_only():
+    import duckdb
+
+    _require_store()  # applies any pending migrations before reading
+    return duckdb.connect(str(_store_path()), read_only=True)
 
 
 def _print_sql(query: str, as_json: bool, max_rows: int = 100) -> None:
@@ -134,12 +139,7 @@ def sql(query: str, as_json: bool, max_rows: int) -> None:
 def lineage(artifact_id: str, as_json: bool) -> None:
     """Print the ancestry of ARTIFACT_ID: a prompt, node, step label, dataset, checkpoint,
     evaluation, or a prompt set as 'name@version'."""
-    from qstar_dagster.lineage import LineageStore
-
-    if not _store_path().exists():
-        _open_read_only()  # raises the helpful error
-    store = LineageStore(_store_path())
-    edges = store.lineage(artifact_id)
+    edges = _require_store().lineage(artifact_id)
     if not edges:
         raise click.ClickException(f"{artifact_id!r} has no recorded lineage (unknown id?); "
                                    "try `qstar sql \"select * from lineage_edges limit 20\"`")

@@ -3,7 +3,7 @@
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set, prompt_set_partitions
-from qstar_dagster.resources import DataDirResource, LineageStoreResource
+from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 
 # The embedded pipeline, partitioned by prompt set; later stages join it as they land.
 embedded_pipeline = define_asset_job(
@@ -15,7 +15,7 @@ embedded_pipeline = define_asset_job(
 def make_definitions(data_dir: str | None = None) -> Definitions:
     """Definitions whose resources point at `data_dir` (default: $QSTAR_HOME or ./.qstar)."""
     data = DataDirResource(path=data_dir)
-    store = LineageStoreResource(path=f"{data_dir}/lineage.duckdb" if data_dir else None)
+    store = LineageStoreResource(path=str(default_store_path(data_dir)) if data_dir else None)
     return Definitions(
         assets=[prompt_set],
         jobs=[embedded_pipeline],

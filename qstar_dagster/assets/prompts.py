@@ -117,10 +117,11 @@ def prompt_set(context: AssetExecutionContext, config: PromptSetConfig, store: L
         # Load and validate the whole source before writing anything.
         problems, source = resolve_prompt_set(name, data_dir.inbox, format=config.format, fields=fields,
                                               n=config.n, seed=config.seed)
-        parsed = sum(is_parseable_answer(p.reference_answer) for p in problems)
         with lineage.transaction() as con:
             written = lineage.write_prompt_set(con, name, source, problems, run.run_id)
             run.finish(con)
+    outcomes = check_prompt_set(lineage, name)
+    n_unparseable = next(o.metadata["n_unparseable"] for o in outcomes if o.name == CHECK_ANSWERS_PARSEABLE)
     context.log.info(f"prompt set {name}: {written.n} prompts from {source}, version {written.version}"
                      f"{' (new)' if written.new_version else ' (unchanged)'}")
     yield MaterializeResult(metadata={
@@ -131,10 +132,10 @@ def prompt_set(context: AssetExecutionContext, config: PromptSetConfig, store: L
         "n_duplicates": written.n_duplicates,
         "source": source,
         "domain": problems[0].domain,
-        "answer_parse_rate": parsed / len(problems),
+        "answer_parse_rate": 1 - n_unparseable / written.n,
         "preview": MetadataValue.md(_preview(problems)),
     })
-    for outcome in check_prompt_set(lineage, name):
+    for outcome in outcomes:
         yield AssetCheckResult(check_name=outcome.name, passed=outcome.passed, severity=outcome.severity,
                                description=outcome.description, metadata=outcome.metadata)
 

@@ -17,6 +17,11 @@ def default_home() -> str:
     return str(Path(os.environ.get("QSTAR_HOME", ".qstar")).resolve())
 
 
+def default_store_path(home: str | Path | None = None) -> Path:
+    """The lineage store of a data directory (default: $QSTAR_HOME or ./.qstar)."""
+    return Path(home or default_home()) / "lineage.duckdb"
+
+
 class DataDirResource(ConfigurableResource):
     """The data directory: the store, checkpoints, exported datasets, the prompt inbox."""
 
@@ -40,4 +45,4 @@ class LineageStoreResource(ConfigurableResource):
     path: str | None = Field(None, description="DuckDB file; unset: lineage.duckdb in the data directory")
 
     def store(self) -> LineageStore:
-        return LineageStore(self.path or Path(default_home()) / "lineage.duckdb")
+        return LineageStore(self.path or default_store_path())

@@ -3,23 +3,13 @@ import torch
 
 from qstar_dagster.generation.base import SamplingParams, cut_at_stop
 from qstar_dagster.generation.hf import ModelNotFoundError, TransformersGenerator, load_causal_lm
-from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 
 PROMPTS = ["Q: 1+2\nA:", "Q: a much longer prompt, 33*4 - 7\nA:", "Q: 9\nA:"]
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("charlm")
-    tok = char_tokenizer()
-    tiny_llama(tok, hidden=64, layers=2, heads=2).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def gen(saved_model):
-    return TransformersGenerator(str(saved_model))
+def gen(tiny_model_dir):
+    return TransformersGenerator(str(tiny_model_dir))
 
 
 def full_forward_logprob(gen, prompt, text):

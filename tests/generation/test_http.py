@@ -14,25 +14,15 @@ import requests
 from qstar_dagster.generation.base import SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.generation.openai_http import OpenAICompatibleGenerator
-from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("served")
-    tok = char_tokenizer()
-    tiny_llama(tok, hidden=64, layers=2, heads=2).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(model_dir):
+def server(tiny_model_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("qstar")
-    proc = subprocess.Popen([str(exe), "serve", str(model_dir), "--port", str(port), "--name", "tiny"],
+    proc = subprocess.Popen([str(exe), "serve", str(tiny_model_dir), "--port", str(port), "--name", "tiny"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -55,11 +45,11 @@ def test_models_endpoint(server):
     assert requests.get(f"{server}/v1/models").json()["data"][0]["id"] == "tiny"
 
 
-def test_http_completions_equal_local_generation(server, model_dir, monkeypatch):
+def test_http_completions_equal_local_generation(server, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("QSTAR_TEST_KEY", "sk-secret-value")
     remote = OpenAICompatibleGenerator(f"{server}/v1", "tiny", api_key_env="QSTAR_TEST_KEY", max_concurrency=2)
     assert "sk-secret-value" not in repr(remote)
-    local = TransformersGenerator(str(model_dir))
+    local = TransformersGenerator(str(tiny_model_dir))
     params = SamplingParams(n=3, max_new_tokens=10, stop=("e",), seed=5, logprobs=True)
     prompts = ["Q: 1+2\nA:", "Q: 7*8\nA:"]
     got = remote.generate(prompts, params)
