@@ -33,3 +33,15 @@ def gsm8k_file(tmp_path):
 @pytest.fixture
 def math_file(tmp_path):
     return write_jsonl(tmp_path / "math_small.jsonl", MATH_ROWS)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """An untrained tiny character-level Llama and its tokenizer, saved the standard way."""
+    from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-charlm")
+    tok = char_tokenizer()
+    tiny_llama(tok, hidden=64, layers=2, heads=2).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

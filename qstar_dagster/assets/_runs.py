@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,3 +40,27 @@ def recorded_run(context: AssetExecutionContext, store: LineageStore, config: di
         with store.transaction() as con:
             store.end_run(con, ref.run_id, asset_key, partition, "failure")
         raise
+
+
+class _ToDagster(logging.Handler):
+    def __init__(self, context: AssetExecutionContext):
+        super().__init__(logging.INFO)
+        self.context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        (self.context.log.warning if record.levelno >= logging.WARNING else self.context.log.info)(record.getMessage())
+
+
+@contextmanager
+def forward_logs(context: AssetExecutionContext):
+    """Show the core's progress logs (training steps, generation tokens/s) in the run's
+    Dagster log, where the researcher watching the UI looks."""
+    logger = logging.getLogger("qstar_dagster")
+    handler, level = _ToDagster(context), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

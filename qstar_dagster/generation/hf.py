@@ -46,6 +46,24 @@ def load_causal_lm(name_or_path: str, device: str = "cpu", dtype: torch.dtype | 
     return model.to(device).eval(), tokenizer
 
 
+def resolve_model_dir(name_or_path: str) -> Path:
+    """The directory holding a model's files: the path itself, or the snapshot of a Hugging
+    Face id in the local cache (never downloaded)."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception as e:  # noqa: BLE001  (hub raises several kinds for "not cached")
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} is neither a local directory nor in the Hugging Face cache "
+            f"({type(e).__name__}). Fix: pass a path to a saved model, or download it first on a machine "
+            "with network (huggingface-cli download ...)"
+        ) from None
+
+
 class TransformersGenerator:
     name = "transformers"
 

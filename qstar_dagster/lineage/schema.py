@@ -132,6 +132,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "checkpoints trained on a prompt set; evaluations pinned to a prompt-set version",
+        """
+        -- The built-in base policy learns from a prompt set's reference solutions ('set@version').
+        ALTER TABLE checkpoints ADD COLUMN trained_on_prompt_set VARCHAR;
+        ALTER TABLE evaluations ADD COLUMN prompt_set_version VARCHAR;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -174,13 +183,17 @@ VIEWS: dict[str, str] = {
         SELECT 'checkpoint', checkpoint_id, 'dataset', trained_on_dataset, 'trained_on'
         FROM checkpoints WHERE trained_on_dataset IS NOT NULL
         UNION ALL
+        SELECT 'checkpoint', checkpoint_id, 'prompt_set', trained_on_prompt_set, 'trained_on'
+        FROM checkpoints WHERE trained_on_prompt_set IS NOT NULL
+        UNION ALL
         SELECT 'checkpoint', c.checkpoint_id, 'checkpoint', c.base, 'fine_tuned_from'
         FROM checkpoints c JOIN checkpoints b ON b.checkpoint_id = c.base
         UNION ALL
         SELECT 'evaluation', eval_id, 'checkpoint', unnest(checkpoint_ids), 'evaluates' FROM evaluations
         UNION ALL
-        SELECT 'evaluation', e.eval_id, 'prompt_set', h.prompt_set || '@' || h.version, 'evaluated_on'
-        FROM evaluations e JOIN prompt_set_heads h USING (prompt_set)
+        SELECT 'evaluation', e.eval_id, 'prompt_set', e.prompt_set || '@' || coalesce(e.prompt_set_version, h.version),
+               'evaluated_on'
+        FROM evaluations e LEFT JOIN prompt_set_heads h USING (prompt_set)
         UNION ALL
         SELECT kind, id, 'run', created_run, 'created_by' FROM (
             SELECT 'prompt_set' AS kind, prompt_set || '@' || version AS id, created_run FROM prompt_sets

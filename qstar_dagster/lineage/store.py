@@ -208,6 +208,21 @@ class LineageStore:
         return PromptSetWrite(prompt_set, version, len(members), len(problems) - len(members),
                               n_new_prompts, new_version)
 
+    def prompt_set_problems(self, prompt_set: str) -> tuple[str, list[Problem]]:
+        """The current version of `prompt_set` and its problems in source order."""
+        rows = self.records(
+            "SELECT version, domain, problem, reference_answer, reference_solution, meta FROM prompts "
+            "WHERE prompt_set = ? ORDER BY idx", [prompt_set],
+        )
+        if not rows:
+            raise PromptSetNotFoundError(
+                f"prompt set {prompt_set!r} is not in the lineage store {self.path}; materialize the "
+                f"prompt_set asset for partition {prompt_set!r} first (`make demo` does it for the built-in sets)"
+            )
+        problems = [Problem(r["problem"], r["reference_answer"], r["reference_solution"], r["domain"],
+                            json.loads(r["meta"]) if r["meta"] else {}) for r in rows]
+        return rows[0]["version"], problems
+
     # --- lineage ------------------------------------------------------------------------------
 
     def lineage(self, artifact_id: str, max_depth: int = 50) -> list[Edge]:
@@ -234,6 +249,10 @@ class LineageStore:
             [artifact_id, artifact_id],
         )
         return rows[0][0] if rows else None
+
+
+class PromptSetNotFoundError(LookupError):
+    pass
 
 
 @dataclass(frozen=True)

@@ -1,50 +1,84 @@
 """Train the built-in base policy from scratch on reference solutions, and measure it.
 
-Pure core: plain torch over `Problem`s; the Dagster asset (issue 3) wraps it.
+Pure core: plain torch over `Problem`s; `assets/policy.py` wraps it for Dagster.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from qstar_dagster.generation.base import SamplingParams
-from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.generation.base import Generator, SamplingParams
+from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
+from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.grading import answers_match, extract_answer
-from qstar_dagster.tasks.problem import Problem
+from qstar_dagster.tasks.problem import Problem, content_id
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 
 log = logging.getLogger(__name__)
 
 
-def policy_prompt(problem: str) -> str:
-    """What the policy is conditioned on; its steps follow, one per line."""
-    return f"{problem}\n"
+# What the built-in policy is conditioned on; its steps follow, one per line. A checkpoint
+# records its template, so that search and evaluation prompt it the way it was trained.
+DEFAULT_PROMPT_TEMPLATE = "{problem}\n"
+
+
+def policy_prompt(problem: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
+    return template.format(problem=problem)
 
 
 @dataclass(frozen=True)
 class BasePolicyConfig:
+    """Defaults reach the issue's target on 2 CPU cores (see README, "Base policy")."""
+
     hidden: int = 128
-    layers: int = 4
+    layers: int = 3
     heads: int = 4
-    steps: int = 1700
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 100
     seed: int = 0
-    threads: int | None = None
+    eval_every: int = 250  # steps between greedy-accuracy points of the training curve; 0 = none
 
 
-def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyConfig = BasePolicyConfig()) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def _batches(examples: list[tuple[list[int], int]], cfg: BasePolicyConfig, pad_id: int):
+    """Seeded batches that go through the examples in a fresh order each epoch (not with
+    replacement), so a large training set is seen once before anything repeats."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    while True:
+        if len(order) < cfg.batch_size:
+            order += torch.randperm(len(examples), generator=g).tolist()
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        batch = [examples[i] for i in idx]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad_id)
+        labels = torch.full((len(batch), width), -100)
+        for r, (seq, n_prompt) in enumerate(batch):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            labels[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])  # loss on the solution only
+        yield ids, labels
+
+
+def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyConfig = BasePolicyConfig(),
+                      on_eval: Callable[[object, object], float] | None = None) -> dict:
+    """Train a character-level Llama on `train`'s reference solutions and save it (with its
+    tokenizer) to `out_dir`. `on_eval(model, tokenizer)` is called every `cfg.eval_every`
+    steps and should return an accuracy; the points make the training curve."""
+    if not train:
+        raise ValueError("base policy: the training prompt set is empty")
     torch.manual_seed(cfg.seed)
     tok = char_tokenizer()
     model = tiny_llama(tok, cfg.hidden, cfg.layers, cfg.heads, seed=cfg.seed).train()
@@ -56,17 +90,10 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / cfg.warmup)
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
-    g = torch.Generator().manual_seed(cfg.seed)
-    started, losses = time.monotonic(), []
-    for step in range(cfg.steps):
-        idx = torch.randint(len(examples), (cfg.batch_size,), generator=g).tolist()
-        batch = [examples[i] for i in idx]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        for r, (seq, n_prompt) in enumerate(batch):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            labels[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])  # loss on the solution only
+    batches = _batches(examples, cfg, tok.pad_token_id)
+    started, losses, curve = time.monotonic(), [], []
+    for step in range(1, cfg.steps + 1):
+        ids, labels = next(batches)
         loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -74,22 +101,34 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if (step + 1) % 100 == 0:
-            rate = (step + 1) / (time.monotonic() - started)
-            log.info("step %d/%d loss %.3f, %.1f steps/s, ETA %.0fs", step + 1, cfg.steps,
-                     sum(losses[-100:]) / 100, rate, (cfg.steps - step - 1) / rate)
+        if on_eval and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            model.eval()
+            curve.append((step, on_eval(model, tok)))
+            model.train()
+        if step % 100 == 0 or step == cfg.steps:
+            rate = step / (time.monotonic() - started)
+            log.info("base policy: step %d/%d, loss %.3f, %.1f steps/s, ETA %.0fs%s", step, cfg.steps,
+                     sum(losses[-100:]) / len(losses[-100:]), rate, (cfg.steps - step) / rate,
+                     f", greedy accuracy {curve[-1][1]:.1%}" if curve and curve[-1][0] == step else "")
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    return {"final_loss": sum(losses[-100:]) / min(100, len(losses)), "train_seconds": time.monotonic() - started,
-            "n_parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
+    return {
+        "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+        "train_seconds": time.monotonic() - started,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "n_train_examples": len(examples),
+        "loss_curve": [(i + 1, loss) for i, loss in enumerate(losses)],
+        "accuracy_curve": curve,
+        "config": asdict(cfg),
+    }
 
 
-def evaluate_policy(gen: TransformersGenerator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
-                    max_new_tokens: int = 96) -> dict:
-    """Greedy accuracy, pass@k and majority@k (temperature 1) on `problems`."""
-    prompts = [policy_prompt(p.problem) for p in problems]
+def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
+                    max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE) -> dict:
+    """Greedy accuracy, pass@k and majority@k (k samples at temperature 1) on `problems`."""
+    prompts = [policy_prompt(p.problem, template) for p in problems]
     greedy = gen.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens))
     sampled = gen.generate(prompts, SamplingParams(n=k, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed))
     g_ok = p_ok = m_ok = 0
@@ -101,3 +140,143 @@ def evaluate_policy(gen: TransformersGenerator, problems: Sequence[Problem], k: 
         m_ok += bool(votes) and answers_match(votes.most_common(1)[0][0], p.reference_answer)
     n = len(problems)
     return {"greedy": g_ok / n, f"pass_at_{k}": p_ok / n, f"majority_at_{k}": m_ok / n, "n": n}
+
+
+def greedy_accuracy(gen: Generator, problems: Sequence[Problem], max_new_tokens: int = 96,
+                    template: str = DEFAULT_PROMPT_TEMPLATE) -> float:
+    out = gen.generate([policy_prompt(p.problem, template) for p in problems],
+                       SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens))
+    return sum(answers_match(extract_answer(c.text), p.reference_answer) for p, [c] in zip(problems, out)) / len(out)
+
+
+# --- the base_policy stage: train (or take a given model), evaluate, record ----------------
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    prompt_set: str = "arith-test"
+    k: int = 8
+    max_new_tokens: int = 96
+    seed: int = 0
+
+
+@dataclass
+class BasePolicyResult:
+    checkpoint_id: str
+    path: Path
+    reused: bool  # this checkpoint and its evaluation were already recorded: nothing was trained or run
+    training: dict | None  # the trainer's summary with its curves; None for a given model
+    metrics: dict  # greedy, pass_at_k, majority_at_k on the evaluation set
+    checkpoint_row: dict
+    evaluation_rows: list[dict]
+
+
+TRAINING_SUMMARY = "training.json"
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """One hash over a checkpoint's weight files, to tell two checkpoints at one path apart."""
+    h = hashlib.sha256()
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePolicyConfig = BasePolicyConfig(),
+                      train_prompt_set: str = "arith-train", evaluation: EvalSpec = EvalSpec(),
+                      model_path: str | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
+                      device: str = "cpu", dtype: torch.dtype | None = None, run_id: str | None = None,
+                      ) -> BasePolicyResult:
+    """Train the built-in policy on `train_prompt_set` (or take `model_path`), evaluate it on
+    `evaluation.prompt_set`, and return the rows to record. Idempotent: a checkpoint is named
+    by what made it (config, training-set version, template), so asking again for one that is
+    recorded and still on disk trains and evaluates nothing."""
+    eval_version, eval_problems = store.prompt_set_problems(evaluation.prompt_set)
+    if model_path:
+        path = resolve_model_dir(model_path)
+        sha = weights_sha256(path)
+        checkpoint_id = content_id("ck", "policy", "given", model_path, sha, template)
+        trained_on, config = None, {"model_path": model_path, "template": template}
+    else:
+        train_version, train_problems = store.prompt_set_problems(train_prompt_set)
+        trained_on = f"{train_prompt_set}@{train_version}"
+        config = {**asdict(cfg), "template": template, "architecture": "char-llama"}
+        checkpoint_id = content_id("ck", "policy", "builtin", config, trained_on)
+        path = checkpoints_dir / checkpoint_id
+
+    eval_key = asdict(evaluation) | {"version": eval_version}
+    eval_rows = _evaluation_rows(checkpoint_id, eval_key, metrics=None, run_id=run_id)
+    recorded = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+    have_evals = store.records(
+        "SELECT eval_id FROM evaluations WHERE eval_id IN (SELECT unnest(?))", [[r["eval_id"] for r in eval_rows]]
+    )
+    if recorded and path.is_dir() and len(have_evals) == len(eval_rows):
+        row = recorded[0]
+        metrics = json.loads(row["metrics"]) if isinstance(row["metrics"], str) else row["metrics"]
+        training = _read_summary(path) if not model_path else None
+        return BasePolicyResult(checkpoint_id, path, True, training, metrics["evaluation"], row, [])
+
+    training = None
+    if not model_path:
+        training = _read_summary(path) if path.is_dir() else None  # finished by a run killed before recording
+        if training is None:
+            training = _train_atomically(train_problems, path, cfg, evaluation, eval_problems, template)
+        sha = weights_sha256(path)
+
+    log.info("base policy %s: evaluating on %s (%d problems, k=%d)", checkpoint_id, evaluation.prompt_set,
+             len(eval_problems), evaluation.k)
+    gen = TransformersGenerator(str(path), device=device, dtype=dtype)
+    metrics = evaluate_policy(gen, eval_problems, k=evaluation.k, seed=evaluation.seed,
+                              max_new_tokens=evaluation.max_new_tokens, template=template)
+    summary = {k: v for k, v in (training or {}).items() if k not in {"loss_curve", "config"}}
+    checkpoint_row = {
+        "checkpoint_id": checkpoint_id, "kind": "policy", "base": model_path, "path": str(path), "sha256": sha,
+        "trained_on_prompt_set": trained_on, "config": config,
+        "metrics": {"evaluation": metrics, "evaluated_on": f"{evaluation.prompt_set}@{eval_version}",
+                    "training": summary},
+        "created_run": run_id, "created_at": utcnow(),
+    }
+    return BasePolicyResult(checkpoint_id, path, False, training, metrics, checkpoint_row,
+                            _evaluation_rows(checkpoint_id, eval_key, metrics, run_id))
+
+
+def _evaluation_rows(checkpoint_id: str, eval_key: dict, metrics: dict | None, run_id: str | None) -> list[dict]:
+    k = eval_key["k"]
+    rows = []
+    for method, metric in [("greedy", "greedy"), (f"pass@{k}", f"pass_at_{k}"), (f"majority@{k}", f"majority_at_{k}")]:
+        rows.append({
+            "eval_id": content_id("ev", checkpoint_id, method, eval_key), "checkpoint_ids": [checkpoint_id],
+            "prompt_set": eval_key["prompt_set"], "prompt_set_version": eval_key["version"], "method": method,
+            "n": metrics and metrics["n"], "accuracy": metrics and metrics[metric], "details": eval_key,
+            "created_run": run_id, "created_at": utcnow(),
+        })
+    return rows
+
+
+def _read_summary(path: Path) -> dict | None:
+    f = path / TRAINING_SUMMARY
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _train_atomically(train: Sequence[Problem], path: Path, cfg: BasePolicyConfig, evaluation: EvalSpec,
+                      eval_problems: Sequence[Problem], template: str) -> dict:
+    """Train into a scratch directory and rename it into place when complete, so a killed run
+    never leaves a half-written checkpoint under the checkpoint's name."""
+    scratch = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    curve_problems = list(eval_problems[:100])  # a fixed slice keeps the curve cheap
+
+    def on_eval(model, tok) -> float:
+        return greedy_accuracy(TransformersGenerator(model, tok), curve_problems, evaluation.max_new_tokens, template)
+
+    training = train_base_policy(train, scratch, cfg, on_eval=on_eval if cfg.eval_every else None)
+    (scratch / TRAINING_SUMMARY).write_text(json.dumps(training))
+    try:
+        os.replace(scratch, path)
+    except OSError:  # another run finished the same checkpoint first; theirs is identical in kind
+        shutil.rmtree(scratch, ignore_errors=True)
+    return training

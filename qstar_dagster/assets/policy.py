@@ -1,0 +1,104 @@
+"""The base policy: the model every search starts from, trained here or given.
+
+(No `from __future__ import annotations`: Dagster reads these annotations.)"""
+
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.plots import line_plots_markdown
+from qstar_dagster.resources import DataDirResource, LineageStoreResource
+from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.training.base_policy import (
+    DEFAULT_PROMPT_TEMPLATE,
+    BasePolicyConfig,
+    EvalSpec,
+    build_base_policy,
+)
+
+_TRAIN = BasePolicyConfig()
+
+
+class BasePolicyAssetConfig(Config):
+    model_path: str | None = Field(
+        None, description="use this model instead of training the built-in one: a local directory, or a "
+        "Hugging Face id already in the local cache (e.g. a 1.5B math model on a GPU)")
+    prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="how the policy is prompted; {problem}")
+    train_prompt_set: str = Field("arith-train", description="built-in policy: prompt set whose reference "
+                                  "solutions it learns from")
+    eval_prompt_set: str = Field("arith-test", description="prompt set for greedy / pass@k / majority@k")
+    eval_k: int = 8
+    eval_max_new_tokens: int = 96
+    hidden: int = _TRAIN.hidden
+    layers: int = _TRAIN.layers
+    heads: int = _TRAIN.heads
+    steps: int = _TRAIN.steps
+    batch_size: int = _TRAIN.batch_size
+    lr: float = _TRAIN.lr
+    warmup: int = _TRAIN.warmup
+    seed: int = _TRAIN.seed
+    eval_every: int = Field(_TRAIN.eval_every, description="steps between points of the accuracy curve; 0: none")
+
+
+@asset(
+    group_name="policy",
+    code_version="1",
+    pool=GPU_POOL,
+    kinds={"pytorch"},
+    deps=[AssetKey("prompt_set")],
+    description="The policy checkpoint that search starts from: the built-in character-level Llama trained "
+    "from scratch on a prompt set's reference solutions, or a given Hugging Face model. Recorded in the "
+    "store's checkpoints table with its config, training data and metrics on the evaluation set.",
+)
+def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, store: LineageStoreResource,
+                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
+    lineage = store.store()
+    compute.apply_threads()
+    train_cfg = BasePolicyConfig(hidden=config.hidden, layers=config.layers, heads=config.heads, steps=config.steps,
+                                 batch_size=config.batch_size, lr=config.lr, warmup=config.warmup, seed=config.seed,
+                                 eval_every=config.eval_every)
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        result = build_base_policy(
+            lineage, data_dir.subdir("checkpoints"), cfg=train_cfg, train_prompt_set=config.train_prompt_set,
+            evaluation=EvalSpec(config.eval_prompt_set, config.eval_k, config.eval_max_new_tokens),
+            model_path=config.model_path, template=config.prompt_template,
+            device=compute.torch_device(), dtype=compute.torch_dtype(), run_id=context.run_id,
+        )
+        with lineage.transaction() as con:
+            lineage.insert(con, "checkpoints", [result.checkpoint_row] if not result.reused else [])
+            lineage.insert(con, "evaluations", result.evaluation_rows)
+            run.finish(con)
+    m, k = result.metrics, config.eval_k
+    context.log.info(f"base policy {result.checkpoint_id}{' (already recorded)' if result.reused else ''}: "
+                     f"greedy {m['greedy']:.1%}, pass@{k} {m[f'pass_at_{k}']:.1%}, "
+                     f"majority@{k} {m[f'majority_at_{k}']:.1%} on {config.eval_prompt_set}")
+    metadata = {
+        "checkpoint_id": result.checkpoint_id,
+        "path": MetadataValue.path(str(result.path)),
+        "reused": result.reused,
+        "eval_prompt_set": config.eval_prompt_set,
+        "greedy_accuracy": m["greedy"],
+        f"pass_at_{k}": m[f"pass_at_{k}"],
+        f"majority_at_{k}": m[f"majority_at_{k}"],
+    }
+    if result.training:
+        t = result.training
+        metadata |= {
+            "train_prompt_set": config.train_prompt_set,
+            "n_parameters": t["n_parameters"],
+            "n_train_examples": t["n_train_examples"],
+            "train_seconds": round(t["train_seconds"], 1),
+            "final_loss": round(t["final_loss"], 4),
+            "training_curves": MetadataValue.md(line_plots_markdown([
+                ("training loss", "loss (solution tokens)", {"loss": _smooth(t["loss_curve"])}),
+                ("greedy accuracy (first 100 eval problems)", "accuracy", {"greedy": t["accuracy_curve"]}),
+            ])),
+        }
+    return MaterializeResult(metadata=metadata)
+
+
+def _smooth(points: list, window: int = 25) -> list[tuple[int, float]]:
+    """Means over windows of steps: the raw per-batch loss is too noisy to read."""
+    return [(points[min(i + window, len(points)) - 1][0],
+             sum(y for _, y in points[i: i + window]) / len(points[i: i + window]))
+            for i in range(0, len(points), window)]

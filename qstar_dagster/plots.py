@@ -1,0 +1,36 @@
+"""Plots for asset metadata: a PNG inlined in markdown, which the Dagster UI renders."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+
+def line_plots_markdown(panels: Sequence[tuple[str, str, dict[str, Sequence[tuple[float, float]]]]],
+                        width_in: float = 4.0, height_in: float = 2.8) -> str:
+    """One row of line plots. Each panel is (title, y label, {series name: [(x, y), ...]})."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe in worker processes
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in panels if any(p[2].values())]
+    if not panels:
+        return "(nothing to plot)"
+    fig, axes = plt.subplots(1, len(panels), figsize=(width_in * len(panels), height_in), squeeze=False)
+    for ax, (title, ylabel, series) in zip(axes[0], panels):
+        for name, points in series.items():
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, label=name, marker="o" if len(points) < 30 else None)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return f"![{' / '.join(p[0] for p in panels)}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
