@@ -66,25 +66,44 @@ def init() -> None:
 
 @main.command()
 @click.option("--prompt-set", "prompt_sets", multiple=True, help="materialize only these sets (default: built-in)")
-def demo(prompt_sets: tuple[str, ...]) -> None:
+@click.option("--policy-config", help='JSON config for the base_policy asset, e.g. \'{"steps": 300}\'')
+def demo(prompt_sets: tuple[str, ...], policy_config: str | None) -> None:
     """Run the embedded pipeline for the built-in prompt sets into the data directory."""
     from qstar_dagster.assets.prompts import builtin_partition_keys
     from qstar_dagster.definitions import make_definitions
 
     home = _home()
     instance = prepare_instance(home)
-    job = make_definitions(str(home)).resolve_job_def("embedded_pipeline")
-    keys = list(prompt_sets) or builtin_partition_keys()
+    defs = make_definitions(str(home))
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     started = time.monotonic()
-    for key in keys:
-        click.echo(f"== embedded pipeline, prompt set {key}")
-        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+
+    try:
+        policy = json.loads(policy_config) if policy_config else {}
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON ({e}); e.g. '{{\"steps\": 300}}'", param_hint="--policy-config") from None
+
+    def execute(job_name: str, what: str, partition_key: str | None = None, ops: dict | None = None) -> None:
+        click.echo(f"== {what}")
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, partition_key=partition_key, raise_on_error=False,
+            run_config={**run_config, **({"ops": ops} if ops else {})})
         if not result.success:
-            click.echo(f"run {result.run_id} for {key} failed; see `make ui` for its logs", err=True)
+            click.echo(f"run {result.run_id} ({what}) failed; see its logs above or in `make ui`", err=True)
             sys.exit(1)
+
+    for key in list(prompt_sets) or builtin_partition_keys():
+        execute("embedded_pipeline", f"embedded pipeline, prompt set {key}", key)
+    execute("base_policy_job", "base policy (trained on first run, then loaded)",
+            ops={"base_policy": {"config": policy}} if policy else None)
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
     _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
+    _print_sql(
+        "SELECT c.checkpoint_id, e.method, e.prompt_set, e.n, round(e.accuracy, 3) AS accuracy, "
+        "round(CAST(c.metrics->>'$.training.train_seconds' AS DOUBLE)) AS train_s "
+        "FROM evaluations e JOIN checkpoints c ON c.checkpoint_id = e.checkpoint_ids[1] "
+        "WHERE c.checkpoint_id = (SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' "
+        "ORDER BY created_at DESC LIMIT 1) ORDER BY e.method DESC", as_json=False)
 
 
 def _require_store():

@@ -13,10 +13,17 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "q"
 
 
+# A base policy small enough to train in seconds; the default one takes minutes.
+TINY_POLICY = json.dumps({"hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 8, "eval_every": 0,
+                          "eval_k": 2, "eval_max_new_tokens": 40})
+
+
 def test_demo_then_sql_and_lineage(home):
     runner = CliRunner()
-    out = runner.invoke(main, ["demo"])
+    out = runner.invoke(main, ["demo", "--policy-config", TINY_POLICY])
     assert out.exit_code == 0, out.output
+    # It ends with the base policy's metrics on the held-out set.
+    assert "greedy" in out.output and "pass@2" in out.output and "majority@2" in out.output
     assert (home / "lineage.duckdb").exists() and (home / "dagster" / "dagster.yaml").exists()
     assert "enabled: false" in (home / "dagster" / "dagster.yaml").read_text()
 
@@ -36,8 +43,15 @@ def test_demo_then_sql_and_lineage(home):
 
     # the demo is idempotent: a second run adds no prompt
     before = runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output
-    assert runner.invoke(main, ["demo"]).exit_code == 0
+    assert runner.invoke(main, ["demo", "--policy-config", TINY_POLICY]).exit_code == 0
     assert runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output == before
+    ckpts = json.loads(runner.invoke(main, ["sql", "select count(*) as n from checkpoints", "--json"]).output)
+    assert ckpts == [{"n": 1}]
+
+
+def test_demo_rejects_bad_policy_config(home):
+    out = CliRunner().invoke(main, ["demo", "--policy-config", "{steps: 3}"])
+    assert out.exit_code != 0 and "--policy-config" in out.output and "not JSON" in out.output
 
 
 def test_errors_are_clear(home):

@@ -223,6 +223,11 @@ class LineageStore:
                             json.loads(r["meta"]) if r["meta"] else {}) for r in rows]
         return rows[0]["version"], problems
 
+    def latest_checkpoint(self, kind: str = "policy") -> dict[str, Any] | None:
+        """The most recently recorded checkpoint of `kind` whose files are still on disk."""
+        rows = self.records("SELECT * FROM checkpoints WHERE kind = ? ORDER BY created_at DESC", [kind])
+        return next((r for r in rows if r["path"] and Path(r["path"]).exists()), None)
+
     # --- lineage ------------------------------------------------------------------------------
 
     def lineage(self, artifact_id: str, max_depth: int = 50) -> list[Edge]:
