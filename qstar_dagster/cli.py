@@ -83,7 +83,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None) -> None:
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"not JSON ({e}); e.g. '{{\"steps\": 300}}'", param_hint="--policy-config") from None
 
-    def execute(job_name: str, what: str, partition_key: str | None = None, ops: dict | None = None) -> None:
+    def execute(job_name: str, what: str, partition_key: str | None = None, ops: dict | None = None):
         click.echo(f"== {what}")
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition_key, raise_on_error=False,
@@ -91,19 +91,23 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None) -> None:
         if not result.success:
             click.echo(f"run {result.run_id} ({what}) failed; see its logs above or in `make ui`", err=True)
             sys.exit(1)
+        return result
 
     for key in list(prompt_sets) or builtin_partition_keys():
         execute("embedded_pipeline", f"embedded pipeline, prompt set {key}", key)
-    execute("base_policy_job", "base policy (trained on first run, then loaded)",
-            ops={"base_policy": {"config": policy}} if policy else None)
+    result = execute("base_policy_job", "base policy (trained on the first run, then loaded)",
+                     ops={"base_policy": {"config": policy}} if policy else None)
+    [mat] = result.asset_materializations_for_node("base_policy")
+    meta = {k: v.value for k, v in mat.metadata.items()}
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
     _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
-    _print_sql(
-        "SELECT c.checkpoint_id, e.method, e.prompt_set, e.n, round(e.accuracy, 3) AS accuracy, "
-        "round(CAST(c.metrics->>'$.training.train_seconds' AS DOUBLE)) AS train_s "
-        "FROM evaluations e JOIN checkpoints c ON c.checkpoint_id = e.checkpoint_ids[1] "
-        "WHERE c.checkpoint_id = (SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' "
-        "ORDER BY created_at DESC LIMIT 1) ORDER BY e.method DESC", as_json=False)
+    k = next(key.removeprefix("pass_at_") for key in meta if key.startswith("pass_at_"))
+    trained = (f"trained in {meta['train_seconds']:.0f}s, {meta['n_parameters']:,} parameters"
+               if "train_seconds" in meta else "given model")
+    click.echo(f"base policy {meta['checkpoint_id']} ({trained}{'; already recorded' if meta['reused'] else ''})\n"
+               f"  on {meta['eval_prompt_set']}: greedy {meta['greedy_accuracy']:.1%}, "
+               f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {meta[f'majority_at_{k}']:.1%}\n"
+               f"  all evaluations: qstar sql \"SELECT * FROM evaluations\"")
 
 
 def _require_store():

@@ -29,7 +29,7 @@ def test_demo_then_sql_and_lineage(home):
 
     out = runner.invoke(main, ["sql", "select prompt_set, count(*) as n from prompts group by 1 order by 1", "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output) == [{"prompt_set": "arith-test", "n": 200}, {"prompt_set": "arith-train", "n": 4000}]
+    assert json.loads(out.output) == [{"prompt_set": "arith-test", "n": 200}, {"prompt_set": "arith-train", "n": 60000}]
 
     table = runner.invoke(main, ["sql", "select prompt_set from prompts limit 1"])
     assert "prompt_set" in table.output and "arith-" in table.output

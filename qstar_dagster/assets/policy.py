@@ -28,6 +28,7 @@ class BasePolicyAssetConfig(Config):
                                   "solutions it learns from")
     eval_prompt_set: str = Field("arith-test", description="prompt set for greedy / pass@k / majority@k")
     eval_k: int = 8
+    eval_temperature: float = Field(0.7, description="temperature of the k samples behind pass@k and majority@k")
     eval_max_new_tokens: int = 96
     hidden: int = _TRAIN.hidden
     layers: int = _TRAIN.layers
@@ -60,12 +61,13 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         result = build_base_policy(
             lineage, data_dir.subdir("checkpoints"), cfg=train_cfg, train_prompt_set=config.train_prompt_set,
-            evaluation=EvalSpec(config.eval_prompt_set, config.eval_k, config.eval_max_new_tokens),
+            evaluation=EvalSpec(config.eval_prompt_set, config.eval_k, config.eval_max_new_tokens,
+                                temperature=config.eval_temperature),
             model_path=config.model_path, template=config.prompt_template,
             device=compute.torch_device(), dtype=compute.torch_dtype(), run_id=context.run_id,
         )
         with lineage.transaction() as con:
-            lineage.insert(con, "checkpoints", [result.checkpoint_row] if not result.reused else [])
+            lineage.insert(con, "checkpoints", [result.checkpoint_row] if not result.reused else [])  # no-op if there
             lineage.insert(con, "evaluations", result.evaluation_rows)
             run.finish(con)
     m, k = result.metrics, config.eval_k

@@ -45,12 +45,12 @@ class BasePolicyConfig:
     hidden: int = 128
     layers: int = 3
     heads: int = 4
-    steps: int = 1500
+    steps: int = 900
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 100
     seed: int = 0
-    eval_every: int = 250  # steps between greedy-accuracy points of the training curve; 0 = none
+    eval_every: int = 100  # steps between greedy-accuracy points of the training curve; 0 = none
 
 
 def _batches(examples: list[tuple[list[int], int]], cfg: BasePolicyConfig, pad_id: int):
@@ -126,11 +126,12 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
 
 
 def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
-                    max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE) -> dict:
-    """Greedy accuracy, pass@k and majority@k (k samples at temperature 1) on `problems`."""
+                    max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE,
+                    temperature: float = 0.7) -> dict:
+    """Greedy accuracy, pass@k and majority@k (k samples at `temperature`) on `problems`."""
     prompts = [policy_prompt(p.problem, template) for p in problems]
     greedy = gen.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens))
-    sampled = gen.generate(prompts, SamplingParams(n=k, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed))
+    sampled = gen.generate(prompts, SamplingParams(n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))
     g_ok = p_ok = m_ok = 0
     for p, [g1], samples in zip(problems, greedy, sampled):
         g_ok += answers_match(extract_answer(g1.text), p.reference_answer)
@@ -158,6 +159,7 @@ class EvalSpec:
     k: int = 8
     max_new_tokens: int = 96
     seed: int = 0
+    temperature: float = 0.7  # of the k samples; at 1.0 an undertrained policy's samples are mostly noise
 
 
 @dataclass
@@ -212,13 +214,13 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
     eval_rows = _evaluation_rows(checkpoint_id, eval_key, metrics=None, run_id=run_id)
     recorded = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
     have_evals = store.records(
-        "SELECT eval_id FROM evaluations WHERE eval_id IN (SELECT unnest(?))", [[r["eval_id"] for r in eval_rows]]
+        "SELECT method, n, accuracy FROM evaluations WHERE eval_id IN (SELECT unnest(?))",
+        [[r["eval_id"] for r in eval_rows]],
     )
     if recorded and path.is_dir() and len(have_evals) == len(eval_rows):
-        row = recorded[0]
-        metrics = json.loads(row["metrics"]) if isinstance(row["metrics"], str) else row["metrics"]
         training = _read_summary(path) if not model_path else None
-        return BasePolicyResult(checkpoint_id, path, True, training, metrics["evaluation"], row, [])
+        return BasePolicyResult(checkpoint_id, path, True, training, _metrics_from_rows(have_evals, evaluation.k),
+                                recorded[0], [])
 
     training = None
     if not model_path:
@@ -231,7 +233,8 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
              len(eval_problems), evaluation.k)
     gen = TransformersGenerator(str(path), device=device, dtype=dtype)
     metrics = evaluate_policy(gen, eval_problems, k=evaluation.k, seed=evaluation.seed,
-                              max_new_tokens=evaluation.max_new_tokens, template=template)
+                              max_new_tokens=evaluation.max_new_tokens, template=template,
+                              temperature=evaluation.temperature)
     summary = {k: v for k, v in (training or {}).items() if k not in {"loss_curve", "config"}}
     checkpoint_row = {
         "checkpoint_id": checkpoint_id, "kind": "policy", "base": model_path, "path": str(path), "sha256": sha,
@@ -242,6 +245,12 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
     }
     return BasePolicyResult(checkpoint_id, path, False, training, metrics, checkpoint_row,
                             _evaluation_rows(checkpoint_id, eval_key, metrics, run_id))
+
+
+def _metrics_from_rows(rows: list[dict], k: int) -> dict:
+    by_method = {r["method"]: r for r in rows}
+    return {"greedy": by_method["greedy"]["accuracy"], f"pass_at_{k}": by_method[f"pass@{k}"]["accuracy"],
+            f"majority_at_{k}": by_method[f"majority@{k}"]["accuracy"], "n": by_method["greedy"]["n"]}
 
 
 def _evaluation_rows(checkpoint_id: str, eval_key: dict, metrics: dict | None, run_id: str | None) -> list[dict]:

@@ -69,6 +69,13 @@ def test_trains_records_and_reuses_the_base_policy(env):
     assert store.query("SELECT count(*) FROM checkpoints")[1] == [(1,)]
     assert store.query("SELECT count(*) FROM evaluations")[1] == [(3,)]
 
+    # Another evaluation of the same checkpoint adds evaluations, not a checkpoint or training.
+    hotter = metadata(run_policy(env, {**TINY, "eval_temperature": 1.0}))
+    assert hotter["checkpoint_id"] == meta["checkpoint_id"] and hotter["reused"] is False
+    assert hotter["greedy_accuracy"] == meta["greedy_accuracy"] and weights.stat().st_mtime_ns == mtime
+    assert store.query("SELECT count(*) FROM checkpoints")[1] == [(1,)]
+    assert store.query("SELECT count(*) FROM evaluations")[1] == [(6,)]
+
     # A different config is a different checkpoint; the first one stays.
     metadata(run_policy(env, {**TINY, "seed": 1}))
     assert store.query("SELECT count(*) FROM checkpoints")[1] == [(2,)]

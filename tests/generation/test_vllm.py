@@ -7,7 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from qstar_dagster.generation.base import SamplingParams
-from qstar_dagster.generation.vllm_backend import VLLMGenerator, completion_from_vllm, vllm_sampling_kwargs
+from qstar_dagster.generation.vllm_backend import (
+    VLLMGenerator,
+    completion_from_vllm,
+    vllm_sampling_kwargs,
+)
 
 
 def test_sampling_parameters_map_to_vllm_with_a_seed_per_prompt():
