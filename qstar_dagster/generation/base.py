@@ -21,7 +21,7 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()  # e.g. the step separator: generation ends before it
     seed: int = 0
-    logprobs: bool = False  # also return per-token log-probabilities
+    logprobs: bool = False  # also return per-token log-probabilities (and token ids)
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
@@ -37,6 +37,7 @@ class Completion:
     logprob: float  # sum of the model's log-probabilities of the generated tokens
     finish_reason: FinishReason  # stop: a stop string or end-of-sequence; length: the token budget
     token_logprobs: list[float] | None = field(default=None, compare=False)
+    token_ids: list[int] | None = field(default=None, compare=False)  # with logprobs, where the backend has them
 
 
 @runtime_checkable

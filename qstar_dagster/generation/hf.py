@@ -183,6 +183,7 @@ class TransformersGenerator:
                 text=text, n_tokens=len(tokens[row]), logprob=float(sum(lps[row])),
                 finish_reason=finish[row] or "length",
                 token_logprobs=lps[row] if params.logprobs else None,
+                token_ids=tokens[row] if params.logprobs else None,
             ))
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 

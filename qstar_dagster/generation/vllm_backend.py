@@ -45,6 +45,7 @@ def completion_from_vllm(output: Any, want_token_logprobs: bool) -> Completion:
         logprob=float(logprob),
         finish_reason="length" if output.finish_reason == "length" else "stop",
         token_logprobs=token_lps if want_token_logprobs else None,
+        token_ids=list(output.token_ids) if want_token_logprobs else None,
     )
 
 

@@ -28,8 +28,8 @@ def test_vllm_outputs_become_completions():
     out = SimpleNamespace(text="12 + 3 = 15", token_ids=[7, 8], cumulative_logprob=None, finish_reason="stop",
                           logprobs=[{7: lp(logprob=-0.5), 9: lp(logprob=-2.0)}, {8: lp(logprob=-0.25)}])
     c = completion_from_vllm(out, want_token_logprobs=True)
-    assert (c.text, c.n_tokens, c.logprob, c.finish_reason, c.token_logprobs) == \
-        ("12 + 3 = 15", 2, -0.75, "stop", [-0.5, -0.25])
+    assert (c.text, c.n_tokens, c.logprob, c.finish_reason, c.token_logprobs, c.token_ids) == \
+        ("12 + 3 = 15", 2, -0.75, "stop", [-0.5, -0.25], [7, 8])
     long = SimpleNamespace(text="1", token_ids=[1], cumulative_logprob=-1.5, finish_reason="length", logprobs=None)
     c = completion_from_vllm(long, want_token_logprobs=False)
     assert (c.logprob, c.finish_reason, c.token_logprobs) == (-1.5, "length", None)
