@@ -80,6 +80,7 @@ class TransformersGenerator:
         self.progress_every_s = progress_every_s
         self.eos_ids = _eos_ids(self.model, tokenizer)
         self._piece_table: list[str] | None = None
+        self._stop_tables: dict[tuple[str, ...], torch.Tensor] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
 
     @torch.inference_mode()
@@ -106,6 +107,13 @@ class TransformersGenerator:
             self._piece_table = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))],
                                                             skip_special_tokens=True)
         return self._piece_table
+
+    def _stop_table(self, stop: tuple[str, ...]) -> torch.Tensor:
+        """[vocab] bool: whether a token's own text contains a stop string."""
+        if self._stop_tables.get(stop) is None:
+            self._stop_tables[stop] = torch.tensor([any(s in p for s in stop) for p in self._pieces()],
+                                                   device=self.device)
+        return self._stop_tables[stop]
 
     def _generate_chunk(self, prompts: list[str], params: SamplingParams, rng: torch.Generator):
         tok = self.tokenizer
@@ -140,29 +148,32 @@ class TransformersGenerator:
 
         rows = len(prompts) * n
         alive = torch.arange(rows, device=self.device)  # original row of each batch row
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        lps: list[list[float]] = [[] for _ in range(rows)]
-        texts = [""] * rows  # only for spotting stop strings; the result is decoded whole at the end
-        pieces = self._pieces() if params.stop else None
-        tail = max((len(s) for s in params.stop), default=0) + 32
         finish: list[str | None] = [None] * rows
+        history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (alive, token, logprob) per step
+        eos = torch.tensor(self.eos_ids or [-1], device=self.device)
+        # One-character stops (a newline ends a step) are found per token, in one tensor op;
+        # longer ones may span tokens and need each row's recent text.
+        stop_in_token = self._stop_table(params.stop) if params.stop else None
+        texts = [""] * rows if any(len(s) > 1 for s in params.stop) else None
+        pieces = self._pieces() if texts is not None else None
+        tail = max((len(s) for s in params.stop), default=0) + 32
         for step in range(params.max_new_tokens):
             logprobs = torch.log_softmax(logits, -1)
             chosen = _sample(logits, params, rng).to(self.device)
-            chosen_lp = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
-            keep = []
-            for b, (row, t, lp) in enumerate(zip(alive.tolist(), chosen.tolist(), chosen_lp)):
-                tokens[row].append(t)
-                lps[row].append(lp)
-                if t in self.eos_ids:
-                    finish[row] = "stop"
-                    continue
-                if pieces is not None:
-                    texts[row] = texts[row][-tail:] + pieces[t]
-                    if cut_at_stop(texts[row], params.stop)[1]:
-                        finish[row] = "stop"
-                        continue
-                keep.append(b)
+            history.append((alive, chosen, logprobs.gather(1, chosen[:, None])[:, 0]))
+            done = torch.isin(chosen, eos)
+            if stop_in_token is not None:
+                done |= stop_in_token[chosen]
+            done_list = done.tolist()
+            if texts is not None:
+                for b, (row, t) in enumerate(zip(alive.tolist(), chosen.tolist())):
+                    if not done_list[b]:
+                        texts[row] = texts[row][-tail:] + pieces[t]
+                        done_list[b] = cut_at_stop(texts[row], params.stop)[1]
+            keep = [b for b, d in enumerate(done_list) if not d]
+            for b, d in enumerate(done_list):
+                if d:
+                    finish[alive[b].item()] = "stop"
             if not keep or step == params.max_new_tokens - 1:
                 break
             if len(keep) < len(alive):  # finished rows leave the batch
@@ -175,6 +186,12 @@ class TransformersGenerator:
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        lps: list[list[float]] = [[] for _ in range(rows)]
+        for step_alive, step_tokens, step_lps in history:
+            for row, t, lp in zip(step_alive.tolist(), step_tokens.tolist(), step_lps.tolist()):
+                tokens[row].append(t)
+                lps[row].append(lp)
         results = []
         for row in range(rows):
             text = tok.decode([t for t in tokens[row] if t not in self.eos_ids], skip_special_tokens=True)
