@@ -23,6 +23,7 @@ class BasePolicyAssetConfig(Config):
     model_path: str | None = Field(
         None, description="use this model instead of training the built-in one: a local directory, or a "
         "Hugging Face id already in the local cache (e.g. a 1.5B math model on a GPU)")
+    backend: str = Field("transformers", description="evaluation backend: transformers, or vllm (extra gpu)")
     prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="how the policy is prompted; {problem}")
     train_prompt_set: str = Field("arith-train", description="built-in policy: prompt set whose reference "
                                   "solutions it learns from")
@@ -64,7 +65,8 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
             evaluation=EvalSpec(config.eval_prompt_set, config.eval_k, config.eval_max_new_tokens,
                                 temperature=config.eval_temperature),
             model_path=config.model_path, template=config.prompt_template,
-            device=compute.torch_device(), dtype=compute.torch_dtype(), run_id=context.run_id,
+            device=compute.torch_device(), dtype=compute.torch_dtype(), backend=config.backend,
+            run_id=context.run_id,
         )
         with lineage.transaction() as con:
             lineage.insert(con, "checkpoints", [result.checkpoint_row] if not result.reused else [])  # no-op if there

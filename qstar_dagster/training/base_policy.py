@@ -130,11 +130,11 @@ def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, see
                     temperature: float = 0.7) -> dict:
     """Greedy accuracy, pass@k and majority@k (k samples at `temperature`) on `problems`."""
     prompts = [policy_prompt(p.problem, template) for p in problems]
-    greedy = gen.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens))
-    sampled = gen.generate(prompts, SamplingParams(n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))
-    g_ok = p_ok = m_ok = 0
-    for p, [g1], samples in zip(problems, greedy, sampled):
-        g_ok += answers_match(extract_answer(g1.text), p.reference_answer)
+    g_ok = round(greedy_accuracy(gen, problems, max_new_tokens, template) * len(problems))
+    sampled = gen.generate(prompts, SamplingParams(n=k, temperature=temperature, max_new_tokens=max_new_tokens,
+                                                   seed=seed))
+    p_ok = m_ok = 0
+    for p, samples in zip(problems, sampled):
         answers = [extract_answer(c.text) for c in samples]
         p_ok += any(answers_match(a, p.reference_answer) for a in answers)
         votes = Counter(a for a in answers if a is not None)
@@ -191,12 +191,14 @@ def weights_sha256(model_dir: Path) -> str:
 def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePolicyConfig = BasePolicyConfig(),
                       train_prompt_set: str = "arith-train", evaluation: EvalSpec = EvalSpec(),
                       model_path: str | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
-                      device: str = "cpu", dtype: torch.dtype | None = None, run_id: str | None = None,
-                      ) -> BasePolicyResult:
+                      device: str = "cpu", dtype: torch.dtype | None = None, backend: str = "transformers",
+                      run_id: str | None = None) -> BasePolicyResult:
     """Train the built-in policy on `train_prompt_set` (or take `model_path`), evaluate it on
     `evaluation.prompt_set`, and return the rows to record. Idempotent: a checkpoint is named
     by what made it (config, training-set version, template), so asking again for one that is
     recorded and still on disk trains and evaluates nothing."""
+    if backend not in ("transformers", "vllm"):
+        raise ValueError(f"base policy: backend must be transformers or vllm, got {backend!r}")
     eval_version, eval_problems = store.prompt_set_problems(evaluation.prompt_set)
     if model_path:
         path = resolve_model_dir(model_path)
@@ -231,7 +233,12 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
 
     log.info("base policy %s: evaluating on %s (%d problems, k=%d)", checkpoint_id, evaluation.prompt_set,
              len(eval_problems), evaluation.k)
-    gen = TransformersGenerator(str(path), device=device, dtype=dtype)
+    if backend == "vllm":  # a large given model on a GPU
+        from qstar_dagster.generation.vllm_backend import VLLMGenerator
+
+        gen = VLLMGenerator(str(path))
+    else:
+        gen = TransformersGenerator(str(path), device=device, dtype=dtype)
     metrics = evaluate_policy(gen, eval_problems, k=evaluation.k, seed=evaluation.seed,
                               max_new_tokens=evaluation.max_new_tokens, template=template,
                               temperature=evaluation.temperature)

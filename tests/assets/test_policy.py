@@ -123,3 +123,11 @@ def test_missing_model_is_a_clear_error(env, tmp_path):
     result = run_policy(env, {"model_path": str(tmp_path / "nope")}, raise_on_error=False)
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "neither a local directory nor in the Hugging Face cache" in failure.step_failure_data.error.to_string()
+
+
+def test_unknown_backend_fails_before_any_work(env):
+    load_prompt_sets(env)
+    result = run_policy(env, {**TINY, "backend": "tgi"}, raise_on_error=False)
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "backend must be transformers or vllm, got 'tgi'" in failure.step_failure_data.error.to_string()
+    assert not (env[2] / "checkpoints").exists() or not list((env[2] / "checkpoints").iterdir())
