@@ -135,6 +135,7 @@ class TransformersGenerator:
         tok = self.tokenizer
         # Prefill once per prompt. Its n samples then share the prompt's keys and values (a
         # shared-prefix cache) or, for models that cannot use one, each get a copy.
+        shared = cache is not None
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          past_key_values=cache)
         cache, logits = out.past_key_values, out.logits[:, -1, :].float()
@@ -180,9 +181,11 @@ class TransformersGenerator:
                 idx = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(idx)
                 alive, chosen, mask, next_pos = alive[idx], chosen[idx], mask[idx], next_pos[idx]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
+            # The shared-prefix cache knows each prompt's padding itself: no mask to build per step.
+            if not shared:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.model(input_ids=chosen[:, None], attention_mask=None if shared else mask,
+                             position_ids=next_pos, past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
             next_pos = next_pos + 1
 
