@@ -38,6 +38,9 @@ class Completion:
     finish_reason: FinishReason  # stop: a stop string or end-of-sequence; length: the token budget
     token_logprobs: list[float] | None = field(default=None, compare=False)
     token_ids: list[int] | None = field(default=None, compare=False)  # with logprobs, where the backend has them
+    # The stop string that ended it; None when it ended at end-of-sequence or the token budget.
+    # Search reads this to tell "end of a step" from "end of the solution".
+    stop_string: str | None = None
 
 
 @runtime_checkable
@@ -51,5 +54,14 @@ class Generator(Protocol):
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """The text before the earliest stop string, and whether one occurred."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return (text, False) if cut < 0 else (text[:cut], True)
+    text, found = cut_at_stop_string(text, stop)
+    return text, found is not None
+
+
+def cut_at_stop_string(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """The text before the earliest stop string, and that stop string (None if none occurs)."""
+    hits = [(i, s) for s in stop if s and (i := text.find(s)) >= 0]
+    if not hits:
+        return text, None
+    i, s = min(hits)
+    return text[:i], s

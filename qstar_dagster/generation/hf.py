@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 
-from qstar_dagster.generation.base import Completion, SamplingParams, cut_at_stop
+from qstar_dagster.generation.base import (
+    Completion,
+    SamplingParams,
+    cut_at_stop,
+    cut_at_stop_string,
+)
 from qstar_dagster.generation.shared_prefix import shared_prefix_attention, shared_prefix_cache
 
 log = logging.getLogger(__name__)
@@ -198,12 +203,13 @@ class TransformersGenerator:
         results = []
         for row in range(rows):
             text = tok.decode([t for t in tokens[row] if t not in self.eos_ids], skip_special_tokens=True)
-            text, _ = cut_at_stop(text, params.stop) if params.stop else (text, False)
+            text, stop_string = cut_at_stop_string(text, params.stop)
             results.append(Completion(
                 text=text, n_tokens=len(tokens[row]), logprob=float(sum(lps[row])),
                 finish_reason=finish[row] or "length",
                 token_logprobs=lps[row] if params.logprobs else None,
                 token_ids=tokens[row] if params.logprobs else None,
+                stop_string=stop_string if finish[row] == "stop" else None,
             ))
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 

@@ -63,5 +63,8 @@ class OpenAICompatibleGenerator:
                 text=text, n_tokens=n_tokens, logprob=float(sum(lps)) if lps is not None else math.nan,
                 finish_reason="length" if finish == "length" else "stop",
                 token_logprobs=lps if params.logprobs else None,
+                # The API does not say whether a stop string or end-of-sequence ended it; a step
+                # boundary is assumed (an ended solution then yields an empty next step).
+                stop_string=params.stop[0] if finish == "stop" and params.stop else None,
             ))
         return out

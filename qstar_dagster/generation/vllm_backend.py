@@ -46,6 +46,7 @@ def completion_from_vllm(output: Any, want_token_logprobs: bool) -> Completion:
         finish_reason="length" if output.finish_reason == "length" else "stop",
         token_logprobs=token_lps if want_token_logprobs else None,
         token_ids=list(output.token_ids) if want_token_logprobs else None,
+        stop_string=output.stop_reason if isinstance(output.stop_reason, str) else None,
     )
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qstar_dagster.generation.base import SamplingParams, cut_at_stop
+from qstar_dagster.generation.base import SamplingParams, cut_at_stop, cut_at_stop_string
 from qstar_dagster.generation.hf import ModelNotFoundError, TransformersGenerator, load_causal_lm
 
 PROMPTS = ["Q: 1+2\nA:", "Q: a much longer prompt, 33*4 - 7\nA:", "Q: 9\nA:"]
@@ -52,6 +52,10 @@ def test_stop_strings_end_each_sequence_on_its_own(gen):
     for c in flat:
         assert "e" not in c.text
         assert c.n_tokens <= 40
+        # which stop ended it: the stop string, or None for end-of-sequence / the token budget
+        assert c.stop_string == ("e" if c.finish_reason == "stop" and c.n_tokens > 0 else c.stop_string)
+        assert c.finish_reason == "stop" or c.stop_string is None
+    assert any(c.stop_string == "e" for c in stopped)
 
 
 def test_greedy_samples_are_identical(gen):
@@ -67,6 +71,8 @@ def test_missing_model_is_a_clear_error_not_a_hang():
 def test_cut_at_stop():
     assert cut_at_stop("a\nb\n\nc", ["\n\n", "\n"]) == ("a", True)
     assert cut_at_stop("abc", ["x"]) == ("abc", False)
+    assert cut_at_stop_string("ab\n\nc", ["\n", "\n\n"]) == ("ab", "\n")
+    assert cut_at_stop_string("abc", ["x"]) == ("abc", None)
 
 
 def test_bad_sampling_params_are_refused():

@@ -26,11 +26,14 @@ def test_sampling_parameters_map_to_vllm_with_a_seed_per_prompt():
 def test_vllm_outputs_become_completions():
     lp = SimpleNamespace
     out = SimpleNamespace(text="12 + 3 = 15", token_ids=[7, 8], cumulative_logprob=None, finish_reason="stop",
+                          stop_reason="\n",
                           logprobs=[{7: lp(logprob=-0.5), 9: lp(logprob=-2.0)}, {8: lp(logprob=-0.25)}])
     c = completion_from_vllm(out, want_token_logprobs=True)
     assert (c.text, c.n_tokens, c.logprob, c.finish_reason, c.token_logprobs, c.token_ids) == \
         ("12 + 3 = 15", 2, -0.75, "stop", [-0.5, -0.25], [7, 8])
-    long = SimpleNamespace(text="1", token_ids=[1], cumulative_logprob=-1.5, finish_reason="length", logprobs=None)
+    assert c.stop_string == "\n"
+    long = SimpleNamespace(text="1", token_ids=[1], cumulative_logprob=-1.5, finish_reason="length", logprobs=None,
+                           stop_reason=None)
     c = completion_from_vllm(long, want_token_logprobs=False)
     assert (c.logprob, c.finish_reason, c.token_logprobs) == (-1.5, "length", None)
 
