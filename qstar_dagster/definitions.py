@@ -4,6 +4,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set, prompt_set_partitions
+from qstar_dagster.assets.rollouts import tot_rollouts
 from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 from qstar_dagster.resources.compute import ComputeResource
 
@@ -26,7 +27,7 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
     data = DataDirResource(path=data_dir)
     store = LineageStoreResource(path=str(default_store_path(data_dir)) if data_dir else None)
     return Definitions(
-        assets=[prompt_set, base_policy],
+        assets=[prompt_set, base_policy, tot_rollouts],
         jobs=[embedded_pipeline, base_policy_job],
         sensors=[prompt_inbox_sensor],
         resources={"data_dir": data, "store": store, "compute": ComputeResource()},

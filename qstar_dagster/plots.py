@@ -6,10 +6,21 @@ import base64
 import io
 from collections.abc import Sequence
 
+# (title, y label, {series name: [(x, y), ...]})
+Panel = tuple[str, str, dict[str, Sequence[tuple[float, float]]]]
 
-def line_plots_markdown(panels: Sequence[tuple[str, str, dict[str, Sequence[tuple[float, float]]]]],
-                        width_in: float = 4.0, height_in: float = 2.8) -> str:
-    """One row of line plots. Each panel is (title, y label, {series name: [(x, y), ...]})."""
+
+def line_plots_markdown(panels: Sequence[Panel], width_in: float = 4.0, height_in: float = 2.8) -> str:
+    """One row of line plots."""
+    return _plots_markdown(panels, "line", width_in, height_in)
+
+
+def bar_plots_markdown(panels: Sequence[Panel], width_in: float = 4.0, height_in: float = 2.8) -> str:
+    """One row of bar charts (series side by side at each x)."""
+    return _plots_markdown(panels, "bar", width_in, height_in)
+
+
+def _plots_markdown(panels: Sequence[Panel], style: str, width_in: float, height_in: float) -> str:
     import matplotlib
 
     matplotlib.use("Agg")  # no display; safe in worker processes
@@ -20,9 +31,13 @@ def line_plots_markdown(panels: Sequence[tuple[str, str, dict[str, Sequence[tupl
         return "(nothing to plot)"
     fig, axes = plt.subplots(1, len(panels), figsize=(width_in * len(panels), height_in), squeeze=False)
     for ax, (title, ylabel, series) in zip(axes[0], panels):
-        for name, points in series.items():
-            if points:
-                xs, ys = zip(*points)
+        drawn = [(name, points) for name, points in series.items() if points]
+        for i, (name, points) in enumerate(drawn):
+            xs, ys = zip(*points)
+            if style == "bar":
+                width = 0.8 / len(drawn)
+                ax.bar([x + (i - (len(drawn) - 1) / 2) * width for x in xs], ys, width=width, label=name)
+            else:
                 ax.plot(xs, ys, label=name, marker="o" if len(points) < 30 else None)
         ax.set_title(title)
         ax.set_ylabel(ylabel)

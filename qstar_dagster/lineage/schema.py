@@ -141,6 +141,36 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE evaluations ADD COLUMN prompt_set_version VARCHAR;
         """,
     ),
+    (
+        4,
+        "search trees: one row per tree of a rollout",
+        """
+        -- A rollout is one (prompt set version, policy, search config) materialization; its
+        -- trees are written a batch per transaction, so a tree row means the tree is whole.
+        CREATE TABLE trees (
+            tree_id VARCHAR PRIMARY KEY,
+            rollout_id VARCHAR NOT NULL,
+            prompt_id VARCHAR NOT NULL,
+            prompt_set VARCHAR NOT NULL,
+            prompt_set_version VARCHAR NOT NULL,
+            policy_checkpoint VARCHAR,
+            search VARCHAR NOT NULL,            -- best_of_n | beam | mcts
+            value_function VARCHAR NOT NULL,    -- none | likelihood | mc | prm:<checkpoint>
+            spec JSON,
+            n_nodes INTEGER NOT NULL,
+            generated_tokens BIGINT NOT NULL,   -- tokens of the tree's steps
+            value_tokens BIGINT NOT NULL,       -- tokens the value function generated (Monte Carlo)
+            seconds DOUBLE,                     -- its batch's search time, shared among the batch's trees
+            selected_node VARCHAR,              -- the leaf the search answers with
+            selected_correct BOOLEAN,
+            any_correct BOOLEAN NOT NULL,       -- some terminal node is correct (pass@k)
+            created_run VARCHAR,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX trees_rollout ON trees (rollout_id);
+        CREATE INDEX nodes_tree ON nodes (tree_id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -168,10 +198,13 @@ VIEWS: dict[str, str] = {
         UNION ALL
         SELECT 'node', node_id, 'node', parent_id, 'child_of' FROM nodes WHERE parent_id IS NOT NULL
         UNION ALL
-        SELECT 'node', node_id, 'prompt', prompt_id, 'answers' FROM nodes WHERE parent_id IS NULL
+        -- The root stands for its tree; the tree says which prompt and which policy.
+        SELECT 'node', node_id, 'tree', tree_id, 'root_of' FROM nodes WHERE parent_id IS NULL
         UNION ALL
-        SELECT 'node', node_id, 'checkpoint', policy_checkpoint, 'sampled_by'
-        FROM nodes WHERE policy_checkpoint IS NOT NULL
+        SELECT 'tree', tree_id, 'prompt', prompt_id, 'searches' FROM trees
+        UNION ALL
+        SELECT 'tree', tree_id, 'checkpoint', policy_checkpoint, 'sampled_by'
+        FROM trees WHERE policy_checkpoint IS NOT NULL
         UNION ALL
         SELECT 'step_label', node_id || '/' || labeler || '/' || kind, 'node', node_id, 'labels' FROM step_labels
         UNION ALL
@@ -197,10 +230,28 @@ VIEWS: dict[str, str] = {
         UNION ALL
         SELECT kind, id, 'run', created_run, 'created_by' FROM (
             SELECT 'prompt_set' AS kind, prompt_set || '@' || version AS id, created_run FROM prompt_sets
+            UNION ALL SELECT 'tree', tree_id, created_run FROM trees
             UNION ALL SELECT 'checkpoint', checkpoint_id, created_run FROM checkpoints
             UNION ALL SELECT 'dataset', dataset_id, created_run FROM datasets
             UNION ALL SELECT 'evaluation', eval_id, created_run FROM evaluations
         ) WHERE created_run IS NOT NULL
+    """,
+    # Every terminal node with its path from the root: the solution a rollout wrote, step by
+    # step (steps[1] is the first step; the root holds no text).
+    "rollout_paths": """
+        WITH RECURSIVE walk(leaf_id, node_id, parent_id, steps, node_ids) AS (
+            SELECT node_id, node_id, parent_id, [text], [node_id] FROM nodes WHERE is_terminal
+            UNION ALL
+            SELECT w.leaf_id, n.node_id, n.parent_id, list_prepend(n.text, w.steps),
+                   list_prepend(n.node_id, w.node_ids)
+            FROM walk w JOIN nodes n ON n.node_id = w.parent_id
+        )
+        SELECT t.rollout_id, t.prompt_set, l.tree_id, l.prompt_id, w.leaf_id AS node_id,
+               list_slice(w.node_ids, 2, NULL) AS step_node_ids, list_slice(w.steps, 2, NULL) AS steps,
+               l.depth, l.answer, l.is_correct, coalesce(t.selected_node = w.leaf_id, FALSE) AS selected,
+               l.search, l.policy_checkpoint
+        FROM walk w JOIN nodes l ON l.node_id = w.leaf_id JOIN trees t ON t.tree_id = l.tree_id
+        WHERE w.parent_id IS NULL
     """,
     "label_stats": """
         SELECT labeler, kind,

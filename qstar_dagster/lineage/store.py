@@ -223,6 +223,24 @@ class LineageStore:
                             json.loads(r["meta"]) if r["meta"] else {}) for r in rows]
         return rows[0]["version"], problems
 
+    def checkpoint(self, checkpoint_id: str | None = None, kind: str = "policy") -> dict[str, Any]:
+        """A recorded checkpoint of `kind` whose files are on disk: the one named, else the
+        latest; a clear error when there is none."""
+        if checkpoint_id is None:
+            found = self.latest_checkpoint(kind)
+            if found is None:
+                raise LookupError(f"no {kind} checkpoint in the lineage store {self.path}; materialize "
+                                  f"{'base_policy' if kind == 'policy' else f'a {kind} checkpoint'} first")
+            return found
+        rows = self.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+        if not rows or rows[0]["kind"] != kind:
+            raise LookupError(f"{checkpoint_id!r} is not a {kind} checkpoint in {self.path}; list them with "
+                              f"qstar sql \"select checkpoint_id, created_at from checkpoints where kind = '{kind}'\"")
+        if not rows[0]["path"] or not Path(rows[0]["path"]).exists():
+            raise FileNotFoundError(f"checkpoint {checkpoint_id} is recorded but its files are gone from "
+                                    f"{rows[0]['path']}; materialize it again")
+        return rows[0]
+
     def latest_checkpoint(self, kind: str = "policy") -> dict[str, Any] | None:
         """The most recently recorded checkpoint of `kind` whose files are still on disk."""
         rows = self.records("SELECT * FROM checkpoints WHERE kind = ? ORDER BY created_at DESC", [kind])

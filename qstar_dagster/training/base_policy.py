@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage.store import LineageStore, utcnow
@@ -197,8 +198,7 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
     `evaluation.prompt_set`, and return the rows to record. Idempotent: a checkpoint is named
     by what made it (config, training-set version, template), so asking again for one that is
     recorded and still on disk trains and evaluates nothing."""
-    if backend not in ("transformers", "vllm"):
-        raise ValueError(f"base policy: backend must be transformers or vllm, got {backend!r}")
+    check_backend(backend)
     eval_version, eval_problems = store.prompt_set_problems(evaluation.prompt_set)
     if model_path:
         path = resolve_model_dir(model_path)
@@ -233,12 +233,7 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
 
     log.info("base policy %s: evaluating on %s (%d problems, k=%d)", checkpoint_id, evaluation.prompt_set,
              len(eval_problems), evaluation.k)
-    if backend == "vllm":  # a large given model on a GPU
-        from qstar_dagster.generation.vllm_backend import VLLMGenerator
-
-        gen = VLLMGenerator(str(path))
-    else:
-        gen = TransformersGenerator(str(path), device=device, dtype=dtype)
+    gen = make_generator(backend, str(path), device, dtype)
     metrics = evaluate_policy(gen, eval_problems, k=evaluation.k, seed=evaluation.seed,
                               max_new_tokens=evaluation.max_new_tokens, template=template,
                               temperature=evaluation.temperature)

@@ -1,0 +1,144 @@
+"""Tree-of-thoughts rollouts: search over reasoning steps for every problem of a prompt set.
+
+(No `from __future__ import annotations`: Dagster reads these annotations.)"""
+
+import json
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.generation.backends import check_backend, make_generator
+from qstar_dagster.lineage import LineageStore
+from qstar_dagster.plots import bar_plots_markdown
+from qstar_dagster.resources import LineageStoreResource
+from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.search.algorithms import ALGORITHMS, SearchSpec
+from qstar_dagster.search.rollouts import plan_rollout, rollout_summary, run_rollout, tree_shape
+from qstar_dagster.search.value import VALUE_FUNCTIONS
+from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE
+
+_SPEC = SearchSpec()
+
+
+class RolloutsConfig(Config):
+    algorithm: str = Field(_SPEC.algorithm, description=f"one of {', '.join(ALGORITHMS)}")
+    value: str = Field(_SPEC.value, description=f"value function: {', '.join(VALUE_FUNCTIONS)} (mc reads the "
+                       "reference answer: for making data; answers are then chosen by majority vote)")
+    n: int = Field(_SPEC.n, description="best_of_n: samples per problem")
+    k: int = Field(_SPEC.k, description="beam, mcts: next steps sampled per expanded node")
+    beam_width: int = Field(_SPEC.beam_width, description="beam: open nodes kept per problem and depth")
+    simulations: int = Field(_SPEC.simulations, description="mcts: rounds of select-expand-evaluate-backup")
+    c_puct: float = _SPEC.c_puct
+    max_depth: int = Field(_SPEC.max_depth, description="steps per path")
+    step_max_tokens: int = Field(_SPEC.step_max_tokens, description="tokens per step")
+    temperature: float = _SPEC.temperature
+    top_p: float = _SPEC.top_p
+    max_nodes: int = Field(_SPEC.max_nodes, description="budget: nodes per tree, root included")
+    max_tokens: int = Field(_SPEC.max_tokens, description="budget: generated step tokens per tree")
+    mc_rollouts: int = Field(_SPEC.mc_rollouts, description="value mc: completions sampled per node")
+    seed: int = _SPEC.seed
+    policy_checkpoint: str | None = Field(None, description="policy checkpoint id; unset: the latest recorded "
+                                          "policy (the base_policy asset's)")
+    backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
+    batch_size: int = Field(64, description="problems searched together; also the unit a killed run resumes by")
+    max_problems: int | None = Field(None, description="search only the first n problems of the prompt set")
+
+    def spec(self) -> SearchSpec:
+        return SearchSpec(**{f: getattr(self, f) for f in SearchSpec.__dataclass_fields__})
+
+
+CHECK_TREES_SOUND = "trees_sound"
+
+
+def tree_violations(store: LineageStore, rollout_id: str) -> dict[str, int]:
+    """Tree invariants over the stored rows: each count should be 0."""
+    [row] = store.records("""
+        WITH n AS (SELECT n.* FROM nodes n JOIN trees t USING (tree_id) WHERE t.rollout_id = ?)
+        SELECT
+          count(*) FILTER (WHERE c.parent_id IS NOT NULL AND p.node_id IS NULL) AS missing_parent,
+          count(*) FILTER (WHERE p.node_id IS NOT NULL AND c.depth <> p.depth + 1) AS bad_depth,
+          count(*) FILTER (WHERE p.node_id IS NOT NULL AND p.is_terminal) AS child_of_terminal,
+          count(*) FILTER (WHERE c.is_terminal AND c.is_correct IS NULL) AS ungraded_terminal,
+          count(*) FILTER (WHERE c.parent_id IS NULL AND c.depth <> 0) AS bad_root
+        FROM n c LEFT JOIN nodes p ON p.node_id = c.parent_id""", [rollout_id])
+    return row
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="rollouts",
+    code_version="1",
+    pool=GPU_POOL,
+    kinds={"pytorch", "duckdb"},
+    deps=[AssetKey("prompt_set"), AssetKey("base_policy")],
+    check_specs=[AssetCheckSpec(CHECK_TREES_SOUND, asset="tot_rollouts",
+                                description="every non-root node's parent exists one level up, no terminal "
+                                "node has children, every terminal node is graded")],
+    description="Trees of reasoning steps sampled from a policy for every problem of a prompt set: best-of-N, "
+    "tree-of-thoughts beam/BFS or MCTS, all problems of a batch searched together. Every node goes to the "
+    "store's nodes table (with its prompt, policy checkpoint and run); each tree to trees.",
+)
+def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: LineageStoreResource,
+                 compute: ComputeResource) -> Iterator:
+    lineage = store.store()
+    spec = config.spec()  # validates algorithm, value function and budgets before any work
+    check_backend(config.backend)
+    compute.apply_threads()
+    name = context.partition_key
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        version, problems = lineage.prompt_set_problems(name)
+        policy = lineage.checkpoint(config.policy_checkpoint, "policy")
+        template = json.loads(policy["config"] or "{}").get("template", DEFAULT_PROMPT_TEMPLATE)
+        plan = plan_rollout(name, version, problems[: config.max_problems], policy["checkpoint_id"], spec,
+                            config.batch_size, template)
+        result = run_rollout(lineage, plan, lambda: make_generator(config.backend, policy["path"],
+                                                                   compute.torch_device(), compute.torch_dtype()),
+                             context.run_id)
+        with lineage.transaction() as con:
+            run.finish(con)
+    summary = rollout_summary(lineage, plan.rollout_id)
+    shape = tree_shape(lineage, plan.rollout_id)
+    context.log.info(f"rollout {plan.rollout_id}: {summary['trees']} trees, {summary['nodes']} nodes, "
+                     f"selected-path accuracy {summary['selected_accuracy']:.1%}, any path {summary['pass_at_k']:.1%}, "
+                     f"{summary['tokens_per_second']:.0f} tokens/s")
+    yield MaterializeResult(metadata={
+        "rollout_id": plan.rollout_id,
+        "policy_checkpoint": policy["checkpoint_id"],
+        "algorithm": spec.algorithm,
+        "value_function": spec.value,
+        "trees": summary["trees"],
+        "nodes": summary["nodes"],
+        "generated_tokens": summary["generated_tokens"],
+        "value_tokens": summary["value_tokens"],
+        "tokens_per_second": round(summary["tokens_per_second"], 1),
+        "selected_accuracy": summary["selected_accuracy"],
+        "pass_at_k": summary["pass_at_k"],
+        "batches_searched": result.n_batches_run,
+        "batches_in_store_before": result.n_batches - result.n_batches_run,
+        "tree_shape": MetadataValue.md(bar_plots_markdown([
+            ("nodes per depth", "nodes", {"all": shape["nodes"], "terminal": shape["terminals"]}),
+            ("branching (non-terminal nodes)", "nodes with b children", {"b children": shape["branching"]}),
+            ("terminal nodes correct, per depth", "share correct", {"correct": shape["correct_share"]}),
+        ])),
+        "walk_a_tree": MetadataValue.md(
+            "```\nqstar sql \"select steps, answer, is_correct from rollout_paths "
+            f"where rollout_id = '{plan.rollout_id}' limit 5\"\n```"),
+    })
+    bad = tree_violations(lineage, plan.rollout_id)
+    yield AssetCheckResult(check_name=CHECK_TREES_SOUND, passed=not any(bad.values()),
+                           severity=AssetCheckSeverity.ERROR,
+                           description=", ".join(f"{k}: {v}" for k, v in bad.items()), metadata=bad)
+

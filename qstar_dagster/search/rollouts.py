@@ -1,0 +1,164 @@
+"""Rollouts: one search config run over every problem of a prompt set, into the store.
+
+Problems go through the search in fixed batches (positions in the prompt set), each with a
+seed derived from its problems and the config's seed, and each batch's trees are written
+in one transaction. So a tree id names everything that decides the tree, a batch is either
+wholly in the store or not at all, a re-run skips the batches already there (writing
+nothing when all are), and a killed run resumes with the same trees an uninterrupted one
+would have made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from qstar_dagster.generation.base import Generator
+from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.search.algorithms import SearchSpec, SearchStats, search
+from qstar_dagster.search.tree import Tree
+from qstar_dagster.search.value import make_value_function
+from qstar_dagster.tasks.problem import Problem, content_id
+from qstar_dagster.tasks.steps import step_format
+from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE, policy_prompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int
+    problems: tuple[Problem, ...]
+    seed: int
+    tree_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    rollout_id: str
+    prompt_set: str
+    prompt_set_version: str
+    policy_checkpoint: str | None
+    spec: SearchSpec
+    template: str
+    batches: tuple[Batch, ...]
+
+    @property
+    def n_problems(self) -> int:
+        return sum(len(b.problems) for b in self.batches)
+
+
+def plan_rollout(prompt_set: str, version: str, problems: Sequence[Problem], policy_checkpoint: str | None,
+                 spec: SearchSpec, batch_size: int = 64, template: str = DEFAULT_PROMPT_TEMPLATE) -> RolloutPlan:
+    if batch_size < 1:
+        raise ValueError(f"rollout batch_size must be >= 1, got {batch_size}")
+    if not problems:
+        raise ValueError(f"prompt set {prompt_set!r} has no problems to search")
+    separators = {step_format(p.domain).separator for p in problems}
+    if len(separators) > 1:  # one stop string per generator call
+        raise ValueError(f"prompt set {prompt_set!r} mixes step formats {sorted(separators)}; "
+                         "split it into one prompt set per domain")
+    rollout_id = content_id("r", prompt_set, version, policy_checkpoint, asdict(spec), batch_size, template)
+    batches = []
+    for index, start in enumerate(range(0, len(problems), batch_size)):
+        chunk = tuple(problems[start:start + batch_size])
+        key = hashlib.sha256(repr((spec.seed, [p.prompt_id for p in chunk])).encode()).digest()
+        seed = int.from_bytes(key[:4], "little")
+        tree_ids = tuple(content_id("t", rollout_id, p.prompt_id, seed) for p in chunk)
+        batches.append(Batch(index, chunk, seed, tree_ids))
+    return RolloutPlan(rollout_id, prompt_set, version, policy_checkpoint, spec, template, tuple(batches))
+
+
+@dataclass
+class RolloutResult:
+    rollout_id: str
+    n_batches: int
+    n_batches_run: int  # batches searched by this call (the rest were in the store already)
+    n_trees_written: int
+    n_nodes_written: int
+    stats: SearchStats  # of the batches this call searched
+
+
+def run_rollout(store: LineageStore, plan: RolloutPlan, load_generator: Callable[[], Generator],
+                run_id: str | None = None, on_batch: Callable[[int, int], None] | None = None) -> RolloutResult:
+    """Search every batch of `plan` not yet in the store and write its trees and nodes.
+    The policy is loaded (`load_generator()`) only if some batch is missing. `on_batch(done,
+    total)` is called after each batch (progress; tests use it to stop a run)."""
+    done = {r["tree_id"] for r in store.records("SELECT tree_id FROM trees WHERE rollout_id = ?", [plan.rollout_id])}
+    todo = [b for b in plan.batches if not set(b.tree_ids) <= done]
+    log.info("rollout %s: %s on %s (%d problems, %d batches; %d already in the store)", plan.rollout_id,
+             plan.spec.algorithm, plan.prompt_set, plan.n_problems, len(plan.batches), len(plan.batches) - len(todo))
+    result = RolloutResult(plan.rollout_id, len(plan.batches), 0, 0, 0, SearchStats())
+    if not todo:
+        return result
+    generator = load_generator()
+    value = make_value_function(plan.spec.value, generator, plan.spec.mc_rollouts)
+    started = time.monotonic()
+    for i, batch in enumerate(todo, 1):
+        trees = [Tree(tree_id, p, policy_prompt(p.problem, plan.template), step_format(p.domain), plan.spec.max_depth)
+                 for tree_id, p in zip(batch.tree_ids, batch.problems)]
+        _, stats = search(trees, plan.spec, generator, value, seed=batch.seed)
+        node_rows = [row for t in trees for row in t.rows(plan.policy_checkpoint, plan.spec.algorithm, run_id)]
+        tree_rows = [_tree_row(plan, t, stats.seconds / len(trees), run_id) for t in trees]
+        with store.transaction() as con:
+            result.n_nodes_written += store.insert(con, "nodes", node_rows)
+            result.n_trees_written += store.insert(con, "trees", tree_rows)
+        result.n_batches_run += 1
+        result.stats.add(stats)
+        elapsed = time.monotonic() - started
+        log.info("rollout %s: batch %d/%d, %d nodes, %.0f tokens/s, ETA %.0fs", plan.rollout_id, i, len(todo),
+                 len(node_rows), stats.tokens_per_second, elapsed / i * (len(todo) - i))
+        if on_batch:
+            on_batch(i, len(todo))
+    return result
+
+
+def _tree_row(plan: RolloutPlan, tree: Tree, seconds: float, run_id: str | None) -> dict:
+    selected = tree.selected_leaf()
+    return {
+        "tree_id": tree.tree_id, "rollout_id": plan.rollout_id, "prompt_id": tree.problem.prompt_id,
+        "prompt_set": plan.prompt_set, "prompt_set_version": plan.prompt_set_version,
+        "policy_checkpoint": plan.policy_checkpoint, "search": plan.spec.algorithm,
+        "value_function": plan.spec.value, "spec": asdict(plan.spec), "n_nodes": len(tree.nodes),
+        "generated_tokens": tree.generated_tokens, "value_tokens": tree.value_tokens, "seconds": seconds,
+        "selected_node": selected and selected.node_id, "selected_correct": selected and bool(selected.is_correct),
+        "any_correct": any(n.is_correct for n in tree.terminals()), "created_run": run_id, "created_at": utcnow(),
+    }
+
+
+def rollout_summary(store: LineageStore, rollout_id: str) -> dict:
+    """Figures of a rollout as recorded (whichever runs wrote its batches)."""
+    [row] = store.records("""
+        SELECT count(*) AS trees, coalesce(sum(n_nodes), 0) AS nodes,
+               coalesce(sum(generated_tokens), 0) AS generated_tokens, coalesce(sum(value_tokens), 0) AS value_tokens,
+               coalesce(sum(seconds), 0) AS seconds,
+               avg(CASE WHEN selected_correct THEN 1.0 ELSE 0.0 END) AS selected_accuracy,
+               avg(CASE WHEN any_correct THEN 1.0 ELSE 0.0 END) AS pass_at_k
+        FROM trees WHERE rollout_id = ?""", [rollout_id])
+    tokens = row["generated_tokens"] + row["value_tokens"]
+    row["tokens_per_second"] = tokens / row["seconds"] if row["seconds"] else 0.0
+    return row
+
+
+def tree_shape(store: LineageStore, rollout_id: str) -> dict[str, list[tuple[float, float]]]:
+    """Series for the rollout's plot: nodes per depth, how many nodes have b children, and
+    the share of correct terminal nodes per depth."""
+    per_depth = store.query("""
+        SELECT n.depth, count(*), count(*) FILTER (WHERE n.is_terminal),
+               avg(CASE WHEN n.is_correct THEN 1.0 ELSE 0.0 END) FILTER (WHERE n.is_terminal)
+        FROM nodes n JOIN trees t USING (tree_id) WHERE t.rollout_id = ? GROUP BY 1 ORDER BY 1""", [rollout_id])[1]
+    branching = store.query("""
+        WITH kids AS (
+            SELECT p.node_id, count(c.node_id) AS b FROM nodes p JOIN trees t USING (tree_id)
+            LEFT JOIN nodes c ON c.parent_id = p.node_id
+            WHERE t.rollout_id = ? AND NOT p.is_terminal GROUP BY 1)
+        SELECT b, count(*) FROM kids GROUP BY 1 ORDER BY 1""", [rollout_id])[1]
+    return {
+        "nodes": [(d, n) for d, n, _, _ in per_depth],
+        "terminals": [(d, t) for d, _, t, _ in per_depth if t],
+        "correct_share": [(d, c) for d, _, t, c in per_depth if t],
+        "branching": [(b, n) for b, n in branching],
+    }

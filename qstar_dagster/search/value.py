@@ -1,0 +1,91 @@
+"""Value functions: how promising a partial solution (a node) looks, in [0, 1].
+
+Each is called once per search step with every new node of every problem in the batch.
+A PRM checkpoint's step score joins here once PRMs are trained (issue 6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+from qstar_dagster.generation.base import Generator, SamplingParams
+from qstar_dagster.search.tree import Node, Tree
+from qstar_dagster.tasks.grading import answers_match, extract_answer
+
+
+class ValueFunction(Protocol):
+    name: str
+    uses_reference: bool  # reads the reference answer: fine for making data, not for answering
+
+    def __call__(self, items: Sequence[tuple[Tree, Node]], seed: int) -> list[float]: ...
+
+
+class NoValue:
+    """Every node looks the same: beam keeps the first b, MCTS follows the policy's prior."""
+
+    name = "none"
+    uses_reference = False
+
+    def __call__(self, items, seed):
+        return [0.0] * len(items)
+
+
+class LikelihoodValue:
+    """The policy's own likelihood of the path ("From r to Q*"): the geometric mean of its
+    token probabilities, exp(sum of log-probabilities / tokens)."""
+
+    name = "likelihood"
+    uses_reference = False
+
+    def __call__(self, items, seed):
+        out = []
+        for tree, node in items:
+            path = tree.path(node)[1:]
+            tokens = sum(n.n_tokens for n in path)
+            out.append(math.exp(sum(n.logprob for n in path) / tokens) if tokens else 1.0)
+        return out
+
+
+class MonteCarloValue:
+    """Math-Shepherd's estimate: the share of `rollouts` completions from the node that reach
+    the reference answer. Terminal nodes score their own correctness. Uses the reference,
+    so it is for making training data, not for answering unseen problems."""
+
+    name = "mc"
+    uses_reference = True
+
+    def __init__(self, generator: Generator, rollouts: int = 4, max_new_tokens: int = 128,
+                 temperature: float = 0.7):
+        self.generator, self.rollouts = generator, rollouts
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+
+    def __call__(self, items, seed):
+        values: list[float | None] = [float(bool(n.is_correct)) if n.is_terminal else None for _, n in items]
+        open_items = [(i, tree, node) for i, (tree, node) in enumerate(items) if values[i] is None]
+        if open_items:
+            params = SamplingParams(n=self.rollouts, temperature=self.temperature,
+                                    max_new_tokens=self.max_new_tokens, seed=seed)
+            outs = self.generator.generate([tree.prefix(node) for _, tree, node in open_items], params)
+            for (i, tree, node), completions in zip(open_items, outs):
+                tree.value_tokens += sum(c.n_tokens for c in completions)
+                done = tree.solution_until(node)
+                hits = sum(answers_match(extract_answer(tree.step_format.join([done, c.text])),
+                                         tree.problem.reference_answer) for c in completions)
+                values[i] = hits / len(completions)
+        return values
+
+
+VALUE_FUNCTIONS = ("none", "likelihood", "mc")
+
+
+def make_value_function(name: str, generator: Generator, mc_rollouts: int = 4) -> ValueFunction:
+    if name == "none":
+        return NoValue()
+    if name == "likelihood":
+        return LikelihoodValue()
+    if name == "mc":
+        return MonteCarloValue(generator, mc_rollouts)
+    raise ValueError(f"value function must be none, likelihood or mc, got {name!r} "
+                     "(a PRM value function comes with PRM checkpoints)")
