@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_common import default_model  # bench/ is on sys.path when a benchmark runs as a script
 
 from qstar_dagster.generation.base import SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, load_causal_lm
@@ -64,17 +64,6 @@ def timed(fn, *args) -> tuple[float, int]:
     started = time.perf_counter()
     tokens = fn(*args)
     return time.perf_counter() - started, tokens
-
-
-def default_model() -> str:
-    from qstar_dagster.lineage import LineageStore
-    from qstar_dagster.resources import default_store_path
-
-    path = default_store_path()
-    row = LineageStore(path).latest_checkpoint("policy") if path.exists() else None
-    if row is None:
-        sys.exit(f"no base policy recorded in {path}; run `make demo` first, or pass --model PATH")
-    return row["path"]
 
 
 def main() -> None:

@@ -64,41 +64,56 @@ def init() -> None:
     click.echo(f"data directory {home}\nDagster instance {os.environ['DAGSTER_HOME']}\nlineage store {_store_path()}")
 
 
+def _json_option(value: str | None, name: str) -> dict:
+    try:
+        return json.loads(value) if value else {}
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON ({e}); e.g. '{{\"steps\": 300}}'", param_hint=name) from None
+
+
+# The prompt sets the demo searches: the held-out test set (search data on the 60k training
+# set would take hours on a CPU).
+DEMO_ROLLOUT_SETS = ("arith-test",)
+
+
 @main.command()
 @click.option("--prompt-set", "prompt_sets", multiple=True, help="materialize only these sets (default: built-in)")
 @click.option("--policy-config", help='JSON config for the base_policy asset, e.g. \'{"steps": 300}\'')
-def demo(prompt_sets: tuple[str, ...], policy_config: str | None) -> None:
-    """Run the embedded pipeline for the built-in prompt sets into the data directory."""
+@click.option("--rollout-config", help='JSON config for the tot_rollouts asset, e.g. \'{"algorithm": "mcts"}\'')
+def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None) -> None:
+    """Run the embedded pipeline into the data directory: the built-in prompt sets, the base
+    policy, then tree-of-thoughts rollouts on the test set."""
+    from dagster import AssetKey
+
     from qstar_dagster.assets.prompts import builtin_partition_keys
     from qstar_dagster.definitions import make_definitions
 
     home = _home()
+    policy = _json_option(policy_config, "--policy-config")
+    rollouts = _json_option(rollout_config, "--rollout-config")
     instance = prepare_instance(home)
     defs = make_definitions(str(home))
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     started = time.monotonic()
 
-    try:
-        policy = json.loads(policy_config) if policy_config else {}
-    except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not JSON ({e}); e.g. '{{\"steps\": 300}}'", param_hint="--policy-config") from None
-
-    def execute(job_name: str, what: str, partition_key: str | None = None, ops: dict | None = None):
+    def execute(job_name: str, what: str, partition_key: str | None = None, asset: str | None = None,
+                config: dict | None = None):
         click.echo(f"== {what}")
+        ops = {asset: {"config": config}} if config else {}
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition_key, raise_on_error=False,
-            run_config={**run_config, **({"ops": ops} if ops else {})})
+            asset_selection=[AssetKey(asset)] if asset else None, run_config={**run_config, "ops": ops})
         if not result.success:
             click.echo(f"run {result.run_id} ({what}) failed; see its logs above or in `make ui`", err=True)
             sys.exit(1)
-        return result
+        return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
 
     for key in list(prompt_sets) or builtin_partition_keys():
-        execute("embedded_pipeline", f"embedded pipeline, prompt set {key}", key)
-    result = execute("base_policy_job", "base policy (trained on the first run, then loaded)",
-                     ops={"base_policy": {"config": policy}} if policy else None)
-    [mat] = result.asset_materializations_for_node("base_policy")
-    meta = {k: v.value for k, v in mat.metadata.items()}
+        execute("embedded_pipeline", f"prompt set {key}", key, "prompt_set")
+    meta = execute("base_policy_job", "base policy (trained on the first run, then loaded)", asset="base_policy",
+                   config=policy)
+    searched = {key: execute("embedded_pipeline", f"tree-of-thoughts rollouts, prompt set {key}", key, "tot_rollouts",
+                             rollouts) for key in DEMO_ROLLOUT_SETS}
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
     _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
     k = next(key.removeprefix("pass_at_") for key in meta if key.startswith("pass_at_"))
@@ -108,6 +123,12 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None) -> None:
                f"  on {meta['eval_prompt_set']}: greedy {meta['greedy_accuracy']:.1%}, "
                f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {meta[f'majority_at_{k}']:.1%}\n"
                f"  all evaluations: qstar sql \"SELECT * FROM evaluations\"")
+    for key, r in searched.items():
+        click.echo(f"rollouts {r['rollout_id']} on {key}: {r['algorithm']} (value {r['value_function']}), "
+                   f"{r['trees']} trees, {r['nodes']} nodes, {r['tokens_per_second']:.0f} tokens/s\n"
+                   f"  selected-path accuracy {r['selected_accuracy']:.1%}, any path correct {r['pass_at_k']:.1%}\n"
+                   f"  walk the trees: qstar sql \"SELECT steps, answer, is_correct FROM rollout_paths "
+                   f"WHERE rollout_id = '{r['rollout_id']}' LIMIT 5\"")
 
 
 def _require_store():

@@ -10,7 +10,7 @@ from qstar_dagster.resources.compute import ComputeResource
 
 # The embedded pipeline's stages per prompt set (one partition each); later per-set stages
 # join it as they land. A Dagster job has one partitioning, so the unpartitioned base policy
-# is its own job, and `qstar demo` runs the two in order.
+# is its own job; `qstar demo` runs prompt sets, then the base policy, then the later stages.
 embedded_pipeline = define_asset_job(
     "embedded_pipeline", selection=AssetSelection.all() - AssetSelection.assets(base_policy),
     partitions_def=prompt_set_partitions,

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from qstar_dagster.tasks.arith import ArithSpec
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -44,4 +46,21 @@ def tiny_model_dir(tmp_path_factory):
     tok = char_tokenizer()
     tiny_llama(tok, hidden=64, layers=2, heads=2).save_pretrained(path)
     tok.save_pretrained(path)
+    return path
+
+
+# An easy corner of the built-in domain, where a policy trained for well under a minute is
+# right about half the time: enough for search tests to find right and wrong paths.
+EASY_ARITH = ArithSpec(min_steps=2, max_steps=2, max_operand=9, operators=("+", "-"))
+
+
+@pytest.fixture(scope="session")
+def arith_policy_dir(tmp_path_factory):
+    """A small policy trained on EASY_ARITH (about 50% greedy accuracy there)."""
+    from qstar_dagster.tasks.arith import generate_problems
+    from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
+
+    path = tmp_path_factory.mktemp("arith-policy")
+    cfg = BasePolicyConfig(hidden=64, layers=2, heads=2, steps=700, batch_size=32, lr=5e-3, warmup=20, eval_every=0)
+    train_base_policy(generate_problems(1500, seed=5, spec=EASY_ARITH), path, cfg)
     return path

@@ -16,14 +16,17 @@ def home(tmp_path, monkeypatch):
 # A base policy small enough to train in seconds; the default one takes minutes.
 TINY_POLICY = json.dumps({"hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 8, "eval_every": 0,
                           "eval_k": 2, "eval_max_new_tokens": 40})
+TINY_ROLLOUTS = json.dumps({"max_problems": 10, "k": 2, "beam_width": 2, "step_max_tokens": 24})
+DEMO = ["demo", "--policy-config", TINY_POLICY, "--rollout-config", TINY_ROLLOUTS]
 
 
 def test_demo_then_sql_and_lineage(home):
     runner = CliRunner()
-    out = runner.invoke(main, ["demo", "--policy-config", TINY_POLICY])
+    out = runner.invoke(main, DEMO)
     assert out.exit_code == 0, out.output
-    # It ends with the base policy's metrics on the held-out set.
+    # It ends with the base policy's metrics on the held-out set, then the rollouts'.
     assert "greedy" in out.output and "pass@2" in out.output and "majority@2" in out.output
+    assert "on arith-test: beam (value likelihood), 10 trees" in out.output and "FROM rollout_paths" in out.output
     assert (home / "lineage.duckdb").exists() and (home / "dagster" / "dagster.yaml").exists()
     assert "enabled: false" in (home / "dagster" / "dagster.yaml").read_text()
 
@@ -43,15 +46,24 @@ def test_demo_then_sql_and_lineage(home):
 
     # the demo is idempotent: a second run adds no prompt
     before = runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output
-    assert runner.invoke(main, ["demo", "--policy-config", TINY_POLICY]).exit_code == 0
+    assert runner.invoke(main, DEMO).exit_code == 0
     assert runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output == before
     ckpts = json.loads(runner.invoke(main, ["sql", "select count(*) as n from checkpoints", "--json"]).output)
     assert ckpts == [{"n": 1}]
+    trees = json.loads(runner.invoke(main, ["sql", "select count(*) as n from trees", "--json"]).output)
+    assert trees == [{"n": 10}]
+    leaf = json.loads(runner.invoke(main, ["sql", "select node_id from rollout_paths limit 1", "--json"]).output)
+    out = runner.invoke(main, ["lineage", leaf[0]["node_id"]])
+    assert out.exit_code == 0 and "root_of → t_" in out.output and "searches → p_" in out.output
+    assert "sampled_by → ck_" in out.output and "member_of → arith-test@" in out.output
 
 
-def test_demo_rejects_bad_policy_config(home):
+def test_demo_rejects_bad_config(home):
     out = CliRunner().invoke(main, ["demo", "--policy-config", "{steps: 3}"])
     assert out.exit_code != 0 and "--policy-config" in out.output and "not JSON" in out.output
+    out = CliRunner().invoke(main, ["demo", "--rollout-config", "[1"])
+    assert out.exit_code != 0 and "--rollout-config" in out.output and "not JSON" in out.output
+    assert not (home / "lineage.duckdb").exists()  # refused before any work
 
 
 def test_errors_are_clear(home):

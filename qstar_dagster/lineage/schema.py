@@ -247,7 +247,7 @@ VIEWS: dict[str, str] = {
             FROM walk w JOIN nodes n ON n.node_id = w.parent_id
         )
         SELECT t.rollout_id, t.prompt_set, l.tree_id, l.prompt_id, w.leaf_id AS node_id,
-               list_slice(w.node_ids, 2, NULL) AS step_node_ids, list_slice(w.steps, 2, NULL) AS steps,
+               w.node_ids[2:] AS step_node_ids, w.steps[2:] AS steps,
                l.depth, l.answer, l.is_correct, coalesce(t.selected_node = w.leaf_id, FALSE) AS selected,
                l.search, l.policy_checkpoint
         FROM walk w JOIN nodes l ON l.node_id = w.leaf_id JOIN trees t ON t.tree_id = l.tree_id

@@ -130,15 +130,21 @@ def test_lineage_walks_from_a_step_label_to_its_sources(tmp_path):
             {"node_id": "n_1", "tree_id": "t1", "prompt_id": p.prompt_id, "parent_id": "n_root", "depth": 1,
              "text": "1 + 2 = 3", "policy_checkpoint": "ck_policy"},
         ])
+        store.insert(con, "trees", [
+            {"tree_id": "t1", "rollout_id": "r1", "prompt_id": p.prompt_id, "prompt_set": "a",
+             "prompt_set_version": set_version, "policy_checkpoint": "ck_policy", "search": "beam",
+             "value_function": "none", "n_nodes": 2, "generated_tokens": 9, "value_tokens": 0,
+             "any_correct": False, "created_run": "run-search", "created_at": "2026-01-01"},
+        ])
         store.insert(con, "step_labels", [
             {"node_id": "n_1", "labeler": "mc", "kind": "soft", "value": 0.75, "n_rollouts": 4, "n_correct": 3,
              "cost_tokens": 40},
             {"node_id": "n_1", "labeler": "judge", "kind": "ternary", "value": None, "cost_tokens": 10},
         ])
     parents = {(e.child_id, e.parent_id) for e in store.lineage("n_1/mc/soft")}
-    assert {("n_1/mc/soft", "n_1"), ("n_1", "n_root"), ("n_1", "ck_policy"), ("n_root", p.prompt_id),
-            (p.prompt_id, f"a@{set_version}"), (f"a@{set_version}", "run-prompts"),
-            ("ck_policy", "run-train")} <= parents
+    assert {("n_1/mc/soft", "n_1"), ("n_1", "n_root"), ("n_root", "t1"), ("t1", p.prompt_id),
+            ("t1", "ck_policy"), ("t1", "run-search"), (p.prompt_id, f"a@{set_version}"),
+            (f"a@{set_version}", "run-prompts"), ("ck_policy", "run-train")} <= parents
     stats = store.records("SELECT * FROM label_stats ORDER BY labeler")
     assert [(s["labeler"], s["n_labels"], s["n_parsed"], s["unparsed_rate"]) for s in stats] == [
         ("judge", 1, 0, 1.0), ("mc", 1, 1, 0.0)]

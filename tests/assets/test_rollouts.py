@@ -1,0 +1,157 @@
+"""The tot_rollouts asset in a real Dagster instance, writing to a real DuckDB store."""
+
+import shutil
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from qstar_dagster.assets.policy import base_policy
+from qstar_dagster.assets.prompts import prompt_set, prompt_set_partitions
+from qstar_dagster.assets.rollouts import RolloutsConfig, tot_rollouts
+from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.lineage import LineageStore
+from qstar_dagster.resources import DataDirResource, LineageStoreResource
+from qstar_dagster.resources.compute import ComputeResource
+from qstar_dagster.search.rollouts import plan_rollout, run_rollout
+
+from .test_policy import TINY
+
+ROLLOUTS = {"algorithm": "beam", "k": 2, "beam_width": 2, "step_max_tokens": 24, "max_depth": 5,
+            "batch_size": 3, "max_problems": 7}
+
+
+def resources(home):
+    return {"data_dir": DataDirResource(path=str(home)), "store": LineageStoreResource(path=str(home / "lineage.duckdb")),
+            "compute": ComputeResource(device="cpu", threads=1)}
+
+
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory):
+    """A data directory with the built-in prompt sets (small) and a tiny trained base policy."""
+    home = tmp_path_factory.mktemp("rollouts") / "qstar"
+    instance = DagsterInstance.ephemeral()
+    for key, n in {"arith-train": 300, "arith-test": 12}.items():
+        instance.add_dynamic_partitions(prompt_set_partitions.name, [key])
+        materialize([prompt_set], instance=instance, resources=resources(home), partition_key=key,
+                    run_config={"ops": {"prompt_set": {"config": {"n": n}}}})
+    materialize([base_policy], instance=instance, resources=resources(home),
+                run_config={"ops": {"base_policy": {"config": TINY}}})
+    return home
+
+
+@pytest.fixture
+def env(seeded_home, tmp_path):
+    home = tmp_path / "qstar"
+    shutil.copytree(seeded_home, home)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
+    return instance, home, LineageStore(home / "lineage.duckdb")
+
+
+def rollouts(env, config=None, raise_on_error=True, partition="arith-test"):
+    instance, home, _ = env
+    return materialize([tot_rollouts], instance=instance, resources=resources(home), partition_key=partition,
+                       raise_on_error=raise_on_error,
+                       run_config={"ops": {"tot_rollouts": {"config": {**ROLLOUTS, **(config or {})}}}})
+
+
+def metadata(result):
+    [mat] = result.asset_materializations_for_node("tot_rollouts")
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def counts(store):
+    return store.query("SELECT (SELECT count(*) FROM nodes), (SELECT count(*) FROM trees)")[1][0]
+
+
+def test_rollouts_write_traceable_trees_and_rerunning_writes_nothing(env):
+    _, _, store = env
+    result = rollouts(env)
+    meta = metadata(result)
+    [policy] = store.records("SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy'")
+    assert meta["trees"] == 7 and meta["batches_searched"] == 3 and meta["algorithm"] == "beam"
+    assert meta["policy_checkpoint"] == policy["checkpoint_id"]
+    assert meta["nodes"] == counts(store)[0] and meta["generated_tokens"] > 0 and meta["tokens_per_second"] > 0
+    assert 0 <= meta["selected_accuracy"] <= meta["pass_at_k"] <= 1
+    assert meta["tree_shape"].startswith("![nodes per depth")
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed, check.metadata
+
+    # Every node carries its prompt, policy and run; every tree's prompt is in the set.
+    rows = store.records("SELECT n.*, t.rollout_id FROM nodes n JOIN trees t USING (tree_id)")
+    assert {r["policy_checkpoint"] for r in rows} == {policy["checkpoint_id"]}
+    assert {r["created_run"] for r in rows} == {result.run_id}
+    test_prompts = {r["prompt_id"] for r in store.records("SELECT prompt_id FROM prompts WHERE prompt_set='arith-test'")}
+    assert {r["prompt_id"] for r in rows} <= test_prompts and len({r["prompt_id"] for r in rows}) == 7
+
+    # qstar sql can walk a tree from root to leaf; the steps are the nodes' texts in order.
+    [path] = store.records("SELECT * FROM rollout_paths WHERE selected LIMIT 1")
+    nodes = {r["node_id"]: r for r in rows}
+    assert [nodes[i]["text"] for i in path["step_node_ids"]] == path["steps"]
+    assert nodes[path["step_node_ids"][0]]["depth"] == 1 and path["step_node_ids"][-1] == path["node_id"]
+    assert store.query("SELECT count(*) FROM rollout_paths")[1][0][0] == sum(r["is_terminal"] for r in rows)
+
+    # Lineage of a leaf reaches its prompt, the prompt set and the policy checkpoint.
+    edges = store.lineage(path["node_id"])
+    relations = {(e.relation, e.parent_kind) for e in edges}
+    assert {("child_of", "node"), ("root_of", "tree"), ("searches", "prompt"), ("member_of", "prompt_set"),
+            ("sampled_by", "checkpoint")} <= relations
+
+    # The same config and seed again: nothing searched, nothing written, same figures.
+    again = metadata(rollouts(env))
+    assert again["batches_searched"] == 0 and again["batches_in_store_before"] == 3
+    assert counts(store) == (meta["nodes"], 7)
+    assert again["selected_accuracy"] == meta["selected_accuracy"]
+    # Another seed is another rollout beside the first.
+    other = metadata(rollouts(env, {"seed": 1}))
+    assert other["rollout_id"] != meta["rollout_id"] and counts(store)[1] == 14
+
+
+def test_a_killed_rollout_resumes_per_batch_without_duplicates(env, seeded_home):
+    _, home, store = env
+    policy = store.checkpoint(None, "policy")
+    version, problems = store.prompt_set_problems("arith-test")
+    spec = RolloutsConfig(**ROLLOUTS).spec()
+    plan = plan_rollout("arith-test", version, problems[:7], policy["checkpoint_id"], spec, batch_size=3)
+    gen = TransformersGenerator(policy["path"])
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(done, total):
+        if done == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_rollout(store, plan, lambda: gen, on_batch=kill_after_two)
+    assert counts(store)[1] == 6  # two whole batches, nothing of the third
+    resumed = run_rollout(store, plan, lambda: gen)
+    assert resumed.n_batches_run == 1 and resumed.n_trees_written == 1
+
+    # The same trees as a run that was never interrupted.
+    fresh = LineageStore(home.parent / "fresh.duckdb")
+    run_rollout(fresh, plan, lambda: gen)
+    query = "SELECT node_id, text, is_correct FROM nodes ORDER BY node_id"
+    assert store.records(query) == fresh.records(query)
+    assert store.query("SELECT count(*), count(DISTINCT node_id) FROM nodes")[1] == [(len(store.records(query)),) * 2]
+
+
+def test_bad_config_and_missing_policy_fail_clearly_before_any_work(env, tmp_path):
+    result = rollouts(env, {"algorithm": "dfs"}, raise_on_error=False)
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "search algorithm must be one of" in failure.step_failure_data.error.to_string()
+    result = rollouts(env, {"policy_checkpoint": "ck_nope"}, raise_on_error=False)
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "'ck_nope' is not a policy checkpoint" in failure.step_failure_data.error.to_string()
+    assert counts(env[2]) == (0, 0)
+
+    empty = tmp_path / "empty"
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test"])
+    materialize([prompt_set], instance=instance, resources=resources(empty), partition_key="arith-test",
+                run_config={"ops": {"prompt_set": {"config": {"n": 5}}}})
+    result = materialize([tot_rollouts], instance=instance, resources=resources(empty), partition_key="arith-test",
+                         raise_on_error=False)
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "no policy checkpoint in the lineage store" in failure.step_failure_data.error.to_string()
+    assert "materialize base_policy first" in failure.step_failure_data.error.to_string()
