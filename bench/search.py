@@ -34,7 +34,7 @@ from qstar_dagster.training.base_policy import policy_prompt
 SPECS = [
     SearchSpec(algorithm="best_of_n", n=8, value="none", max_nodes=33),
     SearchSpec(algorithm="beam", k=4, beam_width=2, value="likelihood", max_nodes=33),
-    SearchSpec(algorithm="mcts", k=4, simulations=8, value="likelihood", max_nodes=33),
+    SearchSpec(algorithm="mcts", k=2, simulations=16, value="likelihood", max_nodes=33),
 ]
 
 

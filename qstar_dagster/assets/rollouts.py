@@ -38,7 +38,8 @@ class RolloutsConfig(Config):
     value: str = Field(_SPEC.value, description=f"value function: {', '.join(VALUE_FUNCTIONS)} (mc reads the "
                        "reference answer: for making data; answers are then chosen by majority vote)")
     n: int = Field(_SPEC.n, description="best_of_n: samples per problem")
-    k: int = Field(_SPEC.k, description="beam, mcts: next steps sampled per expanded node")
+    k: int | None = Field(None, description="beam, mcts: next steps sampled per expanded node; unset: 4 for "
+                          "beam, 2 for mcts")
     beam_width: int = Field(_SPEC.beam_width, description="beam: open nodes kept per problem and depth")
     simulations: int = Field(_SPEC.simulations, description="mcts: rounds of select-expand-evaluate-backup")
     c_puct: float = _SPEC.c_puct

@@ -23,15 +23,18 @@ from qstar_dagster.search.value import VALUE_FUNCTIONS, ValueFunction
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("best_of_n", "beam", "mcts")
+DEFAULT_K = {"beam": 4, "mcts": 2}
 
 
 @dataclass(frozen=True)
 class SearchSpec:
     algorithm: str = "beam"
     n: int = 8  # best-of-N: samples per problem
-    k: int = 4  # beam and MCTS: next steps sampled per expanded node
+    # Beam and MCTS: next steps sampled per expanded node; unset: 4 for beam, 2 for MCTS (at
+    # a few dozen nodes, MCTS with k=4 spends its budget wide and rarely reaches an answer).
+    k: int | None = None
     beam_width: int = 4  # beam: nodes kept per problem and depth
-    simulations: int = 12  # MCTS: selection-expansion-backup rounds per problem
+    simulations: int = 16  # MCTS: selection-expansion-backup rounds per problem
     c_puct: float = 1.5
     max_depth: int = 6  # steps per path
     step_max_tokens: int = 48
@@ -46,6 +49,8 @@ class SearchSpec:
     # step_max_tokens each) fits in what the tree has left.
 
     def __post_init__(self) -> None:
+        if self.k is None:
+            object.__setattr__(self, "k", DEFAULT_K.get(self.algorithm, 4))
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"search algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.value not in VALUE_FUNCTIONS:

@@ -56,7 +56,7 @@ def run(problems, spec, gen, value=None):
 SPECS = {
     "best_of_n": SearchSpec(algorithm="best_of_n", n=6, value="none"),
     "beam": SearchSpec(algorithm="beam", k=3, beam_width=2, value="likelihood"),
-    "mcts": SearchSpec(algorithm="mcts", k=3, simulations=8, value="likelihood"),
+    "mcts": SearchSpec(algorithm="mcts", simulations=8, value="likelihood"),
 }
 
 
@@ -178,6 +178,12 @@ def test_a_step_ends_at_the_separator_and_a_solution_at_end_of_sequence(problems
     assert check_tree(tree) == []
     deep.children.append("nope")
     assert any("terminal with children" in v for v in check_tree(tree))
+
+
+def test_k_defaults_per_algorithm_and_is_part_of_the_config_key():
+    assert SearchSpec(algorithm="beam").k == 4 and SearchSpec(algorithm="mcts").k == 2
+    assert SearchSpec(algorithm="mcts").key() == SearchSpec(algorithm="mcts", k=2).key()
+    assert SearchSpec(algorithm="mcts").key() != SearchSpec(algorithm="mcts", k=3).key()
 
 
 def test_unknown_algorithm_or_value_function_is_refused():
