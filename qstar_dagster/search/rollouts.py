@@ -11,6 +11,7 @@ would have made.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -162,3 +163,26 @@ def tree_shape(store: LineageStore, rollout_id: str) -> dict[str, list[tuple[flo
         "correct_share": [(d, c) for d, _, t, c in per_depth if t],
         "branching": [(b, n) for b, n in branching],
     }
+
+
+def load_trees(store: LineageStore, rollout_id: str) -> list[Tree]:
+    """The trees of a rollout, rebuilt from the store (nodes in the order they were made)."""
+    meta = store.records("""
+        SELECT t.tree_id, t.spec, t.policy_checkpoint, p.problem, p.reference_answer, p.reference_solution, p.domain,
+               c.config AS policy_config
+        FROM trees t JOIN prompt_texts p USING (prompt_id) LEFT JOIN checkpoints c ON c.checkpoint_id = t.policy_checkpoint
+        WHERE t.rollout_id = ? ORDER BY t.tree_id""", [rollout_id])
+    if not meta:
+        raise LookupError(f"rollout {rollout_id!r} has no trees in {store.path}; materialize tot_rollouts first")
+    rows: dict[str, list[dict]] = {}
+    for r in store.records("""
+            SELECT n.* FROM nodes n JOIN trees t USING (tree_id) WHERE t.rollout_id = ?
+            ORDER BY n.tree_id, n.depth, n.node_id""", [rollout_id]):
+        rows.setdefault(r["tree_id"], []).append(r)
+    trees = []
+    for m in meta:
+        template = json.loads(m["policy_config"] or "{}").get("template", DEFAULT_PROMPT_TEMPLATE)
+        problem = Problem(m["problem"], m["reference_answer"], m["reference_solution"], m["domain"])
+        trees.append(Tree.from_rows(m["tree_id"], problem, policy_prompt(problem.problem, template),
+                                    step_format(problem.domain), json.loads(m["spec"])["max_depth"], rows[m["tree_id"]]))
+    return trees

@@ -8,6 +8,7 @@ whether it matches the reference.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,31 @@ class Tree:
         parent.children.append(child.node_id)
         self.generated_tokens += completion.n_tokens
         return child
+
+    @classmethod
+    def from_rows(cls, tree_id: str, problem: Problem, prompt: str, step_format: StepFormat, max_depth: int,
+                  rows: list[dict[str, Any]]) -> Tree:
+        """A tree rebuilt from its `nodes` rows (parents before children)."""
+        tree = cls(tree_id, problem, prompt, step_format, max_depth, nodes={})
+        for r in rows:
+            stats = r["stats"] if isinstance(r["stats"], dict) else json.loads(r["stats"] or "{}")
+            node = Node(r["node_id"], r["parent_id"], r["depth"], r["text"], r["n_tokens"] or 0, r["logprob"] or 0.0,
+                        r["is_terminal"], stats.get("truncated", False), r["answer"], r["is_correct"],
+                        stats.get("value"), stats.get("prior"), stats.get("visits", 0), stats.get("value_sum", 0.0),
+                        stats.get("selected", False))
+            tree.nodes[node.node_id] = node
+            if node.parent_id is not None:
+                tree.nodes[node.parent_id].children.append(node.node_id)
+                tree.generated_tokens += node.n_tokens
+        return tree
+
+    def descendants(self, node: Node) -> list[Node]:
+        out, stack = [], list(node.children)
+        while stack:
+            child = self.nodes[stack.pop()]
+            out.append(child)
+            stack.extend(child.children)
+        return out
 
     def _grade(self, node: Node) -> None:
         solution = self.solution_until(node)
