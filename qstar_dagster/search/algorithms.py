@@ -7,20 +7,15 @@ time leaves a GPU, or a CPU's vector units, mostly idle.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.search.tree import Node, Tree
 from qstar_dagster.search.value import VALUE_FUNCTIONS, ValueFunction
-
-log = logging.getLogger(__name__)
 
 ALGORITHMS = ("best_of_n", "beam", "mcts")
 DEFAULT_K = {"beam": 4, "mcts": 2}
@@ -40,13 +35,13 @@ class SearchSpec:
     step_max_tokens: int = 48
     temperature: float = 0.7
     top_p: float = 1.0
-    max_nodes: int = 64  # budget per tree, root included
-    max_tokens: int = 4096  # budget per tree in generated step tokens
+    # Budgets per tree, both strict: an expansion starts only if its worst case (n new nodes
+    # of step_max_tokens each) fits in what the tree has left.
+    max_nodes: int = 64  # root included
+    max_tokens: int = 4096  # generated step tokens
     value: str = "likelihood"  # value function: none | likelihood | mc (PRMs join with issue 6)
     mc_rollouts: int = 4  # value "mc": completions sampled per node
     seed: int = 0
-    # Both budgets are strict: an expansion starts only if its worst case (n new nodes of
-    # step_max_tokens each) fits in what the tree has left.
 
     def __post_init__(self) -> None:
         if self.k is None:
@@ -57,9 +52,6 @@ class SearchSpec:
             raise ValueError(f"value function must be one of {VALUE_FUNCTIONS}, got {self.value!r}")
         if min(self.n, self.k, self.beam_width, self.max_depth, self.step_max_tokens, self.max_nodes - 1) < 1:
             raise ValueError(f"n, k, beam_width, max_depth, step_max_tokens must be >= 1 and max_nodes >= 2: {self}")
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass

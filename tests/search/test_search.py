@@ -180,10 +180,9 @@ def test_a_step_ends_at_the_separator_and_a_solution_at_end_of_sequence(problems
     assert any("terminal with children" in v for v in check_tree(tree))
 
 
-def test_k_defaults_per_algorithm_and_is_part_of_the_config_key():
+def test_k_defaults_per_algorithm_and_the_default_is_part_of_the_config():
     assert SearchSpec(algorithm="beam").k == 4 and SearchSpec(algorithm="mcts").k == 2
-    assert SearchSpec(algorithm="mcts").key() == SearchSpec(algorithm="mcts", k=2).key()
-    assert SearchSpec(algorithm="mcts").key() != SearchSpec(algorithm="mcts", k=3).key()
+    assert SearchSpec(algorithm="mcts") == SearchSpec(algorithm="mcts", k=2) != SearchSpec(algorithm="mcts", k=3)
 
 
 def test_unknown_algorithm_or_value_function_is_refused():
