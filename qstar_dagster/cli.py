@@ -71,18 +71,26 @@ def _json_option(value: str | None, name: str) -> dict:
         raise click.BadParameter(f"not JSON ({e}); e.g. '{{\"steps\": 300}}'", param_hint=name) from None
 
 
-# The prompt sets the demo searches: the held-out test set (search data on the 60k training
-# set would take hours on a CPU).
-DEMO_ROLLOUT_SETS = ("arith-test",)
+# The prompt sets the demo searches: the held-out test set, which the demo labels, and a
+# slice of the training set, which the built-in judge learns from (all 60k training
+# problems would take hours on a CPU).
+DEMO_TEST_SET = "arith-test"
+DEMO_TRAIN_SET = "arith-train"
+DEMO_TRAIN_PROBLEMS = 384
+LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels", "label_agreement")
 
 
 @main.command()
 @click.option("--prompt-set", "prompt_sets", multiple=True, help="materialize only these sets (default: built-in)")
 @click.option("--policy-config", help='JSON config for the base_policy asset, e.g. \'{"steps": 300}\'')
 @click.option("--rollout-config", help='JSON config for the tot_rollouts asset, e.g. \'{"algorithm": "mcts"}\'')
-def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None) -> None:
+@click.option("--judge-config", help='JSON config for the judge_model asset, e.g. \'{"steps": 200}\'')
+@click.option("--label-config", help='JSON config for the mc_labels asset, e.g. \'{"n": 4}\'')
+def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None,
+         judge_config: str | None, label_config: str | None) -> None:
     """Run the embedded pipeline into the data directory: the built-in prompt sets, the base
-    policy, then tree-of-thoughts rollouts on the test set."""
+    policy, tree-of-thoughts rollouts (test set, and a training slice for the judge), the
+    built-in judge, then step labels on the test rollouts and their agreement."""
     from dagster import AssetKey
 
     from qstar_dagster.assets.prompts import builtin_partition_keys
@@ -91,6 +99,8 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     home = _home()
     policy = _json_option(policy_config, "--policy-config")
     rollouts = _json_option(rollout_config, "--rollout-config")
+    judge = _json_option(judge_config, "--judge-config")
+    mc = _json_option(label_config, "--label-config")
     instance = prepare_instance(home)
     defs = make_definitions(str(home))
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -113,7 +123,13 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     meta = execute("base_policy_job", "base policy (trained on the first run, then loaded)", asset="base_policy",
                    config=policy)
     searched = {key: execute("embedded_pipeline", f"tree-of-thoughts rollouts, prompt set {key}", key, "tot_rollouts",
-                             rollouts) for key in DEMO_ROLLOUT_SETS}
+                             config) for key, config in [
+        (DEMO_TEST_SET, rollouts), (DEMO_TRAIN_SET, {"max_problems": DEMO_TRAIN_PROBLEMS, **rollouts})]}
+    judged = execute("judge_model_job", f"built-in judge (trained on {DEMO_TRAIN_SET} rollouts)", asset="judge_model",
+                     config=judge)
+    for asset in LABEL_ASSETS:
+        execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
+                mc if asset == "mc_labels" else None)
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
     _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
     k = next(key.removeprefix("pass_at_") for key in meta if key.startswith("pass_at_"))
@@ -129,6 +145,13 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
                    f"  selected-path accuracy {r['selected_accuracy']:.1%}, any path correct {r['pass_at_k']:.1%}\n"
                    f"  walk the trees: qstar sql \"SELECT steps, answer, is_correct FROM rollout_paths "
                    f"WHERE rollout_id = '{r['rollout_id']}' LIMIT 5\"")
+    click.echo(f"judge {judged['checkpoint_id']}: on held-out training paths, step accuracy "
+               f"{judged['heldout_step_accuracy']:.1%}, first-error F1 {judged['heldout_first_error_f1']:.3f}\n"
+               f"step labels on {DEMO_TEST_SET}, against the oracle (qstar sql \"SELECT * FROM label_agreement\"):")
+    _print_sql(f"""SELECT labeler, n_steps, accuracy, negative_precision, negative_recall, kappa, first_error_f1,
+                          labeled_steps, tokens_per_step
+                   FROM label_agreement WHERE reference = 'oracle' AND rollout_id = '{searched[DEMO_TEST_SET]['rollout_id']}'
+                   ORDER BY labeler""", as_json=False)
 
 
 def _require_store():

@@ -2,23 +2,37 @@
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
+from qstar_dagster.assets.labels import (
+    consensus_labels,
+    judge_labels,
+    judge_model,
+    label_agreement,
+    mc_labels,
+    oracle_labels,
+)
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set, prompt_set_partitions
 from qstar_dagster.assets.rollouts import tot_rollouts
 from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 from qstar_dagster.resources.compute import ComputeResource
+from qstar_dagster.resources.judge import JudgeResource
 
-# The embedded pipeline's stages per prompt set (one partition each); later per-set stages
-# join it as they land. A Dagster job has one partitioning, so the unpartitioned base policy
-# is its own job; `qstar demo` runs prompt sets, then the base policy, then the later stages.
+# The embedded pipeline's stages per prompt set (one partition each). A Dagster job has one
+# partitioning, so the unpartitioned models (base policy, judge) have their own jobs; `qstar
+# demo` runs prompt sets, the base policy, rollouts, the judge, then the labels.
+UNPARTITIONED = AssetSelection.assets(base_policy, judge_model)
 embedded_pipeline = define_asset_job(
-    "embedded_pipeline", selection=AssetSelection.all() - AssetSelection.assets(base_policy),
+    "embedded_pipeline", selection=AssetSelection.all() - UNPARTITIONED,
     partitions_def=prompt_set_partitions,
     description="Every per-prompt-set stage of the factory for one prompt set.",
 )
 base_policy_job = define_asset_job(
     "base_policy_job", selection=AssetSelection.assets(base_policy),
     description="Train (or load) and evaluate the base policy.",
+)
+judge_model_job = define_asset_job(
+    "judge_model_job", selection=AssetSelection.assets(judge_model),
+    description="Train the built-in step judge on a training prompt set's rollouts.",
 )
 
 
@@ -27,10 +41,12 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
     data = DataDirResource(path=data_dir)
     store = LineageStoreResource(path=str(default_store_path(data_dir)) if data_dir else None)
     return Definitions(
-        assets=[prompt_set, base_policy, tot_rollouts],
-        jobs=[embedded_pipeline, base_policy_job],
+        assets=[prompt_set, base_policy, tot_rollouts, judge_model, mc_labels, judge_labels, oracle_labels,
+                consensus_labels, label_agreement],
+        jobs=[embedded_pipeline, base_policy_job, judge_model_job],
         sensors=[prompt_inbox_sensor],
-        resources={"data_dir": data, "store": store, "compute": ComputeResource()},
+        resources={"data_dir": data, "store": store, "compute": ComputeResource(),
+                   "judge": JudgeResource()},
     )
 
 

@@ -49,3 +49,29 @@ def _plots_markdown(panels: Sequence[Panel], style: str, width_in: float, height
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return f"![{' / '.join(p[0] for p in panels)}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def heatmaps_markdown(matrices: Sequence[tuple[str, Sequence[Sequence[float]]]], row_labels: Sequence[str],
+                      col_labels: Sequence[str], size_in: float = 2.8) -> str:
+    """One row of annotated matrices (confusion matrices): (title, rows of counts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not matrices:
+        return "(nothing to plot)"
+    fig, axes = plt.subplots(1, len(matrices), figsize=(size_in * len(matrices) + 0.6, size_in), squeeze=False)
+    for ax, (title, m) in zip(axes[0], matrices):
+        ax.imshow(m, cmap="Blues")
+        for i, row in enumerate(m):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:g}", ha="center", va="center")
+        ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
+        ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return f"![confusion matrices](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"

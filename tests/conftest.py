@@ -1,7 +1,13 @@
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from qstar_dagster.tasks.arith import ArithSpec
 
@@ -64,3 +70,34 @@ def arith_policy_dir(tmp_path_factory):
     cfg = BasePolicyConfig(hidden=64, layers=2, heads=2, steps=700, batch_size=32, lr=5e-3, warmup=20, eval_every=0)
     train_base_policy(generate_problems(1500, seed=5, spec=EASY_ARITH), path, cfg)
     return path
+
+
+def serve_model(model_dir, name: str):
+    """`qstar serve` on a free port in a subprocess; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("qstar")
+    proc = subprocess.Popen([str(exe), "serve", str(model_dir), "--port", str(port), "--name", name],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                pytest.fail(proc.stdout.read())
+            try:
+                requests.get(f"{url}/v1/models", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    """The untrained tiny model behind the OpenAI-compatible server."""
+    yield from serve_model(tiny_model_dir, "tiny")

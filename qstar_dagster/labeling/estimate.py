@@ -2,9 +2,18 @@
 reference answer (Math-Shepherd's value of a step). Shared by the Monte Carlo labeler, the
 binary-search labeler and the naive baseline of the labeling benchmark.
 
-Reuse: in a rollout tree, every finished path through a node is already a completion from
-that node's prefix, so the estimator counts those first and samples only what is missing
-to reach N. Paths cut by a search budget (truncated) are not finished and are not counted.
+Two kinds of reuse, both counted before anything is sampled, so only what is missing to
+reach N is generated:
+
+- tree paths: in a rollout tree, every finished path through a node is already a
+  completion from that node's prefix. Paths cut by a search budget (truncated) are not
+  finished and are not counted. A search keeps the paths it likes, so these are not a
+  random sample (bench/labeling.py measures what that costs in agreement).
+- shared completions: a completion sampled from a node whose first steps repeat a child's
+  (grandchild's, ...) steps is also a completion from that descendant's prefix: what
+  follows the repeated steps is the policy's continuation of exactly that prefix. Nodes
+  are therefore estimated shallow to deep, and each sample is credited to every node of
+  the tree it passes through. This keeps each estimate an unbiased sample.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ class EstimatorSpec:
     temperature: float = 0.7
     max_new_tokens: int = 128
     reuse_tree: bool = True  # count finished paths through the node before sampling
+    share_completions: bool = True  # credit a sample to the tree's deeper nodes it passes through
 
 
 class PrefixEstimator:
@@ -47,24 +57,42 @@ class PrefixEstimator:
         self.generator, self.spec, self.seed = generator, spec, seed
         self.calls = 0
         self.cache: dict[str, Estimate] = {}
+        self.shared: dict[str, list[bool]] = defaultdict(list)  # node_id -> outcomes of samples through it
 
     def estimate(self, items: Sequence[tuple[Tree, Node]]) -> list[Estimate]:
-        """One estimate per (tree, node), all prefixes sampled together (one generator call per
-        distinct number of missing completions). A terminal node is its own single rollout."""
+        """One estimate per (tree, node). Depth by depth (shallow first, so their samples can
+        serve deeper nodes), all prefixes of a depth sampled together: one generator call per
+        distinct number of missing completions. A terminal node is its own single rollout."""
+        by_depth: dict[int, list[tuple[Tree, Node]]] = defaultdict(list)
+        for tree, node in items:
+            by_depth[node.depth].append((tree, node))
+        for depth in sorted(by_depth):
+            self._estimate_level(by_depth[depth])
+        return [self.cache[node.node_id] for _, node in items]
+
+    def _estimate_level(self, items: Sequence[tuple[Tree, Node]]) -> None:
         todo: dict[int, list[tuple[Tree, Node, int, int]]] = defaultdict(list)
+        copies: list[tuple[Node, str]] = []  # nodes whose prefix text another node of the level has
+        first_with: dict[str, str] = {}  # prefix text -> the node estimated for it
         for tree, node in items:
             if node.node_id in self.cache:
                 continue
             if node.is_terminal:
                 self.cache[node.node_id] = Estimate(1, int(bool(node.is_correct)), 0, 1)
                 continue
-            reused = self._finished_paths(tree, node)[: self.spec.n] if self.spec.reuse_tree else []
-            hits = sum(bool(n.is_correct) for n in reused)
+            # Searches often sample the same step twice: same prefix, same distribution, one estimate.
+            prefix = tree.prefix(node)
+            if prefix in first_with:
+                copies.append((node, first_with[prefix]))
+                continue
+            first_with[prefix] = node.node_id
+            reused = [bool(n.is_correct) for n in self._finished_paths(tree, node)] if self.spec.reuse_tree else []
+            reused = (reused + self.shared.get(node.node_id, []))[: self.spec.n]
             missing = self.spec.n - len(reused)
             if missing == 0:
-                self.cache[node.node_id] = Estimate(len(reused), hits, 0, len(reused))
+                self.cache[node.node_id] = Estimate(len(reused), sum(reused), 0, len(reused))
             else:
-                todo[missing].append((tree, node, len(reused), hits))
+                todo[missing].append((tree, node, len(reused), sum(reused)))
         for missing, group in sorted(todo.items()):
             params = SamplingParams(n=missing, temperature=self.spec.temperature,
                                     max_new_tokens=self.spec.max_new_tokens, seed=self.seed * 1_000_003 + self.calls)
@@ -72,11 +100,28 @@ class PrefixEstimator:
             outs = self.generator.generate([tree.prefix(node) for tree, node, _, _ in group], params)
             for (tree, node, n_reused, hits), completions in zip(group, outs):
                 done = tree.solution_until(node)
-                correct = sum(answers_match(extract_answer(tree.step_format.join([done, c.text])),
-                                            tree.problem.reference_answer) for c in completions)
+                correct = 0
+                for c in completions:
+                    ok = answers_match(extract_answer(tree.step_format.join([done, c.text])),
+                                       tree.problem.reference_answer)
+                    correct += ok
+                    if self.spec.share_completions and c.finish_reason != "length":
+                        self._share(tree, node, tree.step_format.split(c.text), ok)
                 self.cache[node.node_id] = Estimate(n_reused + missing, hits + correct,
                                                     sum(c.n_tokens for c in completions), n_reused)
-        return [self.cache[node.node_id] for _, node in items]
+        for node, same in copies:
+            e = self.cache[same]
+            self.cache[node.node_id] = Estimate(e.n_rollouts, e.n_correct, 0, e.n_rollouts)
+
+    def _share(self, tree: Tree, node: Node, steps: list[str], ok: bool) -> None:
+        """Credit a finished sample from `node` to each non-terminal descendant whose steps
+        it repeats (a terminal node's estimate is its own grade)."""
+        frontier = [node]
+        for text in steps[:-1]:  # the last step ends the sample: its node would be terminal
+            frontier = [c for n in frontier for c in map(tree.nodes.get, n.children)
+                        if c.text == text and not c.is_terminal]
+            for c in frontier:
+                self.shared[c.node_id].append(ok)
 
     @staticmethod
     def _finished_paths(tree: Tree, node: Node) -> list[Node]:

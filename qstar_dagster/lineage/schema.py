@@ -171,6 +171,32 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX nodes_tree ON nodes (tree_id);
         """,
     ),
+    (
+        5,
+        "label agreement: each labeler against the oracle and against each other, per rollout",
+        """
+        CREATE TABLE label_agreements (
+            rollout_id VARCHAR NOT NULL,
+            labeler VARCHAR NOT NULL,
+            reference VARCHAR NOT NULL,         -- oracle, or another labeler
+            n_steps INTEGER NOT NULL,           -- steps both label (against the oracle: up to the first error)
+            accuracy DOUBLE,
+            negative_precision DOUBLE,          -- of the steps it calls wrong, the share that are
+            negative_recall DOUBLE,             -- of the wrong steps, the share it calls wrong
+            kappa DOUBLE,                       -- Cohen's kappa
+            confusion JSON,                     -- [[ref -, ref +] rows] x [labeler -, labeler +]
+            n_solutions INTEGER NOT NULL,       -- finished solutions with a first error both decide
+            first_error_accuracy_erroneous DOUBLE,
+            first_error_accuracy_correct DOUBLE,
+            first_error_f1 DOUBLE,              -- ProcessBench's F1 of the two accuracies above
+            labeled_steps INTEGER,              -- steps the labeler labels on the rollout
+            cost_tokens BIGINT,                 -- tokens it generated to label them
+            created_run VARCHAR,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (rollout_id, labeler, reference)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -252,6 +278,17 @@ VIEWS: dict[str, str] = {
                l.search, l.policy_checkpoint
         FROM walk w JOIN nodes l ON l.node_id = w.leaf_id JOIN trees t ON t.tree_id = l.tree_id
         WHERE w.parent_id IS NULL
+    """,
+    # Each labeler against the oracle (and each other) on the latest agreement of every rollout.
+    "label_agreement": """
+        SELECT t.prompt_set, a.rollout_id, a.labeler, a.reference, a.n_steps,
+               round(a.accuracy, 3) AS accuracy, round(a.negative_precision, 3) AS negative_precision,
+               round(a.negative_recall, 3) AS negative_recall, round(a.kappa, 3) AS kappa,
+               a.n_solutions, round(a.first_error_f1, 3) AS first_error_f1, a.labeled_steps,
+               round(a.cost_tokens / nullif(a.labeled_steps, 0), 1) AS tokens_per_step, a.confusion
+        FROM label_agreements a
+        JOIN (SELECT DISTINCT rollout_id, prompt_set FROM trees) t USING (rollout_id)
+        ORDER BY t.prompt_set, a.rollout_id, a.reference <> 'oracle', a.reference, a.labeler
     """,
     "label_stats": """
         SELECT labeler, kind,

@@ -186,3 +186,18 @@ def load_trees(store: LineageStore, rollout_id: str) -> list[Tree]:
         trees.append(Tree.from_rows(m["tree_id"], problem, policy_prompt(problem.problem, template),
                                     step_format(problem.domain), json.loads(m["spec"])["max_depth"], rows[m["tree_id"]]))
     return trees
+
+
+def resolve_rollout(store: LineageStore, prompt_set: str, rollout_id: str | None = None) -> str:
+    """The rollout named, checked to be of `prompt_set`; else the prompt set's latest one."""
+    rows = store.records("""SELECT rollout_id, max(created_at) AS at FROM trees WHERE prompt_set = ?
+                            GROUP BY 1 ORDER BY at DESC""", [prompt_set])
+    if rollout_id is None:
+        if not rows:
+            raise LookupError(f"prompt set {prompt_set!r} has no rollouts in {store.path}; materialize tot_rollouts "
+                              f"for partition {prompt_set!r} first")
+        return rows[0]["rollout_id"]
+    if rollout_id not in {r["rollout_id"] for r in rows}:
+        raise LookupError(f"rollout {rollout_id!r} is not a rollout of prompt set {prompt_set!r}; list them with "
+                          f"qstar sql \"select distinct rollout_id from trees where prompt_set = '{prompt_set}'\"")
+    return rollout_id

@@ -10,9 +10,9 @@ import math
 from collections.abc import Sequence
 from typing import Protocol
 
-from qstar_dagster.generation.base import Generator, SamplingParams
+from qstar_dagster.generation.base import Generator
+from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.tree import Node, Tree
-from qstar_dagster.tasks.grading import answers_match, extract_answer
 
 
 class ValueFunction(Protocol):
@@ -58,23 +58,16 @@ class MonteCarloValue:
 
     def __init__(self, generator: Generator, rollouts: int = 4, max_new_tokens: int = 128,
                  temperature: float = 0.7):
-        self.generator, self.rollouts = generator, rollouts
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.generator = generator
+        # During search a node has no finished descendants yet, so there is nothing to reuse.
+        self.spec = EstimatorSpec(n=rollouts, temperature=temperature, max_new_tokens=max_new_tokens,
+                                  reuse_tree=False)
 
     def __call__(self, items, seed):
-        values: list[float | None] = [float(bool(n.is_correct)) if n.is_terminal else None for _, n in items]
-        open_items = [(i, tree, node) for i, (tree, node) in enumerate(items) if values[i] is None]
-        if open_items:
-            params = SamplingParams(n=self.rollouts, temperature=self.temperature,
-                                    max_new_tokens=self.max_new_tokens, seed=seed)
-            outs = self.generator.generate([tree.prefix(node) for _, tree, node in open_items], params)
-            for (i, tree, node), completions in zip(open_items, outs):
-                tree.value_tokens += sum(c.n_tokens for c in completions)
-                done = tree.solution_until(node)
-                hits = sum(answers_match(extract_answer(tree.step_format.join([done, c.text])),
-                                         tree.problem.reference_answer) for c in completions)
-                values[i] = hits / len(completions)
-        return values
+        estimates = PrefixEstimator(self.generator, self.spec, seed=seed).estimate(items)
+        for (tree, _), e in zip(items, estimates):
+            tree.value_tokens += e.cost_tokens
+        return [e.soft for e in estimates]
 
 
 VALUE_FUNCTIONS = ("none", "likelihood", "mc")

@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +24,7 @@ from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.grading import answers_match, extract_answer
 from qstar_dagster.tasks.problem import Problem, content_id
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
+from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +53,6 @@ class BasePolicyConfig:
     eval_every: int = 100  # steps between greedy-accuracy points of the training curve; 0 = none
 
 
-def _batches(examples: list[tuple[list[int], int]], cfg: BasePolicyConfig, pad_id: int):
-    """Seeded batches that go through the examples in a fresh order each epoch (not with
-    replacement), so a large training set is seen once before anything repeats."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
-    while True:
-        if len(order) < cfg.batch_size:
-            order += torch.randperm(len(examples), generator=g).tolist()
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
-        batch = [examples[i] for i in idx]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), pad_id)
-        labels = torch.full((len(batch), width), -100)
-        for r, (seq, n_prompt) in enumerate(batch):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            labels[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])  # loss on the solution only
-        yield ids, labels
-
-
 def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyConfig = BasePolicyConfig(),
                       on_eval: Callable[[object, object], float] | None = None) -> dict:
     """Train a character-level Llama on `train`'s reference solutions and save it (with its
@@ -80,50 +60,16 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
     steps and should return an accuracy; the points make the training curve."""
     if not train:
         raise ValueError("base policy: the training prompt set is empty")
-    torch.manual_seed(cfg.seed)
     tok = char_tokenizer()
-    model = tiny_llama(tok, cfg.hidden, cfg.layers, cfg.heads, seed=cfg.seed).train()
-    examples = []
-    for p in train:
-        prompt = tok(policy_prompt(p.problem))["input_ids"]
-        target = tok(p.reference_solution)["input_ids"] + [tok.eos_token_id]
-        examples.append((prompt + target, len(prompt)))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / cfg.warmup)
-                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
-    batches = _batches(examples, cfg, tok.pad_token_id)
-    started, losses, curve = time.monotonic(), [], []
-    for step in range(1, cfg.steps + 1):
-        ids, labels = next(batches)
-        loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if on_eval and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            model.eval()
-            curve.append((step, on_eval(model, tok)))
-            model.train()
-        if step % 100 == 0 or step == cfg.steps:
-            rate = step / (time.monotonic() - started)
-            log.info("base policy: step %d/%d, loss %.3f, %.1f steps/s, ETA %.0fs%s", step, cfg.steps,
-                     sum(losses[-100:]) / len(losses[-100:]), rate, (cfg.steps - step) / rate,
-                     f", greedy accuracy {curve[-1][1]:.1%}" if curve and curve[-1][0] == step else "")
-    model.eval()
+    model = tiny_llama(tok, cfg.hidden, cfg.layers, cfg.heads, seed=cfg.seed)
+    examples = encode_pairs(tok, [(policy_prompt(p.problem), p.reference_solution) for p in train])
+    spec = FitSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=cfg.seed,
+                   eval_every=cfg.eval_every)
+    summary = fit_causal_lm(model, tok, examples, spec, "base policy", on_eval)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    return {
-        "final_loss": sum(losses[-100:]) / len(losses[-100:]),
-        "train_seconds": time.monotonic() - started,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "n_train_examples": len(examples),
-        "loss_curve": [(i + 1, loss) for i, loss in enumerate(losses)],
-        "accuracy_curve": curve,
-        "config": asdict(cfg),
-    }
+    return {**summary, "config": asdict(cfg)}
 
 
 def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,

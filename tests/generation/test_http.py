@@ -1,12 +1,6 @@
 """The OpenAI-compatible path end to end: `qstar serve` in a subprocess, the HTTP backend
 talking to it, results equal to the local backend's for the same seed."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -14,31 +8,6 @@ import requests
 from qstar_dagster.generation.base import SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.generation.openai_http import OpenAICompatibleGenerator
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("qstar")
-    proc = subprocess.Popen([str(exe), "serve", str(tiny_model_dir), "--port", str(port), "--name", "tiny"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail(proc.stdout.read())
-            try:
-                requests.get(f"{url}/v1/models", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.25)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def test_models_endpoint(server):

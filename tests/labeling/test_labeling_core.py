@@ -14,6 +14,7 @@ from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import NoValue
 from qstar_dagster.tasks.arith import generate_problems
+from qstar_dagster.tasks.problem import Problem
 from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.base_policy import policy_prompt
 
@@ -34,10 +35,12 @@ def trees(gen):
 
 
 def test_monte_carlo_labels_reuse_the_tree_and_sample_only_what_is_missing(trees, gen):
-    spec = EstimatorSpec(n=4, max_new_tokens=48)
+    spec = EstimatorSpec(n=4, max_new_tokens=48, share_completions=False)
     reused = montecarlo.label_trees(trees, PrefixEstimator(gen, spec))
-    fresh = montecarlo.label_trees(trees, PrefixEstimator(gen, EstimatorSpec(n=4, max_new_tokens=48, reuse_tree=False)))
+    fresh = montecarlo.label_trees(trees, PrefixEstimator(gen, EstimatorSpec(n=4, max_new_tokens=48, reuse_tree=False,
+                                                                            share_completions=False)))
     assert reused.keys() == fresh.keys() == {n.node_id for t in trees for n in t.nodes.values() if n.parent_id}
+    seen_prefixes = set()
     for t in trees:
         for node in t.nodes.values():
             if node.parent_id is None:
@@ -46,6 +49,10 @@ def test_monte_carlo_labels_reuse_the_tree_and_sample_only_what_is_missing(trees
             if node.is_terminal:  # a finished step is its own rollout
                 assert (e.n_rollouts, e.n_correct, e.cost_tokens) == (1, int(bool(node.is_correct)), 0)
                 continue
+            if t.prefix(node) in seen_prefixes:  # the same step sampled twice: estimated once
+                assert e.cost_tokens == 0 and e.n_reused == e.n_rollouts == 4
+                continue
+            seen_prefixes.add(t.prefix(node))
             finished = [d for d in t.descendants(node) if d.is_terminal and not d.truncated]
             assert e.n_rollouts == 4 and e.n_reused == min(4, len(finished))
             assert (e.cost_tokens == 0) == (len(finished) >= 4)
@@ -53,6 +60,47 @@ def test_monte_carlo_labels_reuse_the_tree_and_sample_only_what_is_missing(trees
     assert sum(e.cost_tokens for e in reused.values()) < sum(e.cost_tokens for e in fresh.values())
     rows = montecarlo.label_rows(reused, run_id="r")
     assert {(r["kind"]) for r in rows} == {"hard", "soft"} and len(rows) == 2 * len(reused)
+
+
+class Scripted:
+    """Answers every prompt with given completion texts: here the point is which node a
+    given sample is credited to."""
+
+    name = "scripted"
+
+    def __init__(self, texts):
+        self.texts, self.calls = texts, []
+
+    def generate(self, prompts, params):
+        self.calls.append((list(prompts), params.n))
+        return [[Completion(t, 5, -1.0, "stop") for t in self.texts[: params.n]] for _ in prompts]
+
+
+def test_a_sample_is_shared_with_the_deeper_nodes_whose_steps_it_repeats():
+    problem = Problem("Compute left to right: 1 + 2 + 4", "7", domain="arith")
+    tree = Tree("t", problem, policy_prompt(problem.problem), LINE, 6)
+    a = tree.add_child(tree.root, Completion("1 + 2 = 3", 5, -1.0, "stop", stop_string="\n"))
+    b = tree.add_child(a, Completion("3 + 4 = 7", 5, -1.0, "stop", stop_string="\n"))
+    gen = Scripted(["3 + 4 = 7\nThe answer is 7", "3 + 4 = 7\nThe answer is 9", "3 + 4 = 8\nThe answer is 8",
+                    "3 + 4 = 7\nThe answer is 7"])
+    est = PrefixEstimator(gen, EstimatorSpec(n=4, reuse_tree=False))
+    ea, eb = est.estimate([(tree, b), (tree, a)])  # order given does not matter: shallow first
+    assert (ea.n_rollouts, ea.n_correct, ea.n_reused) == (4, 2, 0)
+    # b received the three samples that went through "3 + 4 = 7" (2 right), and sampled one more.
+    assert (eb.n_rollouts, eb.n_reused) == (4, 3) and eb.n_correct == 2 + 1
+    assert [n for _, n in gen.calls] == [4, 1]
+    off = PrefixEstimator(Scripted(gen.texts), EstimatorSpec(n=4, reuse_tree=False, share_completions=False))
+    assert off.estimate([(tree, b)])[0].n_reused == 0
+
+
+def test_sharing_samples_saves_tokens_on_real_trees(trees, gen):
+    base = {"n": 4, "max_new_tokens": 48, "reuse_tree": False}
+    shared = montecarlo.label_trees(trees, PrefixEstimator(gen, EstimatorSpec(**base)))
+    alone = montecarlo.label_trees(trees, PrefixEstimator(gen, EstimatorSpec(**base, share_completions=False)))
+    assert sum(e.cost_tokens for e in shared.values()) < 0.8 * sum(e.cost_tokens for e in alone.values())
+    terminal = {n.node_id for t in trees for n in t.terminals()}
+    assert all(e.n_rollouts == (1 if n in terminal else 4) for n, e in shared.items())
+    assert any(e.n_reused for n, e in shared.items() if n not in terminal)
 
 
 def test_monte_carlo_values_track_the_oracle(trees, gen):

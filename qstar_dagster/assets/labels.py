@@ -1,0 +1,367 @@
+"""Step labels for a prompt set's rollouts, and how far each labeler agrees with the oracle.
+
+Monte Carlo (Math-Shepherd) and binary-search labels come from the rollout's policy; judge
+labels from the judge resource (the built-in judge, or a large model); oracle labels from
+the built-in domain's step checker; consensus keeps Monte Carlo labels the judge confirms.
+The core lives in `qstar_dagster/labeling/`; these are its Dagster wrappers.
+
+(No `from __future__ import annotations`: Dagster reads these annotations.)"""
+
+import json
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.generation.backends import check_backend, make_generator
+from qstar_dagster.labeling import pipeline
+from qstar_dagster.labeling.estimate import EstimatorSpec
+from qstar_dagster.lineage import LineageStore
+from qstar_dagster.plots import bar_plots_markdown, heatmaps_markdown, line_plots_markdown
+from qstar_dagster.resources import DataDirResource, LineageStoreResource
+from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.resources.judge import JudgeResource
+from qstar_dagster.search.rollouts import resolve_rollout
+from qstar_dagster.training.judge import JudgeTrainSpec, build_judge
+
+_EST = EstimatorSpec()
+_JUDGE = JudgeTrainSpec()
+
+
+def _label_stats(store: LineageStore, rollout_id: str, labeler: str) -> dict:
+    [row] = store.records(f"""
+        SELECT count(DISTINCT node_id) AS labeled_steps,
+               avg(CASE WHEN value > 0.5 THEN 1.0 ELSE 0.0 END) FILTER (WHERE kind = 'hard') AS positive_rate,
+               count(*) FILTER (WHERE kind = 'unparsed') AS unparsed,
+               coalesce(sum(cost_tokens), 0) AS cost_tokens
+        FROM step_labels WHERE labeler = ? AND {pipeline._rollout_filter()}""", [labeler, rollout_id])
+    # paths: root-to-leaf paths, the unit a judge rates
+    [steps] = store.records("""SELECT count(*) AS steps,
+                                      count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM nodes c
+                                                                         WHERE c.parent_id = n.node_id)) AS paths
+                               FROM nodes n JOIN trees t USING (tree_id)
+                               WHERE t.rollout_id = ? AND n.parent_id IS NOT NULL""", [rollout_id])
+    row["step_nodes"] = steps["steps"]
+    row["paths"] = steps["paths"]
+    row["tokens_per_labeled_step"] = row["cost_tokens"] / row["labeled_steps"] if row["labeled_steps"] else None
+    return row
+
+
+def _by_depth(store: LineageStore, rollout_id: str, labeler: str) -> list[tuple[float, float]]:
+    return [tuple(r) for r in store.query(f"""
+        SELECT n.depth, avg(CASE WHEN l.value > 0.5 THEN 1.0 ELSE 0.0 END) FROM step_labels l JOIN nodes n USING (node_id)
+        WHERE l.labeler = ? AND l.kind = 'hard' AND l.{pipeline._rollout_filter()} GROUP BY 1 ORDER BY 1""",
+        [labeler, rollout_id])[1]]
+
+
+# --- Monte Carlo and binary search ---------------------------------------------------------
+
+
+class MonteCarloLabelsConfig(Config):
+    rollout_id: str | None = Field(None, description="rollout to label; unset: the prompt set's latest")
+    methods: list[str] = Field(list(pipeline.MC_METHODS), description="mc: every step, N completions each "
+                               "(Math-Shepherd); binary_search: each solution's first error in O(log steps)")
+    n: int = Field(_EST.n, description="completions per step prefix (Math-Shepherd's N)")
+    temperature: float = _EST.temperature
+    max_new_tokens: int = Field(_EST.max_new_tokens, description="tokens per completion")
+    reuse_tree: bool = Field(True, description="count the tree's finished paths through a step as completions "
+                             "and sample only the rest")
+    batch_trees: int = Field(32, description="trees labeled together; also the unit a killed run resumes by")
+    seed: int = 0
+    backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
+    replace: bool = Field(False, description="relabel when labels made with other settings exist")
+    min_positive_rate: float = Field(0.02, description="check: warn when fewer steps than this are positive")
+    max_positive_rate: float = Field(0.98, description="check: warn when more steps than this are positive")
+
+
+CHECK_MC_RATES = "mc_label_rates_sane"
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="labels",
+    code_version="1",
+    pool=GPU_POOL,
+    kinds={"pytorch", "duckdb"},
+    deps=[AssetKey("tot_rollouts")],
+    check_specs=[AssetCheckSpec(CHECK_MC_RATES, asset="mc_labels", description="every step node has an mc label "
+                                "and the positive rates are neither ~0 nor ~1 (which would teach a PRM nothing)")],
+    description="Math-Shepherd Monte Carlo labels (hard: some completion from the step reaches the reference "
+    "answer; soft: the share that do) and OmegaPRM-style binary-search labels, with the rollout's policy. "
+    "Completions already in the tree are counted before sampling.",
+)
+def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, store: LineageStoreResource,
+              compute: ComputeResource) -> Iterator:
+    lineage = store.store()
+    check_backend(config.backend)
+    compute.apply_threads()
+    spec = EstimatorSpec(n=config.n, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                         reuse_tree=config.reuse_tree)
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        [policy] = lineage.records("SELECT any_value(policy_checkpoint) AS p FROM trees WHERE rollout_id = ?",
+                                   [rollout_id])
+        results = pipeline.label_monte_carlo(
+            lineage, rollout_id, lambda: make_generator(config.backend, lineage.checkpoint(policy["p"], "policy")["path"],
+                                                        compute.torch_device(), compute.torch_dtype()),
+            spec, config.methods, config.batch_trees, config.seed, config.replace, context.run_id)
+        with lineage.transaction() as con:
+            run.finish(con)
+    stats = {r.labeler: _label_stats(lineage, rollout_id, r.labeler) for r in results}
+    soft = lineage.query(f"""SELECT floor(value * 8) / 8 AS bin, count(*) FROM step_labels
+                             WHERE labeler = 'mc' AND kind = 'soft' AND {pipeline._rollout_filter()}
+                             GROUP BY 1 ORDER BY 1""", [rollout_id])[1]
+    metadata = {"rollout_id": rollout_id, "n": config.n, "reuse_tree": config.reuse_tree}
+    for name, s in stats.items():
+        metadata |= {f"{name}_labeled_steps": s["labeled_steps"], f"{name}_positive_rate": s["positive_rate"],
+                     f"{name}_cost_tokens": s["cost_tokens"],
+                     f"{name}_tokens_per_labeled_step": s["tokens_per_labeled_step"]}
+        context.log.info(f"{name}: {s['labeled_steps']} of {s['step_nodes']} steps labeled, "
+                         f"{(s['positive_rate'] or 0):.1%} positive, {s['tokens_per_labeled_step'] or 0:.1f} tokens/step")
+    metadata["step_nodes"] = next(iter(stats.values()))["step_nodes"]
+    metadata["label_distribution"] = MetadataValue.md(bar_plots_markdown([
+        ("Monte Carlo soft labels", "steps", {"steps": [(b, n) for b, n in soft]}),
+        ("positive (hard) label rate per depth", "share positive",
+         {name: _by_depth(lineage, rollout_id, name) for name in stats}),
+    ]))
+    yield MaterializeResult(metadata=metadata)
+    problems = []
+    for name, s in stats.items():
+        rate = s["positive_rate"]
+        if rate is None or not config.min_positive_rate <= rate <= config.max_positive_rate:
+            problems.append(f"{name}: positive rate {rate}")
+    if "mc" in stats and stats["mc"]["labeled_steps"] != stats["mc"]["step_nodes"]:
+        problems.append(f"mc: {stats['mc']['labeled_steps']} of {stats['mc']['step_nodes']} steps labeled")
+    yield AssetCheckResult(check_name=CHECK_MC_RATES, passed=not problems, severity=AssetCheckSeverity.WARN,
+                           description="; ".join(problems) or "rates within bounds, every step labeled",
+                           metadata={f"{k}_positive_rate": v["positive_rate"] for k, v in stats.items()})
+
+
+# --- the judge --------------------------------------------------------------------------------
+
+
+class JudgeModelConfig(Config):
+    train_prompt_set: str = Field("arith-train", description="prompt set whose rollouts the judge learns from "
+                                  "(not the one it will label)")
+    rollout_id: str | None = Field(None, description="rollout to learn from; unset: the training set's latest")
+    steps: int = _JUDGE.steps
+    batch_size: int = _JUDGE.batch_size
+    lr: float = _JUDGE.lr
+    warmup: int = _JUDGE.warmup
+    seed: int = _JUDGE.seed
+    max_examples: int = Field(_JUDGE.max_examples, description="paths to learn from, after balancing")
+    holdout: int = Field(_JUDGE.holdout, description="paths of unseen problems kept aside to measure the judge")
+    balance: bool = Field(_JUDGE.balance, description="as many paths with an error as without")
+
+
+@asset(
+    group_name="labels",
+    code_version="1",
+    pool=GPU_POOL,
+    kinds={"pytorch"},
+    deps=[AssetKey("tot_rollouts")],
+    description="The built-in step judge (checkpoint kind judge): the policy fine-tuned to answer the PRM800K "
+    "judge template on oracle-rated rollout paths of a training prompt set. For real models, point the judge "
+    "resource at a large model instead; this asset is then not needed.",
+)
+def judge_model(context: AssetExecutionContext, config: JudgeModelConfig, store: LineageStoreResource,
+                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
+    lineage = store.store()
+    compute.apply_threads()
+    spec = JudgeTrainSpec(**{f: getattr(config, f) for f in JudgeTrainSpec.__dataclass_fields__})
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        rollout_id = resolve_rollout(lineage, config.train_prompt_set, config.rollout_id)
+        built = build_judge(lineage, data_dir.subdir("checkpoints"), data_dir.subdir("datasets"), rollout_id, spec,
+                            compute.torch_device(), context.run_id)
+        with lineage.transaction() as con:
+            if not built.reused:
+                lineage.insert(con, "datasets", [built.dataset_row])
+                lineage.insert(con, "dataset_members", built.member_rows)
+                lineage.insert(con, "checkpoints", [built.checkpoint_row])
+            run.finish(con)
+    held = built.metrics["heldout"]
+    return MaterializeResult(metadata={
+        "checkpoint_id": built.checkpoint_id, "path": str(built.path), "reused": built.reused,
+        "trained_on_rollout": rollout_id, "heldout_paths": held["n_paths"], "heldout_parsed_rate": held["parsed_rate"],
+        "heldout_step_accuracy": held["step_accuracy"], "heldout_negative_recall": held["negative_recall"],
+        "heldout_first_error_f1": held["first_error_f1"],
+        "loss_curve": MetadataValue.md(line_plots_markdown([
+            ("judge training loss", "loss", {"loss": [tuple(p) for p in built.metrics["loss_curve"]]})])),
+    })
+
+
+class JudgeLabelsConfig(Config):
+    rollout_id: str | None = Field(None, description="rollout to label; unset: the prompt set's latest")
+    labeler: str = Field("judge", description="name of these labels (give each judge model its own to compare)")
+    batch_trees: int = Field(64, description="trees judged together; also the unit a killed run resumes by")
+    replace: bool = Field(False, description="relabel when labels from another judge exist under this name")
+    max_unparsed_rate: float = Field(0.05, description="check: warn above this share of unparsed judgements")
+
+
+CHECK_UNPARSED = "judge_unparsed_rate"
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="labels",
+    code_version="1",
+    pool=GPU_POOL,
+    kinds={"pytorch", "duckdb"},
+    deps=[AssetKey("tot_rollouts"), AssetKey("judge_model")],
+    check_specs=[AssetCheckSpec(CHECK_UNPARSED, asset="judge_labels",
+                                description="share of judgements the strict parser could not read")],
+    description="AI-judge step labels following the PRM800K guideline (positive / neutral / negative, stop at "
+    "the first negative) for every root-to-leaf path; unparseable answers are stored as unparsed with their "
+    "raw text. The judge is the judge resource: the built-in checkpoint or any large model.",
+)
+def judge_labels(context: AssetExecutionContext, config: JudgeLabelsConfig, store: LineageStoreResource,
+                 judge: JudgeResource, compute: ComputeResource) -> Iterator:
+    lineage = store.store()
+    compute.apply_threads()
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        judge_id, load = judge.resolve(lineage, compute.torch_device(), compute.torch_dtype())
+        pipeline.label_judge(lineage, rollout_id, load, judge_id, config.labeler, config.batch_trees,
+                             config.replace, context.run_id)
+        with lineage.transaction() as con:
+            run.finish(con)
+    s = _label_stats(lineage, rollout_id, config.labeler)
+    unparsed_rate = s["unparsed"] / s["paths"] if s["paths"] else 0.0
+    context.log.info(f"{config.labeler}: {s['labeled_steps']} steps labeled, {(s['positive_rate'] or 0):.1%} positive, "
+                     f"{s['unparsed']} of {s['paths']} paths unparsed")
+    yield MaterializeResult(metadata={
+        "rollout_id": rollout_id, "judge": judge_id, "labeled_steps": s["labeled_steps"],
+        "positive_rate": s["positive_rate"], "paths": s["paths"], "unparsed": s["unparsed"],
+        "unparsed_rate": unparsed_rate, "cost_tokens": s["cost_tokens"],
+        "positive_rate_by_depth": MetadataValue.md(bar_plots_markdown([
+            ("judge: positive rate per depth", "share positive",
+             {config.labeler: _by_depth(lineage, rollout_id, config.labeler)})])),
+    })
+    yield AssetCheckResult(check_name=CHECK_UNPARSED, passed=unparsed_rate <= config.max_unparsed_rate,
+                           severity=AssetCheckSeverity.WARN,
+                           description=f"{unparsed_rate:.1%} of judgements unparsed (threshold "
+                           f"{config.max_unparsed_rate:.0%}); read them with qstar sql \"select raw from step_labels "
+                           f"where labeler = '{config.labeler}' and kind = 'unparsed' limit 5\"",
+                           metadata={"unparsed_rate": unparsed_rate})
+
+
+# --- oracle, consensus, agreement ------------------------------------------------------------
+
+
+class RolloutRefConfig(Config):
+    rollout_id: str | None = Field(None, description="rollout; unset: the prompt set's latest")
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="labels",
+    code_version="1",
+    kinds={"duckdb"},
+    deps=[AssetKey("tot_rollouts")],
+    description="Ground-truth step labels from the built-in domain's step checker: hard (step-correct, PRM800K's "
+    "sense) and prefix (prefix-correct). Other domains have no oracle: nothing is written for them.",
+)
+def oracle_labels(context: AssetExecutionContext, config: RolloutRefConfig,
+                  store: LineageStoreResource) -> MaterializeResult:
+    lineage = store.store()
+    with recorded_run(context, lineage, config.model_dump()) as run:
+        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        result = pipeline.label_oracle(lineage, rollout_id, context.run_id)
+        with lineage.transaction() as con:
+            run.finish(con)
+    s = _label_stats(lineage, rollout_id, "oracle")
+    return MaterializeResult(metadata={"rollout_id": rollout_id, "labeled_steps": s["labeled_steps"],
+                                       "positive_rate": s["positive_rate"], "rows_written": result.n_rows_written})
+
+
+class ConsensusConfig(RolloutRefConfig):
+    first: str = Field("mc", description="labeler whose labels are kept")
+    second: str = Field("judge", description="labeler that must agree")
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="labels",
+    code_version="1",
+    kinds={"duckdb"},
+    deps=[AssetKey("mc_labels"), AssetKey("judge_labels")],
+    description="Consensus filtering: a Monte Carlo hard label kept only where the judge gives the same label "
+    "(labeler consensus). Fewer labels, fewer wrong ones.",
+)
+def consensus_labels(context: AssetExecutionContext, config: ConsensusConfig,
+                     store: LineageStoreResource) -> MaterializeResult:
+    lineage = store.store()
+    with recorded_run(context, lineage, config.model_dump()) as run:
+        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        pipeline.label_consensus(lineage, rollout_id, config.first, config.second, context.run_id)
+        with lineage.transaction() as con:
+            run.finish(con)
+    s = _label_stats(lineage, rollout_id, pipeline.CONSENSUS)
+    first = _label_stats(lineage, rollout_id, config.first)
+    return MaterializeResult(metadata={
+        "rollout_id": rollout_id, "labeled_steps": s["labeled_steps"], "positive_rate": s["positive_rate"],
+        f"kept_share_of_{config.first}": s["labeled_steps"] / first["labeled_steps"] if first["labeled_steps"] else None})
+
+
+def agreement_markdown(rows: list[dict]) -> str:
+    head = "| labeler | reference | steps | accuracy | neg. precision | neg. recall | kappa | first-error F1 | tokens/step |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
+
+    def f(v, pct=True):
+        return "–" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.3f}")
+
+    for r in rows:
+        per_step = r["cost_tokens"] / r["labeled_steps"] if r["labeled_steps"] else None
+        head += (f"| {r['labeler']} | {r['reference']} | {r['n_steps']} | {f(r['accuracy'])} | "
+                 f"{f(r['negative_precision'])} | {f(r['negative_recall'])} | {f(r['kappa'], False)} | "
+                 f"{f(r['first_error_f1'], False)} | {'–' if per_step is None else f'{per_step:.1f}'} |\n")
+    return head
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="labels",
+    code_version="1",
+    kinds={"duckdb"},
+    deps=[AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("oracle_labels"), AssetKey("consensus_labels")],
+    description="Every labeler against the oracle (up to each solution's first error) and against each other: "
+    "accuracy, precision and recall of negative steps, Cohen's kappa, ProcessBench first-error F1, with "
+    "confusion matrices. Query it with: qstar sql \"select * from label_agreement\".",
+)
+def label_agreement(context: AssetExecutionContext, config: RolloutRefConfig,
+                    store: LineageStoreResource) -> MaterializeResult:
+    lineage = store.store()
+    with recorded_run(context, lineage, config.model_dump()) as run:
+        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        rows = pipeline.agreement_rows(lineage, rollout_id, context.run_id)
+        pipeline.write_agreement(lineage, rollout_id, rows)
+        with lineage.transaction() as con:
+            run.finish(con)
+    vs_oracle = [r for r in rows if r["reference"] == "oracle"]
+    for r in rows:
+        context.log.info(f"{r['labeler']} vs {r['reference']}: accuracy {r['accuracy']}, F1 {r['first_error_f1']}")
+    shown = vs_oracle or rows
+    return MaterializeResult(metadata={
+        "rollout_id": rollout_id,
+        "agreement": MetadataValue.md(agreement_markdown(rows)),
+        "confusion_matrices": MetadataValue.md(heatmaps_markdown(
+            [(f"{r['labeler']} vs {r['reference']}", r["confusion"]) for r in shown],
+            ("reference wrong", "reference right"), ("says wrong", "says right"))),
+        **{f"{r['labeler']}_accuracy": r["accuracy"] for r in vs_oracle},
+        **{f"{r['labeler']}_first_error_f1": r["first_error_f1"] for r in vs_oracle},
+        "query": MetadataValue.md(f"```\nqstar sql \"select * from label_agreement where rollout_id = "
+                                  f"'{rollout_id}'\"\n```"),
+        "rows": MetadataValue.json(json.loads(json.dumps(rows, default=str))),
+    })

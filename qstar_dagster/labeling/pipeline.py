@@ -1,0 +1,260 @@
+"""Labeling a stored rollout: the labelers of this package run over the rollout's trees and
+write `step_labels` rows, a batch of trees per transaction.
+
+Resume: a tree with any label of a labeler is done for that labeler (its batch committed
+whole), so a killed run picks up at the first batch it had not written, and a re-run
+writes nothing and loads no model. Labels made with other settings (another N, another
+judge checkpoint) are never mixed in silently: that is an error unless `replace`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from qstar_dagster.generation.base import Generator
+from qstar_dagster.labeling import binary_search, judge, montecarlo, oracle
+from qstar_dagster.labeling.agreement import agreement
+from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
+from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.search.rollouts import load_trees
+from qstar_dagster.search.tree import Tree
+
+log = logging.getLogger(__name__)
+
+MC_METHODS = (montecarlo.LABELER, binary_search.LABELER)
+CONSENSUS = "consensus"
+
+
+@dataclass
+class LabelResult:
+    labeler: str
+    n_batches: int = 0
+    n_batches_run: int = 0
+    n_rows_written: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _rollout_filter() -> str:
+    return "node_id IN (SELECT node_id FROM nodes JOIN trees USING (tree_id) WHERE rollout_id = ?)"
+
+
+def existing_settings(store: LineageStore, rollout_id: str, labeler: str) -> list[dict]:
+    """The distinct (n_rollouts, labeler_checkpoint) a labeler's rows on this rollout carry."""
+    return store.records(f"""SELECT DISTINCT n_rollouts, labeler_checkpoint FROM step_labels
+                             WHERE labeler = ? AND {_rollout_filter()}""", [labeler, rollout_id])
+
+
+def clear_labels(store: LineageStore, rollout_id: str, labeler: str) -> int:
+    with store.transaction() as con:
+        return con.execute(f"DELETE FROM step_labels WHERE labeler = ? AND {_rollout_filter()}",
+                           [labeler, rollout_id]).fetchone()[0]
+
+
+def _guard(store: LineageStore, rollout_id: str, labeler: str, want: dict, replace: bool) -> None:
+    """Refuse to add labels made with other settings to a labeler's rows unless `replace`."""
+    have = existing_settings(store, rollout_id, labeler)
+    other = [h for h in have if any(h[k] != v for k, v in want.items())]
+    if other and not replace:
+        raise ValueError(
+            f"rollout {rollout_id} already has {labeler!r} labels made with {other[0]}, not {want}. Set "
+            f"replace: true to relabel, or give these labels another labeler name to keep both")
+    if replace and have:
+        log.info("%s: replacing %d labels on rollout %s", labeler, clear_labels(store, rollout_id, labeler), rollout_id)
+
+
+def _done_trees(store: LineageStore, rollout_id: str, labeler: str) -> set[str]:
+    return {r["tree_id"] for r in store.records("""
+        SELECT DISTINCT n.tree_id FROM step_labels l JOIN nodes n USING (node_id) JOIN trees t USING (tree_id)
+        WHERE t.rollout_id = ? AND l.labeler = ?""", [rollout_id, labeler])}
+
+
+def _batches(trees: Sequence[Tree], size: int) -> list[list[Tree]]:
+    if size < 1:
+        raise ValueError(f"batch_trees must be >= 1, got {size}")
+    return [list(trees[i:i + size]) for i in range(0, len(trees), size)]
+
+
+def _seed(trees: Sequence[Tree], seed: int) -> int:
+    """A batch's seed from its trees: a resumed run samples what an uninterrupted one would."""
+    return int.from_bytes(hashlib.sha256(repr((seed, [t.tree_id for t in trees])).encode()).digest()[:4], "little")
+
+
+OnBatch = Callable[[int, int], None] | None  # (batches done, batches to do): progress; tests stop runs with it
+
+
+def _run_batches(store: LineageStore, rollout_id: str, labeler: str, batch_trees: int,
+                 label_batch: Callable[[list[Tree]], list[dict]], progress: str, on_batch: OnBatch) -> LabelResult:
+    trees = load_trees(store, rollout_id)
+    done = _done_trees(store, rollout_id, labeler)
+    batches = _batches(trees, batch_trees)
+    todo = [b for b in batches if not all(t.tree_id in done for t in b)]
+    result = LabelResult(labeler, len(batches))
+    started = time.monotonic()
+    for i, batch in enumerate(todo, 1):
+        rows = label_batch(batch)
+        with store.transaction() as con:
+            result.n_rows_written += store.insert(con, "step_labels", rows)
+        result.n_batches_run += 1
+        elapsed = time.monotonic() - started
+        log.info("%s on rollout %s: batch %d/%d (%d labels), ETA %.0fs", progress, rollout_id, i, len(todo),
+                 len(rows), elapsed / i * (len(todo) - i))
+        if on_batch:
+            on_batch(i, len(todo))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def label_monte_carlo(store: LineageStore, rollout_id: str, load_generator: Callable[[], Generator],
+                      spec: EstimatorSpec | None = None, methods: Sequence[str] = MC_METHODS,
+                      batch_trees: int = 32, seed: int = 0, replace: bool = False,
+                      run_id: str | None = None, on_batch: OnBatch = None) -> list[LabelResult]:
+    """Math-Shepherd labels of every step (`mc`) and/or binary-search labels of each
+    solution's steps up to its first error (`binary_search`), with the rollout's policy."""
+    spec = spec or EstimatorSpec()
+    bad = set(methods) - set(MC_METHODS)
+    if bad or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {list(MC_METHODS)}, got {list(methods)}")
+    [policy] = {r["policy_checkpoint"] for r in store.records(
+        "SELECT DISTINCT policy_checkpoint FROM trees WHERE rollout_id = ?", [rollout_id])} or {None}
+    generator: Generator | None = None
+
+    def gen() -> Generator:
+        nonlocal generator
+        generator = generator or load_generator()
+        return generator
+
+    results = []
+    for method in methods:
+        _guard(store, rollout_id, method, {"labeler_checkpoint": policy} | (
+            {"n_rollouts": spec.n} if method == montecarlo.LABELER else {}), replace)
+
+        def batch_rows(trees: list[Tree], method=method) -> list[dict]:
+            estimator = PrefixEstimator(gen(), spec, seed=_seed(trees, seed))
+            if method == montecarlo.LABELER:
+                return montecarlo.label_rows(montecarlo.label_trees(trees, estimator), run_id=run_id,
+                                             checkpoint=policy)
+            solutions = [(t, leaf) for t in trees for leaf in t.terminals()]
+            rows = binary_search.label_rows(binary_search.first_errors(solutions, estimator), run_id)
+            return [r | {"labeler_checkpoint": policy} for r in rows]
+
+        results.append(_run_batches(store, rollout_id, method, batch_trees, batch_rows, f"{method} labels",
+                                    on_batch))
+    return results
+
+
+def label_judge(store: LineageStore, rollout_id: str, load_generator: Callable[[], Generator],
+                checkpoint: str | None, labeler: str = judge.LABELER, batch_trees: int = 64,
+                replace: bool = False, run_id: str | None = None, on_batch: OnBatch = None) -> LabelResult:
+    """PRM800K-guideline judge labels of every root-to-leaf path. `checkpoint`: the judge's
+    checkpoint id or model name, recorded on every row."""
+    _guard(store, rollout_id, labeler, {"labeler_checkpoint": checkpoint}, replace)
+    generator: Generator | None = None
+
+    def batch_rows(trees: list[Tree]) -> list[dict]:
+        nonlocal generator
+        generator = generator or load_generator()
+        rows = judge.label_trees(trees, generator, checkpoint=checkpoint, run_id=run_id)
+        return [r | {"labeler": labeler} for r in rows]
+
+    return _run_batches(store, rollout_id, labeler, batch_trees, batch_rows, f"{labeler} labels", on_batch)
+
+
+def label_oracle(store: LineageStore, rollout_id: str, run_id: str | None = None) -> LabelResult:
+    """Step-correct (`hard`) and prefix-correct (`prefix`) labels from the built-in domain's
+    oracle; nothing for other domains (there is no oracle to ask)."""
+    trees = [t for t in load_trees(store, rollout_id) if t.problem.domain == "arith"]
+    result = LabelResult(oracle.LABELER, 1)
+    if trees:
+        with store.transaction() as con:
+            result.n_rows_written = store.insert(con, "step_labels",
+                                                 oracle.label_rows(oracle.oracle_labels(trees), run_id))
+        result.n_batches_run = 1
+    return result
+
+
+def label_consensus(store: LineageStore, rollout_id: str, first: str = montecarlo.LABELER,
+                    second: str = judge.LABELER, run_id: str | None = None) -> LabelResult:
+    """Consensus filtering: a hard label of `first` kept where `second` gives the same one.
+    Recomputed whole each time (one statement; cheap), so it follows its inputs."""
+    with store.transaction() as con:
+        con.execute(f"DELETE FROM step_labels WHERE labeler = ? AND {_rollout_filter()}", [CONSENSUS, rollout_id])
+        n = con.execute(f"""
+            INSERT INTO step_labels (node_id, labeler, kind, value, n_rollouts, n_correct, cost_tokens, raw,
+                                     labeler_checkpoint, created_run)
+            SELECT a.node_id, ?, 'hard', a.value, a.n_rollouts, a.n_correct, 0, ?, NULL, ?
+            FROM step_labels a JOIN step_labels b ON b.node_id = a.node_id AND b.kind = 'hard' AND b.labeler = ?
+            WHERE a.labeler = ? AND a.kind = 'hard' AND a.value = b.value AND a.{_rollout_filter()}""",
+                        [CONSENSUS, f"{first}+{second}", run_id, second, first, rollout_id]).fetchone()[0]
+    return LabelResult(CONSENSUS, 1, 1, n)
+
+
+# --- agreement ----------------------------------------------------------------------------
+
+
+def hard_labels(store: LineageStore, rollout_id: str) -> dict[str, dict[str, bool]]:
+    """labeler -> node_id -> positive, from every labeler's `hard` rows on the rollout; the
+    oracle's prefix-correct labels appear as `oracle_prefix`."""
+    out: dict[str, dict[str, bool]] = {}
+    for r in store.records(f"""SELECT labeler, kind, node_id, value FROM step_labels
+                               WHERE kind IN ('hard', 'prefix') AND value IS NOT NULL AND {_rollout_filter()}""",
+                           [rollout_id]):
+        if r["kind"] == "prefix" and r["labeler"] != oracle.LABELER:
+            continue
+        name = f"{oracle.LABELER}_prefix" if r["kind"] == "prefix" else r["labeler"]
+        out.setdefault(name, {})[r["node_id"]] = r["value"] > 0.5
+    return out
+
+
+def oracle_region(trees: Sequence[Tree], prefix_ok: dict[str, bool]) -> set[str]:
+    """Steps up to each solution's first error: those whose parent prefix is right (or is
+    the problem itself). There a step is right exactly when its prefix is, so labels that
+    estimate the prefix (Monte Carlo) and labels that rate the step (a judge) answer the same
+    question: PRM800K's stop-at-the-first-error region."""
+    parent = {n.node_id: n.parent_id for t in trees for n in t.nodes.values()}
+    roots = {t.root.node_id for t in trees}
+    return {n for n in prefix_ok if parent.get(n) in roots or prefix_ok.get(parent.get(n), False)}
+
+
+def solutions_of(trees: Sequence[Tree]) -> list[list[str]]:
+    """The step node ids of every finished solution (terminal leaf)."""
+    return [[n.node_id for n in t.path(leaf)[1:]] for t in trees for leaf in t.terminals()]
+
+
+def agreement_rows(store: LineageStore, rollout_id: str, run_id: str | None = None) -> list[dict]:
+    """Every labeler against the oracle (in `oracle_region`), and every two labelers against
+    each other (on all steps both label). Without an oracle (other domains) only the pairs."""
+    labels = hard_labels(store, rollout_id)
+    trees = load_trees(store, rollout_id)
+    solutions = solutions_of(trees)
+    prefix_ok = labels.pop(f"{oracle.LABELER}_prefix", {})
+    reference = labels.pop(oracle.LABELER, None)
+    region = oracle_region(trees, prefix_ok) if reference is not None else set()
+    cost = {r["labeler"]: r for r in store.records(f"""
+        SELECT labeler, sum(cost_tokens) AS tokens, count(DISTINCT node_id) AS steps FROM step_labels
+        WHERE {_rollout_filter()} GROUP BY 1""", [rollout_id])}
+    names = sorted(labels)
+    pairs = []
+    if reference is not None:
+        in_region = {n: v for n, v in reference.items() if n in region}
+        pairs += [(a, oracle.LABELER, {n: v for n, v in labels[a].items() if n in region}, in_region) for a in names]
+    pairs += [(a, b, labels[a], labels[b]) for i, a in enumerate(names) for b in names[i + 1:]]
+    rows = []
+    for name, ref_name, mine, ref in pairs:
+        a = agreement(mine, ref, solutions)
+        c = cost.get(name, {})
+        rows.append({"rollout_id": rollout_id, "labeler": name, "reference": ref_name, **a.as_dict(),
+                     "confusion": [list(r) for r in a.confusion],
+                     "labeled_steps": c.get("steps", 0), "cost_tokens": int(c.get("tokens") or 0),
+                     "created_run": run_id, "created_at": utcnow()})
+    return rows
+
+
+def write_agreement(store: LineageStore, rollout_id: str, rows: list[dict]) -> None:
+    with store.transaction() as con:
+        con.execute("DELETE FROM label_agreements WHERE rollout_id = ?", [rollout_id])
+        store.insert(con, "label_agreements", rows)
