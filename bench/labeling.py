@@ -5,8 +5,9 @@ problems, with the same policy):
 
   (a) naive: N fresh completions from every step's prefix (Math-Shepherd as written);
   (b) ours: every step, counting the tree's finished paths through the step and the
-      samples drawn for its ancestors that pass through it, sampling only what is missing
-      to reach N (also shown: tree paths alone);
+      samples drawn for its ancestors that pass through it, estimating a step the search
+      sampled twice once, and sampling only what is missing to reach N (also shown: tree
+      paths alone, and the samples alone);
   (c) binary search (OmegaPRM-style, with (b)'s reuse): per finished solution, the first
       step whose prefix cannot reach the answer, O(log steps) prefix estimates.
 
@@ -82,9 +83,11 @@ def main() -> None:
           "steps up to each solution's first error")
 
     figures, naive_labels = {}, None
-    variants = (("naive", False, False), ("reuse_tree_only", True, False), ("reuse", True, True))
+    variants = (("naive", False, False), ("reuse_tree_only", True, False), ("reuse_samples_only", False, True),
+                ("reuse", True, True))
     for name, tree_paths, shared in variants:
-        est = PrefixEstimator(gen, EstimatorSpec(n=args.n, reuse_tree=tree_paths, share_completions=shared), seed=1)
+        est = PrefixEstimator(gen, EstimatorSpec(n=args.n, reuse_tree=tree_paths, share_completions=shared,
+                                                 same_prefix_once=shared), seed=1)
         started = time.perf_counter()
         estimates = montecarlo.label_trees(trees, est)
         seconds = time.perf_counter() - started
@@ -101,7 +104,7 @@ def main() -> None:
                                        sum(f.cost_tokens for f in found), seconds, truth, region, naive_labels)
 
     naive = figures["naive"]
-    for name in ("reuse_tree_only", "reuse", "binary_search"):
+    for name in ("reuse_tree_only", "reuse_samples_only", "reuse", "binary_search"):
         f = figures[name]
         f["token_ratio_vs_naive"] = round(naive["tokens_per_labeled_step"] / max(f["tokens_per_labeled_step"], 1e-9), 2)
         f["accuracy_points_vs_naive"] = round(100 * (f["accuracy"] - f["naive_accuracy_same_steps"]), 2)

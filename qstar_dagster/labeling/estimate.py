@@ -50,6 +50,7 @@ class EstimatorSpec:
     max_new_tokens: int = 128
     reuse_tree: bool = True  # count finished paths through the node before sampling
     share_completions: bool = True  # credit a sample to the tree's deeper nodes it passes through
+    same_prefix_once: bool = True  # nodes with the same prefix text (a step sampled twice) share one estimate
 
 
 class PrefixEstimator:
@@ -74,7 +75,8 @@ class PrefixEstimator:
         todo: dict[int, list[tuple[Tree, Node, int, int]]] = defaultdict(list)
         copies: list[tuple[Node, str]] = []  # nodes whose prefix text another node of the level has
         first_with: dict[str, str] = {}  # prefix text -> the node estimated for it
-        for tree, node in items:
+        unique = {node.node_id: (tree, node) for tree, node in items}  # a node asked for twice is estimated once
+        for tree, node in unique.values():
             if node.node_id in self.cache:
                 continue
             if node.is_terminal:
@@ -82,7 +84,7 @@ class PrefixEstimator:
                 continue
             # Searches often sample the same step twice: same prefix, same distribution, one estimate.
             prefix = tree.prefix(node)
-            if prefix in first_with:
+            if self.spec.same_prefix_once and prefix in first_with:
                 copies.append((node, first_with[prefix]))
                 continue
             first_with[prefix] = node.node_id

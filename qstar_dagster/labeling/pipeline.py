@@ -45,8 +45,11 @@ def _rollout_filter() -> str:
 
 def existing_settings(store: LineageStore, rollout_id: str, labeler: str) -> list[dict]:
     """The distinct (n_rollouts, labeler_checkpoint) a labeler's rows on this rollout carry."""
-    return store.records(f"""SELECT DISTINCT n_rollouts, labeler_checkpoint FROM step_labels
-                             WHERE labeler = ? AND {_rollout_filter()}""", [labeler, rollout_id])
+    # Finished steps are their own single rollout whatever N is: they say nothing about N.
+    return store.records(f"""SELECT DISTINCT l.n_rollouts, l.labeler_checkpoint FROM step_labels l
+                             JOIN nodes n USING (node_id)
+                             WHERE l.labeler = ? AND NOT n.is_terminal AND l.{_rollout_filter()}""",
+                         [labeler, rollout_id])
 
 
 def clear_labels(store: LineageStore, rollout_id: str, labeler: str) -> int:

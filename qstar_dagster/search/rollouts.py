@@ -190,8 +190,8 @@ def load_trees(store: LineageStore, rollout_id: str) -> list[Tree]:
 
 def resolve_rollout(store: LineageStore, prompt_set: str, rollout_id: str | None = None) -> str:
     """The rollout named, checked to be of `prompt_set`; else the prompt set's latest one."""
-    rows = store.records("""SELECT rollout_id, max(created_at) AS at FROM trees WHERE prompt_set = ?
-                            GROUP BY 1 ORDER BY at DESC""", [prompt_set])
+    rows = store.records("""SELECT rollout_id, max(created_at) AS last_at FROM trees WHERE prompt_set = ?
+                            GROUP BY 1 ORDER BY last_at DESC""", [prompt_set])
     if rollout_id is None:
         if not rows:
             raise LookupError(f"prompt set {prompt_set!r} has no rollouts in {store.path}; materialize tot_rollouts "
