@@ -2,6 +2,7 @@
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
+from qstar_dagster.assets.datasets import step_datasets
 from qstar_dagster.assets.labels import (
     consensus_labels,
     judge_labels,
@@ -13,6 +14,7 @@ from qstar_dagster.assets.labels import (
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set, prompt_set_partitions
 from qstar_dagster.assets.rollouts import tot_rollouts
+from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
 from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 from qstar_dagster.resources.compute import ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
@@ -20,7 +22,8 @@ from qstar_dagster.resources.judge import JudgeResource
 # The embedded pipeline's stages per prompt set (one partition each). A Dagster job has one
 # partitioning, so the unpartitioned models (base policy, judge) have their own jobs; `qstar
 # demo` runs prompt sets, the base policy, rollouts, the judge, then the labels.
-UNPARTITIONED = AssetSelection.assets(base_policy, judge_model)
+TRAINED = AssetSelection.assets(prm_model, rft_policy, dpo_policy)
+UNPARTITIONED = AssetSelection.assets(base_policy, judge_model) | TRAINED
 embedded_pipeline = define_asset_job(
     "embedded_pipeline", selection=AssetSelection.all() - UNPARTITIONED,
     partitions_def=prompt_set_partitions,
@@ -29,6 +32,10 @@ embedded_pipeline = define_asset_job(
 base_policy_job = define_asset_job(
     "base_policy_job", selection=AssetSelection.assets(base_policy),
     description="Train (or load) and evaluate the base policy.",
+)
+training_job = define_asset_job(
+    "training_job", selection=TRAINED,
+    description="Train the PRM, RFT and DPO checkpoints on a training prompt set's datasets.",
 )
 judge_model_job = define_asset_job(
     "judge_model_job", selection=AssetSelection.assets(judge_model),
@@ -42,8 +49,8 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
     store = LineageStoreResource(path=str(default_store_path(data_dir)) if data_dir else None)
     return Definitions(
         assets=[prompt_set, base_policy, tot_rollouts, judge_model, mc_labels, judge_labels, oracle_labels,
-                consensus_labels, label_agreement],
-        jobs=[embedded_pipeline, base_policy_job, judge_model_job],
+                consensus_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy],
+        jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job],
         sensors=[prompt_inbox_sensor],
         resources={"data_dir": data, "store": store, "compute": ComputeResource(),
                    "judge": JudgeResource()},

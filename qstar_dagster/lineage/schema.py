@@ -239,6 +239,12 @@ VIEWS: dict[str, str] = {
         UNION ALL
         SELECT DISTINCT 'dataset', dataset_id, 'node', node_id, 'contains' FROM dataset_members
         UNION ALL
+        -- Datasets made from one labeler's labels (prm, step_pairs) point at the labels they read.
+        SELECT DISTINCT 'dataset', m.dataset_id, 'step_label', l.node_id || '/' || l.labeler || '/' || l.kind, 'labeled_by'
+        FROM dataset_members m JOIN datasets d USING (dataset_id)
+        JOIN step_labels l ON l.node_id = m.node_id AND l.labeler = d.spec->>'labeler' AND l.kind = 'hard'
+        WHERE d.kind IN ('prm', 'step_pairs')
+        UNION ALL
         SELECT 'checkpoint', checkpoint_id, 'dataset', trained_on_dataset, 'trained_on'
         FROM checkpoints WHERE trained_on_dataset IS NOT NULL
         UNION ALL

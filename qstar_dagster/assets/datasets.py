@@ -1,0 +1,61 @@
+"""Filtered datasets: a prompt set's labeled rollout turned into training data (RFT, PRM
+stepwise supervision, step-DPO and DPO pairs), recorded with their members and exported as
+JSONL and Parquet under the data directory. Core: `qstar_dagster/datasets/build.py`.
+
+(No `from __future__ import annotations`: Dagster reads these annotations.)"""
+
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from qstar_dagster.assets._runs import recorded_run
+from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.datasets.build import KINDS, DatasetSpec, build_dataset, label_balance, record
+from qstar_dagster.plots import bar_plots_markdown
+from qstar_dagster.resources import DataDirResource, LineageStoreResource
+from qstar_dagster.search.rollouts import resolve_rollout
+
+
+class DatasetsConfig(Config):
+    rollout_id: str | None = Field(None, description="rollout; unset: the prompt set's latest")
+    kinds: list[str] = Field(list(KINDS), description=f"which datasets: {', '.join(KINDS)}")
+    labeler: str = Field("mc", description="prm and step_pairs: whose hard labels (mc, binary_search, judge, "
+                         "consensus, oracle)")
+    max_per_problem: int | None = Field(4, description="rft: solutions per problem; pairs: pairs per problem; "
+                                        "step_pairs: pairs per prefix; unset: all")
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="datasets",
+    code_version="1",
+    kinds={"duckdb", "parquet"},
+    deps=[AssetKey("tot_rollouts"), AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("consensus_labels"),
+          AssetKey("oracle_labels")],
+    description="Training data from a labeled rollout: RFT (right, deduplicated solutions), PRM stepwise "
+    "supervision (TRL's format, soft labels kept, plus Math-Shepherd's ки export), step-DPO pairs and DPO pairs. "
+    "Each dataset is a datasets row with its member nodes, exported as JSONL and Parquet.",
+)
+def step_datasets(context: AssetExecutionContext, config: DatasetsConfig, store: LineageStoreResource,
+                  data_dir: DataDirResource) -> MaterializeResult:
+    lineage = store.store()
+    specs = [DatasetSpec(kind=k, labeler=config.labeler, max_per_problem=config.max_per_problem) for k in config.kinds]
+    with recorded_run(context, lineage, config.model_dump()) as run:
+        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        built = [build_dataset(lineage, rollout_id, s, data_dir.subdir("datasets"), context.run_id) for s in specs]
+        with lineage.transaction() as con:
+            for b in built:
+                record(lineage, con, b)
+            run.finish(con)
+    metadata = {"rollout_id": rollout_id, "labeler": config.labeler}
+    for b in built:
+        metadata[f"{b.kind}_dataset_id"] = b.dataset_id
+        metadata[f"{b.kind}_rows"] = len(b.rows)
+        metadata[f"{b.kind}_path"] = MetadataValue.path(str(b.files["jsonl"]))
+        context.log.info(f"{b.kind}: {len(b.rows)} rows -> {b.files['jsonl']}{' (already recorded)' if b.reused else ''}")
+    prm = next((b for b in built if b.kind == "prm"), None)
+    if prm:
+        balance = label_balance(prm.rows)
+        metadata["prm_label_balance"] = MetadataValue.md(bar_plots_markdown([
+            ("PRM labels per step index", "steps", {"positive": [(i, p) for i, (p, _) in balance.items()],
+                                                    "negative": [(i, n) for i, (_, n) in balance.items()]})]))
+    return MaterializeResult(metadata=metadata)

@@ -1,0 +1,148 @@
+"""Trained checkpoints from the factory's datasets: a PRM (step scorer), an RFT policy and a
+DPO / step-DPO policy, each recorded with the dataset it learned from, the checkpoint it
+started from, its training metrics and its evaluation on a held-out prompt set.
+
+(No `from __future__ import annotations`: Dagster reads these annotations.)"""
+
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.datasets.build import latest_dataset, read_rows
+from qstar_dagster.generation.backends import make_generator
+from qstar_dagster.plots import line_plots_markdown
+from qstar_dagster.resources import DataDirResource, LineageStoreResource
+from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.search.rollouts import load_trees, resolve_rollout
+from qstar_dagster.training.base_policy import evaluate_policy
+from qstar_dagster.training.checkpoints import build_checkpoint
+from qstar_dagster.training.policy import DPOSpec, RFTSpec, train_dpo, train_rft
+from qstar_dagster.training.prm import PRMScorer, PRMTrainSpec, evaluate_prm, train_prm
+
+_PRM, _RFT, _DPO = PRMTrainSpec(), RFTSpec(), DPOSpec()
+
+
+class TrainConfig(Config):
+    train_prompt_set: str = Field("arith-train", description="prompt set whose datasets it learns from")
+    eval_prompt_set: str = Field("arith-test", description="held-out prompt set it is measured on")
+    base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the latest")
+
+
+def _record(lineage, built, run):
+    with lineage.transaction() as con:
+        if built.row:
+            lineage.insert(con, "checkpoints", [built.row])
+        run.finish(con)
+
+
+def _metadata(built, dataset, extra: dict) -> dict:
+    curve = [tuple(p) for p in built.training.get("loss_curve", [])]
+    return {"checkpoint_id": built.checkpoint_id, "path": str(built.path), "reused": built.reused,
+            "trained_on_dataset": dataset["dataset_id"], "train_rows": dataset["n_rows"],
+            "final_loss": built.training.get("final_loss"), "train_seconds": built.training.get("train_seconds"),
+            **{k: v for k, v in built.metrics.items() if isinstance(v, (int, float)) or v is None}, **extra,
+            "loss_curve": MetadataValue.md(line_plots_markdown([("training loss", "loss", {"loss": curve})])),
+            "lineage": MetadataValue.md(f"```\nqstar lineage {built.checkpoint_id}\n```")}
+
+
+class PRMConfig(TrainConfig):
+    labeler: str = Field("mc", description="whose labels the PRM learns (the prm dataset's labeler)")
+    target: str = Field(_PRM.target, description="hard (0/1 labels, cross-entropy) or soft (Monte Carlo "
+                        "fractions, BCE)")
+    steps: int = _PRM.steps
+    batch_size: int = _PRM.batch_size
+    lr: float = _PRM.lr
+
+
+@asset(
+    group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
+    deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
+    description="A process reward model: the policy's backbone with a one-logit head read at the end of each step, "
+    "trained with transformers' Trainer on a prm dataset (hard or soft labels); measured against the oracle on "
+    "the held-out set's rollouts. Checkpoint kind prm; PRMScorer(path).score_steps(problem, steps).",
+)
+def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageStoreResource,
+              data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
+    lineage = store.store()
+    compute.apply_threads()
+    spec = PRMTrainSpec(target=config.target, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        dataset = latest_dataset(lineage, config.train_prompt_set, "prm", config.labeler)
+        base = lineage.checkpoint(config.base_checkpoint, "policy")
+        held_out = load_trees(lineage, resolve_rollout(lineage, config.eval_prompt_set))
+        built = build_checkpoint(
+            lineage, data_dir.subdir("checkpoints"), "prm", base, dataset["dataset_id"],
+            {"trainer": "transformers.Trainer", **spec.__dict__},
+            lambda path: train_prm(base["path"], read_rows(dataset), path, spec),
+            lambda path: evaluate_prm(PRMScorer(path, compute.torch_device()), held_out), context.run_id)
+        _record(lineage, built, run)
+    return MaterializeResult(metadata=_metadata(built, dataset, {"target": config.target}))
+
+
+def _policy_eval(path, problems, compute) -> dict:
+    m = evaluate_policy(make_generator("transformers", str(path), compute.torch_device(), compute.torch_dtype()),
+                        problems)
+    return {"greedy": m["greedy"], "pass_at_8": m["pass_at_8"], "majority_at_8": m["majority_at_8"], "n": m["n"]}
+
+
+class RFTConfig(TrainConfig):
+    steps: int = _RFT.steps
+    batch_size: int = _RFT.batch_size
+    lr: float = _RFT.lr
+
+
+@asset(
+    group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
+    deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
+    description="Rejection-sampling fine-tuning: the policy fine-tuned on the rft dataset (right, deduplicated "
+    "solutions). Checkpoint kind policy; greedy / pass@8 / majority@8 on the held-out set.",
+)
+def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: LineageStoreResource,
+               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
+    lineage = store.store()
+    compute.apply_threads()
+    spec = RFTSpec(steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        dataset = latest_dataset(lineage, config.train_prompt_set, "rft")
+        base = lineage.checkpoint(config.base_checkpoint, "policy")
+        _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
+        built = build_checkpoint(
+            lineage, data_dir.subdir("checkpoints"), "policy", base, dataset["dataset_id"],
+            {"trainer": "rft", **spec.__dict__}, lambda path: train_rft(base["path"], read_rows(dataset), path, spec),
+            lambda path: _policy_eval(path, problems, compute), context.run_id)
+        _record(lineage, built, run)
+    return MaterializeResult(metadata=_metadata(built, dataset, {}))
+
+
+class DPOConfig(TrainConfig):
+    pairs: str = Field("step_pairs", description="step_pairs (step-DPO) or pairs (whole-solution DPO)")
+    steps: int = _DPO.steps
+    batch_size: int = _DPO.batch_size
+    lr: float = _DPO.lr
+    beta: float = _DPO.beta
+
+
+@asset(
+    group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
+    deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
+    description="DPO (whole-solution pairs) or step-DPO (step pairs) with TRL's DPOTrainer, the starting policy "
+    "as reference. Checkpoint kind policy; greedy / pass@8 / majority@8 on the held-out set.",
+)
+def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: LineageStoreResource,
+               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
+    lineage = store.store()
+    compute.apply_threads()
+    if config.pairs not in ("step_pairs", "pairs"):
+        raise ValueError(f"dpo_policy.pairs must be step_pairs or pairs, got {config.pairs!r}")
+    spec = DPOSpec(steps=config.steps, batch_size=config.batch_size, lr=config.lr, beta=config.beta)
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        dataset = latest_dataset(lineage, config.train_prompt_set, config.pairs)
+        base = lineage.checkpoint(config.base_checkpoint, "policy")
+        _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
+        built = build_checkpoint(
+            lineage, data_dir.subdir("checkpoints"), "policy", base, dataset["dataset_id"],
+            {"trainer": "trl.DPOTrainer", "pairs": config.pairs, **spec.__dict__},
+            lambda path: train_dpo(base["path"], read_rows(dataset), path, spec),
+            lambda path: _policy_eval(path, problems, compute), context.run_id)
+        _record(lineage, built, run)
+    return MaterializeResult(metadata=_metadata(built, dataset, {"pairs": config.pairs}))

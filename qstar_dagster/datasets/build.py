@@ -1,0 +1,253 @@
+"""Filtered datasets from a labeled rollout: what training reads.
+
+- `rft`: right, deduplicated solutions (prompt, completion), at most `max_per_problem` each;
+- `prm`: TRL's stepwise-supervision format (prompt, completions = steps, labels = bools)
+  from one labeler's hard labels, with its soft values (Monte Carlo) in `soft_labels`;
+  a path is cut after its last labeled step (labelers that stop at the first error), and
+  each dataset is also exported in Math-Shepherd's `ки` format;
+- `step_pairs`: step-DPO pairs: one prefix, a next step the labeler calls right (chosen) and
+  one it calls wrong (rejected);
+- `pairs`: whole-solution DPO pairs: one problem, a right and a wrong finished solution.
+
+Each row keeps the node ids it came from (`node_ids`, or `chosen_ids` / `rejected_ids`),
+which also go to the store's `dataset_members`, so a checkpoint trained on a dataset traces
+back through labels and nodes to prompts and the policy that sampled them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.search.rollouts import load_trees
+from qstar_dagster.search.tree import Tree
+from qstar_dagster.tasks.problem import content_id
+
+KINDS = ("rft", "prm", "step_pairs", "pairs")
+STEP_TAG = "ки"  # Math-Shepherd's step tag
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: str
+    labeler: str = "mc"  # prm, step_pairs: whose hard labels
+    max_per_problem: int | None = 4  # rft: solutions; pairs: pairs; step_pairs: pairs per prefix
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"dataset kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.max_per_problem is not None and self.max_per_problem < 1:
+            raise ValueError(f"max_per_problem must be >= 1 or unset, got {self.max_per_problem}")
+
+
+def _labels(store: LineageStore, rollout_id: str, labeler: str) -> tuple[dict[str, bool], dict[str, float]]:
+    hard, soft = {}, {}
+    for r in store.records("""
+            SELECT l.node_id, l.kind, l.value FROM step_labels l JOIN nodes n USING (node_id) JOIN trees t USING (tree_id)
+            WHERE t.rollout_id = ? AND l.labeler = ? AND l.kind IN ('hard', 'soft') AND l.value IS NOT NULL""",
+                           [rollout_id, labeler]):
+        if r["kind"] == "hard":
+            hard[r["node_id"]] = r["value"] > 0.5
+        else:
+            soft[r["node_id"]] = r["value"]
+    return hard, soft
+
+
+def _cap(items: list, k: int | None) -> list:
+    return items if k is None else items[:k]
+
+
+def rft_rows(trees: Sequence[Tree], spec: DatasetSpec) -> list[dict]:
+    rows = []
+    for t in trees:
+        seen = set()
+        for leaf in t.terminals():
+            if not leaf.is_correct:
+                continue
+            path = t.path(leaf)[1:]
+            completion = t.step_format.join([n.text for n in path])
+            if completion in seen:
+                continue
+            seen.add(completion)
+            rows.append({"prompt": t.prompt, "completion": completion, "prompt_id": t.problem.prompt_id,
+                         "node_ids": [n.node_id for n in path]})
+            if spec.max_per_problem is not None and len(seen) >= spec.max_per_problem:
+                break
+    return rows
+
+
+def prm_rows(trees: Sequence[Tree], hard: dict[str, bool], soft: dict[str, float]) -> list[dict]:
+    """One row per distinct finished solution with at least one labeled step."""
+    rows, seen = [], set()
+    for t in trees:
+        for leaf in t.terminals():
+            path = t.path(leaf)[1:]
+            labeled = []
+            for n in path:
+                if n.node_id not in hard:
+                    break
+                labeled.append(n)
+            key = (t.problem.problem, tuple(n.text for n in labeled))
+            if not labeled or key in seen:
+                continue
+            seen.add(key)
+            rows.append({"prompt": t.problem.problem, "completions": [n.text for n in labeled],
+                         "labels": [hard[n.node_id] for n in labeled],
+                         "soft_labels": [soft.get(n.node_id) for n in labeled],
+                         "prompt_id": t.problem.prompt_id, "node_ids": [n.node_id for n in labeled]})
+    return rows
+
+
+def math_shepherd_rows(prm: Sequence[dict]) -> list[dict]:
+    """Math-Shepherd's format: `input` with a tag after every step, `label` with + or - there."""
+    out = []
+    for r in prm:
+        tagged = "\n".join(f"{s} {STEP_TAG}" for s in r["completions"])
+        label = "\n".join(f"{s} {'+' if ok else '-'}" for s, ok in zip(r["completions"], r["labels"]))
+        out.append({"input": f"{r['prompt']} {tagged}", "label": f"{r['prompt']} {label}", "node_ids": r["node_ids"]})
+    return out
+
+
+def step_pair_rows(trees: Sequence[Tree], hard: dict[str, bool], spec: DatasetSpec) -> list[dict]:
+    rows = []
+    for t in trees:
+        for parent in t.nodes.values():
+            kids = [t.nodes[c] for c in parent.children if c in t.nodes and t.nodes[c].node_id in hard]
+            good = list({k.text: k for k in kids if hard[k.node_id]}.values())
+            bad = list({k.text: k for k in kids if not hard[k.node_id]}.values())
+            pairs = [(g, b) for g in good for b in bad if g.text != b.text]
+            for g, b in _cap(pairs, spec.max_per_problem):
+                rows.append({"prompt": t.prefix(parent), "chosen": g.text, "rejected": b.text,
+                             "prompt_id": t.problem.prompt_id, "chosen_ids": [g.node_id], "rejected_ids": [b.node_id]})
+    return rows
+
+
+def pair_rows(trees: Sequence[Tree], spec: DatasetSpec) -> list[dict]:
+    rows = []
+    for t in trees:
+        finished = [leaf for leaf in t.terminals() if not leaf.truncated]
+        text = {leaf.node_id: t.step_format.join([n.text for n in t.path(leaf)[1:]]) for leaf in finished}
+        good = list({text[x.node_id]: x for x in finished if x.is_correct}.values())
+        bad = list({text[x.node_id]: x for x in finished if not x.is_correct}.values())
+        # Every wrong solution paired with a right one, the right ones taken in turn.
+        pairs = [(good[i % len(good)], b) for i, b in enumerate(bad)] if good else []
+        for g, b in _cap(pairs, spec.max_per_problem):
+            rows.append({"prompt": t.prompt, "chosen": text[g.node_id], "rejected": text[b.node_id],
+                         "prompt_id": t.problem.prompt_id,
+                         "chosen_ids": [n.node_id for n in t.path(g)[1:]],
+                         "rejected_ids": [n.node_id for n in t.path(b)[1:]]})
+    return rows
+
+
+@dataclass
+class BuiltDataset:
+    dataset_id: str
+    kind: str
+    rows: list[dict]
+    files: dict[str, Path]  # format -> path
+    reused: bool
+    dataset_row: dict | None = None
+    member_rows: list[dict] | None = None
+
+
+def _members(dataset_id: str, rows: Sequence[dict]) -> list[dict]:
+    out = []
+    for i, r in enumerate(rows):
+        for field, role in (("node_ids", "step"), ("chosen_ids", "chosen"), ("rejected_ids", "rejected")):
+            out += [{"dataset_id": dataset_id, "row_idx": i, "node_id": n, "role": role} for n in r.get(field, [])]
+    return out
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def export(rows: Sequence[dict], base: Path) -> dict[str, Path]:
+    """`<base>.jsonl` and `<base>.parquet`, both readable by `datasets.load_dataset`."""
+    import polars as pl
+
+    base.parent.mkdir(parents=True, exist_ok=True)
+    jsonl, parquet = base.with_suffix(".jsonl"), base.with_suffix(".parquet")
+    _write_atomically(jsonl, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    _write_atomically(parquet, lambda p: pl.DataFrame(list(rows)).write_parquet(p))
+    return {"jsonl": jsonl, "parquet": parquet}
+
+
+def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_dir: Path,
+                  run_id: str | None = None) -> BuiltDataset:
+    """Rows of `spec.kind` from `rollout_id`, exported under `out_dir`. The dataset id names the
+    rollout, the spec and the labels it read, so rebuilding from unchanged inputs is a no-op."""
+    hard, soft = _labels(store, rollout_id, spec.labeler) if spec.kind in ("prm", "step_pairs") else ({}, {})
+    if spec.kind in ("prm", "step_pairs") and not hard:
+        raise LookupError(f"rollout {rollout_id} has no {spec.labeler!r} labels; materialize the labeler's asset "
+                          f"first or pick another labeler (mc, binary_search, judge, consensus, oracle)")
+    fingerprint = hashlib.sha256(json.dumps(sorted(hard.items())).encode()).hexdigest()[:16]
+    dataset_id = content_id("ds", spec.kind, rollout_id, asdict(spec), fingerprint)
+    base = out_dir / dataset_id
+    recorded = store.records("SELECT path FROM datasets WHERE dataset_id = ?", [dataset_id])
+    files = {"jsonl": base.with_suffix(".jsonl"), "parquet": base.with_suffix(".parquet")}
+    if spec.kind == "prm":
+        files["math_shepherd"] = out_dir / f"{dataset_id}.math_shepherd.jsonl"
+    if recorded and all(p.exists() for p in files.values()):
+        return BuiltDataset(dataset_id, spec.kind, [json.loads(x) for x in files["jsonl"].read_text().splitlines()],
+                            files, True)
+
+    trees = load_trees(store, rollout_id)
+    rows = {"rft": lambda: rft_rows(trees, spec), "prm": lambda: prm_rows(trees, hard, soft),
+            "step_pairs": lambda: step_pair_rows(trees, hard, spec), "pairs": lambda: pair_rows(trees, spec)}[spec.kind]()
+    if not rows:
+        raise ValueError(f"{spec.kind} dataset from rollout {rollout_id} is empty (no rows pass its filter)")
+    files = export(rows, base)
+    if spec.kind == "prm":
+        ms = math_shepherd_rows(rows)
+        path = out_dir / f"{dataset_id}.math_shepherd.jsonl"
+        _write_atomically(path, lambda p: p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ms)))
+        files["math_shepherd"] = path
+    digest = hashlib.sha256(files["jsonl"].read_bytes()).hexdigest()
+    dataset_row = {"dataset_id": dataset_id, "kind": spec.kind,
+                   "spec": {**asdict(spec), "rollout_id": rollout_id, "files": {k: str(v) for k, v in files.items()}},
+                   "n_rows": len(rows), "path": str(files["jsonl"]), "sha256": digest, "created_run": run_id,
+                   "created_at": utcnow()}
+    return BuiltDataset(dataset_id, spec.kind, rows, files, False, dataset_row, _members(dataset_id, rows))
+
+
+def record(store: LineageStore, con, built: BuiltDataset) -> None:
+    if not built.reused:
+        store.insert(con, "datasets", [built.dataset_row])
+        store.insert(con, "dataset_members", built.member_rows)
+
+
+def label_balance(rows: Sequence[dict]) -> dict[int, tuple[int, int]]:
+    """prm: per step index, (positive, negative) counts: what the metadata plot shows."""
+    out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        for i, ok in enumerate(r["labels"]):
+            out[i + 1][0 if ok else 1] += 1
+    return {k: tuple(v) for k, v in sorted(out.items())}
+
+
+def latest_dataset(store: LineageStore, prompt_set: str, kind: str, labeler: str | None = None) -> dict:
+    """The most recent dataset of `kind` built from a rollout of `prompt_set` (and, for
+    label-based kinds, from `labeler`'s labels); a clear error when there is none."""
+    rows = store.records("""
+        SELECT d.* FROM datasets d
+        WHERE d.kind = ? AND d.spec->>'rollout_id' IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?)
+          AND (? IS NULL OR d.spec->>'labeler' = ?)
+        ORDER BY d.created_at DESC LIMIT 1""", [kind, prompt_set, labeler, labeler])
+    if not rows:
+        raise LookupError(f"no {kind} dataset{f' from {labeler} labels' if labeler else ''} of prompt set "
+                          f"{prompt_set!r}; materialize step_datasets for partition {prompt_set!r} first")
+    return rows[0]
+
+
+def read_rows(dataset: dict) -> list[dict]:
+    return [json.loads(line) for line in Path(dataset["path"]).read_text().splitlines()]

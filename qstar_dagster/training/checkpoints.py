@@ -1,0 +1,65 @@
+"""Training a checkpoint from a recorded dataset, the same way for every kind: named by what
+makes it (kind, starting checkpoint, dataset, config), trained into a scratch directory and
+renamed into place when complete, reused when recorded and still on disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.tasks.problem import content_id
+from qstar_dagster.training.base_policy import weights_sha256
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "training.json"
+
+
+@dataclass
+class CheckpointBuild:
+    checkpoint_id: str
+    path: Path
+    reused: bool
+    training: dict  # the trainer's summary (curves included)
+    metrics: dict  # evaluation figures
+    row: dict | None = None  # the checkpoints row to record (None when reused)
+
+
+def build_checkpoint(store: LineageStore, checkpoints_dir: Path, kind: str, base: dict, dataset_id: str,
+                     config: dict, train: Callable[[Path], dict], evaluate: Callable[[Path], dict],
+                     run_id: str | None = None) -> CheckpointBuild:
+    """`base`: the starting checkpoint's row; `train(dir)` trains into dir and returns its
+    summary; `evaluate(dir)` returns metrics."""
+    checkpoint_id = content_id("ck", kind, base["checkpoint_id"], dataset_id, config)
+    path = checkpoints_dir / checkpoint_id
+    recorded = store.records("SELECT metrics FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+    if recorded and path.is_dir():
+        metrics = json.loads(recorded[0]["metrics"] or "{}")
+        summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).is_file() else {}
+        return CheckpointBuild(checkpoint_id, path, True, summary, metrics.get("evaluation", {}))
+    if not path.is_dir():
+        scratch = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        summary = train(scratch)
+        (scratch / SUMMARY).write_text(json.dumps(summary))
+        try:
+            os.replace(scratch, path)
+        except OSError:  # a concurrent run finished the same checkpoint first
+            shutil.rmtree(scratch, ignore_errors=True)
+    summary = json.loads((path / SUMMARY).read_text())
+    metrics = evaluate(path)
+    log.info("%s %s: %s", kind, checkpoint_id, ", ".join(f"{k} {v}" for k, v in metrics.items()
+                                                          if isinstance(v, (int, float))))
+    row = {"checkpoint_id": checkpoint_id, "kind": kind, "base": base["checkpoint_id"], "path": str(path),
+           "sha256": weights_sha256(path), "trained_on_dataset": dataset_id,
+           "config": {**config, "template": json.loads(base.get("config") or "{}").get("template")},
+           "metrics": {"evaluation": metrics,
+                       "training": {k: v for k, v in summary.items() if k not in {"loss_curve", "accuracy_curve"}}},
+           "created_run": run_id, "created_at": utcnow()}
+    return CheckpointBuild(checkpoint_id, path, False, summary, metrics, row)

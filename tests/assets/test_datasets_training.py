@@ -1,0 +1,157 @@
+"""Datasets from labeled rollouts and the checkpoints trained on them, in a real Dagster
+instance over a real DuckDB store with a trained policy."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, materialize
+from safetensors.torch import load_file
+
+from qstar_dagster.assets.datasets import step_datasets
+from qstar_dagster.assets.labels import mc_labels, oracle_labels
+from qstar_dagster.assets.policy import base_policy
+from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.assets.rollouts import tot_rollouts
+from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
+from qstar_dagster.datasets.build import STEP_TAG
+from qstar_dagster.generation.base import SamplingParams
+from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.lineage import LineageStore
+from qstar_dagster.tasks.arith import generate_problems
+from qstar_dagster.training.prm import PRMScorer
+
+from ..conftest import EASY_ARITH
+from .test_labels import ROLLOUTS, metadata, resources
+
+
+def run(env, asset, config=None, partition="arith-train"):
+    instance, home, _ = env
+    return materialize([asset], instance=instance, resources=resources(home),
+                       partition_key=partition if asset.partitions_def else None,
+                       run_config={"ops": {asset.op.name: {"config": config or {}}}})
+
+
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory, arith_policy_dir):
+    """Easy prompt sets, the trained test policy, rollouts on both sets, Monte Carlo labels
+    on the training set and oracle labels on both."""
+    home = tmp_path_factory.mktemp("datasets") / "qstar"
+    home.mkdir(parents=True)
+    store = LineageStore(home / "lineage.duckdb")
+    with store.transaction() as con:
+        store.write_prompt_set(con, "arith-test", "test", generate_problems(12, seed=21, spec=EASY_ARITH), None)
+        store.write_prompt_set(con, "arith-train", "test", generate_problems(40, seed=22, spec=EASY_ARITH), None)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
+    env = (instance, home, store)
+    run(env, base_policy, {"model_path": str(arith_policy_dir), "eval_k": 2, "eval_max_new_tokens": 32})
+    for key in ("arith-test", "arith-train"):
+        run(env, tot_rollouts, ROLLOUTS, key)
+        run(env, oracle_labels, None, key)
+    run(env, mc_labels, {"n": 4, "max_new_tokens": 32, "methods": ["mc"]})
+    return home
+
+
+@pytest.fixture
+def env(seeded_home, tmp_path):
+    home = tmp_path / "qstar"
+    shutil.copytree(seeded_home, home)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
+    return instance, home, LineageStore(home / "lineage.duckdb")
+
+
+def rows_of(store, dataset_id):
+    [d] = store.records("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id])
+    return d, [json.loads(x) for x in Path(d["path"]).read_text().splitlines()]
+
+
+def test_datasets_trace_to_nodes_and_labels_and_load_with_datasets(env):
+    from datasets import load_dataset
+
+    _, _, store = env
+    meta = metadata(run(env, step_datasets, {"labeler": "mc"}), "step_datasets")
+    hard = {r["node_id"]: r["value"] > 0.5 for r in store.records(
+        "SELECT node_id, value FROM step_labels WHERE labeler = 'mc' AND kind = 'hard'")}
+    nodes = {r["node_id"]: r for r in store.records("SELECT * FROM nodes")}
+
+    d, rft = rows_of(store, meta["rft_dataset_id"])
+    assert rft and d["n_rows"] == len(rft)
+    per_problem = {}
+    for r in rft:
+        leaf = nodes[r["node_ids"][-1]]
+        assert leaf["is_correct"] and r["completion"].endswith(leaf["text"])
+        per_problem.setdefault(r["prompt_id"], []).append(r["completion"])
+    assert all(len(v) == len(set(v)) <= 4 for v in per_problem.values())  # deduplicated, capped
+
+    d_prm, prm = rows_of(store, meta["prm_dataset_id"])
+    for r in prm:
+        assert r["labels"] == [hard[n] for n in r["node_ids"]]
+        assert r["completions"] == [nodes[n]["text"] for n in r["node_ids"]]
+        assert all(0 <= s <= 1 for s in r["soft_labels"])
+    shepherd_file = Path(json.loads(d_prm["spec"])["files"]["math_shepherd"])
+    shepherd = [json.loads(x) for x in shepherd_file.read_text().splitlines()]
+    assert shepherd[0]["input"].count(STEP_TAG) == len(prm[0]["completions"])
+    assert shepherd[0]["label"].count(" +") + shepherd[0]["label"].count(" -") >= len(prm[0]["completions"])
+
+    _, step_pairs = rows_of(store, meta["step_pairs_dataset_id"])
+    assert step_pairs
+    for r in step_pairs:
+        [c], [x] = r["chosen_ids"], r["rejected_ids"]
+        assert hard[c] and not hard[x] and nodes[c]["parent_id"] == nodes[x]["parent_id"]
+        assert r["prompt"].endswith("\n") and r["chosen"] == nodes[c]["text"]
+
+    _, pairs = rows_of(store, meta["pairs_dataset_id"])
+    for r in pairs:
+        assert nodes[r["chosen_ids"][-1]]["is_correct"] and not nodes[r["rejected_ids"][-1]]["is_correct"]
+
+    members = store.records("SELECT role, count(*) AS n FROM dataset_members WHERE dataset_id = ? GROUP BY 1",
+                            [meta["step_pairs_dataset_id"]])
+    assert {m["role"]: m["n"] for m in members} == {"chosen": len(step_pairs), "rejected": len(step_pairs)}
+    for kind in ("rft", "prm", "step_pairs", "pairs"):
+        path = str(meta[f"{kind}_path"])
+        assert len(load_dataset("json", data_files=path, split="train")) == meta[f"{kind}_rows"]
+        assert len(load_dataset("parquet", data_files=path.replace(".jsonl", ".parquet"), split="train")) == \
+            meta[f"{kind}_rows"]
+
+    # Unchanged inputs: the same datasets, nothing new recorded.
+    before = store.query("SELECT count(*) FROM datasets")[1][0][0]
+    again = metadata(run(env, step_datasets, {"labeler": "mc"}), "step_datasets")
+    assert again["prm_dataset_id"] == meta["prm_dataset_id"]
+    assert store.query("SELECT count(*) FROM datasets")[1][0][0] == before
+
+
+def test_a_prm_trained_on_oracle_labels_beats_chance_on_held_out_steps(env):
+    _, _, store = env
+    run(env, step_datasets, {"labeler": "oracle", "kinds": ["prm"]})
+    meta = metadata(run(env, prm_model, {"labeler": "oracle", "steps": 150, "lr": 3e-3}), "prm_model")
+    assert meta["step_accuracy"] >= meta["chance_accuracy"] + 0.1, meta
+    [ck] = store.records("SELECT * FROM checkpoints WHERE kind = 'prm'")
+    scorer = PRMScorer(ck["path"])
+    [problem] = generate_problems(1, seed=99, spec=EASY_ARITH)
+    steps = problem.reference_solution.split("\n")
+    scores = scorer.score_steps(problem.problem, steps)
+    assert len(scores) == len(steps) and all(0 <= s <= 1 for s in scores)
+    # checkpoint -> dataset -> labels -> nodes -> ... -> prompt, and -> the policy it started from
+    edges = {(e.child_kind, e.relation, e.parent_kind) for e in store.lineage(ck["checkpoint_id"])}
+    for edge in [("checkpoint", "trained_on", "dataset"), ("dataset", "labeled_by", "step_label"),
+                 ("step_label", "labels", "node"), ("node", "root_of", "tree"), ("tree", "searches", "prompt"),
+                 ("tree", "sampled_by", "checkpoint"), ("checkpoint", "fine_tuned_from", "checkpoint")]:
+        assert edge in edges, edge
+
+
+@pytest.mark.parametrize("asset, config", [(rft_policy, {"steps": 30}), (dpo_policy, {"steps": 8, "lr": 1e-4})])
+def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
+    _, _, store = env
+    run(env, step_datasets, {"labeler": "mc"})
+    meta = metadata(run(env, asset, config), asset.op.name)
+    [new] = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [meta["checkpoint_id"]])
+    [base] = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [new["base"]])
+    before, after = load_file(f"{base['path']}/model.safetensors"), load_file(f"{new['path']}/model.safetensors")
+    assert before.keys() == after.keys() and any(not (before[k] == after[k]).all() for k in before)
+    assert 0 <= meta["greedy"] <= 1 and meta["final_loss"] is not None
+    out = TransformersGenerator(new["path"]).generate(["Compute left to right: 1 + 2 - 3\n"],
+                                                      SamplingParams(max_new_tokens=16, temperature=0))
+    assert out[0][0].n_tokens > 0
