@@ -11,7 +11,7 @@ def default_model() -> str:
     from qstar_dagster.resources import default_store_path
 
     path = default_store_path()
-    row = LineageStore(path).latest_checkpoint("policy") if path.exists() else None
+    row = LineageStore(path).latest_checkpoint("policy", base_only=True) if path.exists() else None
     if row is None:
         sys.exit(f"no base policy recorded in {path}; run `make demo` first, or pass --model PATH")
     return row["path"]

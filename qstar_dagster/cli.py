@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -71,13 +70,20 @@ def _json_option(value: str | None, name: str) -> dict:
         raise click.BadParameter(f"not JSON ({e}); e.g. '{{\"steps\": 300}}'", param_hint=name) from None
 
 
-# The prompt sets the demo searches: the held-out test set, which the demo labels, and a
-# slice of the training set, which the built-in judge learns from (all 60k training
-# problems would take hours on a CPU).
+# The demo searches the held-out test set, which it labels against the oracle, and a slice
+# of the training set, which the built-in judge learns from and round 1 trains on (all 60k
+# training problems would take hours on a CPU).
 DEMO_TEST_SET = "arith-test"
 DEMO_TRAIN_SET = "arith-train"
 DEMO_TRAIN_PROBLEMS = 384
 LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels", "label_agreement")
+
+
+def _executor(home: Path):
+    from qstar_dagster.definitions import make_definitions
+    from qstar_dagster.rounds import make_executor
+
+    return make_executor(make_definitions(str(home)), prepare_instance(home), click.echo)
 
 
 @main.command()
@@ -89,69 +95,91 @@ LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels"
 def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None,
          judge_config: str | None, label_config: str | None) -> None:
     """Run the embedded pipeline into the data directory: the built-in prompt sets, the base
-    policy, tree-of-thoughts rollouts (test set, and a training slice for the judge), the
-    built-in judge, then step labels on the test rollouts and their agreement."""
-    from dagster import AssetKey
-
+    policy, rollouts on the test set and a training slice, the built-in judge, step labels on
+    the test rollouts with their agreement, then expert-iteration round 1 (labels, datasets,
+    PRM / RFT / DPO checkpoints, evaluation) and the summary."""
     from qstar_dagster.assets.prompts import builtin_partition_keys
-    from qstar_dagster.definitions import make_definitions
+    from qstar_dagster.evaluation.report import render, report
+    from qstar_dagster.rounds import RoundSpec, StageFailed, run_round
 
     home = _home()
     policy = _json_option(policy_config, "--policy-config")
     rollouts = _json_option(rollout_config, "--rollout-config")
     judge = _json_option(judge_config, "--judge-config")
     mc = _json_option(label_config, "--label-config")
-    instance = prepare_instance(home)
-    defs = make_definitions(str(home))
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    execute = _executor(home)
     started = time.monotonic()
-
-    def execute(job_name: str, what: str, partition_key: str | None = None, asset: str | None = None,
-                config: dict | None = None):
-        click.echo(f"== {what}")
-        ops = {asset: {"config": config}} if config else {}
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, partition_key=partition_key, raise_on_error=False,
-            asset_selection=[AssetKey(asset)] if asset else None, run_config={**run_config, "ops": ops})
-        if not result.success:
-            click.echo(f"run {result.run_id} ({what}) failed; see its logs above or in `make ui`", err=True)
-            sys.exit(1)
-        return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
-
-    for key in list(prompt_sets) or builtin_partition_keys():
-        execute("embedded_pipeline", f"prompt set {key}", key, "prompt_set")
-    meta = execute("base_policy_job", "base policy (trained on the first run, then loaded)", asset="base_policy",
-                   config=policy)
-    searched = {key: execute("embedded_pipeline", f"tree-of-thoughts rollouts, prompt set {key}", key, "tot_rollouts",
-                             config) for key, config in [
-        (DEMO_TEST_SET, rollouts), (DEMO_TRAIN_SET, {"max_problems": DEMO_TRAIN_PROBLEMS, **rollouts})]}
-    judged = execute("judge_model_job", f"built-in judge (trained on {DEMO_TRAIN_SET} rollouts)", asset="judge_model",
-                     config=judge)
-    for asset in LABEL_ASSETS:
-        execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
-                mc if asset == "mc_labels" else None)
+    try:
+        for key in list(prompt_sets) or builtin_partition_keys():
+            execute("embedded_pipeline", f"prompt set {key}", key, "prompt_set", None)
+        meta = execute("base_policy_job", "base policy (trained on the first run, then loaded)", None, "base_policy",
+                       policy)
+        searched = {key: execute("embedded_pipeline", f"tree-of-thoughts rollouts, prompt set {key}", key,
+                                 "tot_rollouts", config) for key, config in [
+            (DEMO_TEST_SET, rollouts), (DEMO_TRAIN_SET, {"max_problems": DEMO_TRAIN_PROBLEMS, **rollouts})]}
+        judged = execute("judge_model_job", f"built-in judge (trained on {DEMO_TRAIN_SET} rollouts)", None,
+                         "judge_model", judge)
+        for asset in LABEL_ASSETS:
+            execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
+                    mc if asset == "mc_labels" else None)
+        # Round 1 learns from the training slice's rollouts (the ones above), so the test set stays held out.
+        done = run_round(_require_store(), execute, RoundSpec(
+            round=1, train_set=DEMO_TRAIN_SET, test_set=DEMO_TEST_SET, train_problems=DEMO_TRAIN_PROBLEMS,
+            rollouts=rollouts, labels=mc))
+    except StageFailed as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
     _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
     k = next(key.removeprefix("pass_at_") for key in meta if key.startswith("pass_at_"))
-    trained = (f"trained in {meta['train_seconds']:.0f}s, {meta['n_parameters']:,} parameters"
-               if "train_seconds" in meta else "given model")
-    click.echo(f"base policy {meta['checkpoint_id']} ({trained}{'; already recorded' if meta['reused'] else ''})\n"
+    how = (f"trained in {meta['train_seconds']:.0f}s, {meta['n_parameters']:,} parameters"
+           if "train_seconds" in meta else "given model")
+    click.echo(f"base policy {meta['checkpoint_id']} ({how}{'; already recorded' if meta['reused'] else ''})\n"
                f"  on {meta['eval_prompt_set']}: greedy {meta['greedy_accuracy']:.1%}, "
-               f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {meta[f'majority_at_{k}']:.1%}\n"
-               f"  all evaluations: qstar sql \"SELECT * FROM evaluations\"")
+               f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {meta[f'majority_at_{k}']:.1%}")
     for key, r in searched.items():
         click.echo(f"rollouts {r['rollout_id']} on {key}: {r['algorithm']} (value {r['value_function']}), "
-                   f"{r['trees']} trees, {r['nodes']} nodes, {r['tokens_per_second']:.0f} tokens/s\n"
-                   f"  selected-path accuracy {r['selected_accuracy']:.1%}, any path correct {r['pass_at_k']:.1%}\n"
-                   f"  walk the trees: qstar sql \"SELECT steps, answer, is_correct FROM rollout_paths "
-                   f"WHERE rollout_id = '{r['rollout_id']}' LIMIT 5\"")
+                   f"{r['trees']} trees, {r['nodes']} nodes, {r['tokens_per_second']:.0f} tokens/s; "
+                   f"selected path right {r['selected_accuracy']:.1%}, some path right {r['pass_at_k']:.1%}")
     click.echo(f"judge {judged['checkpoint_id']}: on held-out training paths, step accuracy "
                f"{judged['heldout_step_accuracy']:.1%}, first-error F1 {judged['heldout_first_error_f1']:.3f}\n"
-               f"step labels on {DEMO_TEST_SET}, against the oracle (qstar sql \"SELECT * FROM label_agreement\"):")
+               f"step labels on {DEMO_TEST_SET} against the oracle (qstar sql \"SELECT * FROM label_agreement\"):")
     _print_sql(f"""SELECT labeler, n_steps, accuracy, negative_precision, negative_recall, kappa, first_error_f1,
                           labeled_steps, tokens_per_step
-                   FROM label_agreement WHERE reference = 'oracle' AND rollout_id = '{searched[DEMO_TEST_SET]['rollout_id']}'
-                   ORDER BY labeler""", as_json=False)
+                   FROM label_agreement WHERE reference = 'oracle'
+                     AND rollout_id = '{searched[DEMO_TEST_SET]['rollout_id']}' ORDER BY labeler""", as_json=False)
+    data = done["datasets"]
+    click.echo(f"round 1 datasets from {DEMO_TRAIN_SET}: " + ", ".join(
+        f"{kind} {data[f'{kind}_rows']} rows" for kind in ("rft", "prm", "step_pairs", "pairs")))
+    p = done["prm_model"]
+    click.echo(f"PRM {p['checkpoint_id']} (loss {p['final_loss']:.3f}, {p['train_seconds']:.0f}s): on {DEMO_TEST_SET} "
+               f"steps vs the oracle, accuracy {p['step_accuracy']:.1%} (chance {p['chance_accuracy']:.1%}), "
+               f"first-error F1 {p['first_error_f1']:.3f}")
+    for asset in ("rft_policy", "dpo_policy"):
+        t = done[asset]
+        click.echo(f"{asset} {t['checkpoint_id']} (loss {t['final_loss']:.3f}, {t['train_seconds']:.0f}s)")
+    click.echo(f"  trace a checkpoint: qstar lineage {p['checkpoint_id']}\n"
+               f"\nsummary (qstar report; qstar report --json):\n{render(report(_require_store(), DEMO_TEST_SET))}")
+
+
+@main.command("round")
+@click.option("--round", "k", type=int, required=True, help="round to run: round k uses round k-1's policy and PRM")
+@click.option("--train-set", default=DEMO_TRAIN_SET, show_default=True)
+@click.option("--test-set", default=DEMO_TEST_SET, show_default=True)
+@click.option("--train-problems", default=DEMO_TRAIN_PROBLEMS, show_default=True)
+def round_(k: int, train_set: str, test_set: str, train_problems: int) -> None:
+    """Run one expert-iteration round (the `expert_iteration_round` job does the same from the UI)."""
+    from qstar_dagster.evaluation.report import render, report
+    from qstar_dagster.rounds import RoundSpec, StageFailed, run_round
+
+    try:
+        done = run_round(_require_store(), _executor(_home()),
+                         RoundSpec(round=k, train_set=train_set, test_set=test_set, train_problems=train_problems))
+    except (StageFailed, LookupError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"round {k}: policy {done['rft_policy']['checkpoint_id']} (from {done['policy']}), "
+               f"PRM {done['prm_model']['checkpoint_id']}; rollouts guided by {done['prm'] or 'likelihood'}\n"
+               f"rounds of every artifact: qstar sql \"select * from rounds order by round\"\n"
+               f"{render(report(_require_store(), test_set))}")
 
 
 def _require_store():
@@ -201,9 +229,27 @@ def sql(query: str, as_json: bool, max_rows: int) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
+@click.option("--prompt-set", default="arith-test", show_default=True, help="the held-out set evaluated on")
+def report(as_json: bool, prompt_set: str) -> None:
+    """The round's summary: base policy against the round's trained policies (greedy,
+    majority@8, PRM best-of-8) and label agreement with the oracle."""
+    from qstar_dagster.evaluation.report import render
+    from qstar_dagster.evaluation.report import report as figures
+
+    try:
+        r = figures(_require_store(), prompt_set)
+    except LookupError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(r, indent=2) if as_json else render(r))
+
+
+@main.command()
 @click.argument("artifact_id")
 @click.option("--json", "as_json", is_flag=True, help="print the edges as JSON")
-def lineage(artifact_id: str, as_json: bool) -> None:
+@click.option("--max-per-relation", default=3, show_default=True,
+              help="tree view: parents shown per relation of one artifact (a dataset has thousands of nodes)")
+def lineage(artifact_id: str, as_json: bool, max_per_relation: int) -> None:
     """Print the ancestry of ARTIFACT_ID: a prompt, node, step label, dataset, checkpoint,
     evaluation, or a prompt set as 'name@version'."""
     edges = _require_store().lineage(artifact_id)
@@ -221,11 +267,18 @@ def lineage(artifact_id: str, as_json: bool) -> None:
     click.echo(f"{artifact_id} ({kinds[artifact_id]})")
 
     def walk(node: str, indent: int, seen: frozenset) -> None:
+        shown: dict[str, int] = {}
         for e in parents.get(node, []):
+            shown[e.relation] = shown.get(e.relation, 0) + 1
+            if shown[e.relation] > max_per_relation:
+                continue
             again = " (see above)" if e.parent_id in seen else ""
             click.echo(f"{'  ' * indent}└─ {e.relation} → {e.parent_id} ({e.parent_kind}){again}")
             if not again:
                 walk(e.parent_id, indent + 1, seen | {e.parent_id})
+        for relation, n in shown.items():
+            if n > max_per_relation:
+                click.echo(f"{'  ' * indent}└─ … and {n - max_per_relation} more {relation} (--max-per-relation)")
 
     walk(artifact_id, 1, frozenset({artifact_id}))
 

@@ -3,6 +3,7 @@
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from qstar_dagster.assets.datasets import step_datasets
+from qstar_dagster.assets.evaluation import evaluation
 from qstar_dagster.assets.labels import (
     consensus_labels,
     judge_labels,
@@ -15,6 +16,12 @@ from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set, prompt_set_partitions
 from qstar_dagster.assets.rollouts import tot_rollouts
 from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
+from qstar_dagster.jobs import (
+    expert_iteration_round,
+    prompt_set_refresh_sensor,
+    refresh_job,
+    refresh_schedule,
+)
 from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 from qstar_dagster.resources.compute import ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
@@ -23,7 +30,7 @@ from qstar_dagster.resources.judge import JudgeResource
 # partitioning, so the unpartitioned models (base policy, judge) have their own jobs; `qstar
 # demo` runs prompt sets, the base policy, rollouts, the judge, then the labels.
 TRAINED = AssetSelection.assets(prm_model, rft_policy, dpo_policy)
-UNPARTITIONED = AssetSelection.assets(base_policy, judge_model) | TRAINED
+UNPARTITIONED = AssetSelection.assets(base_policy, judge_model, evaluation) | TRAINED
 embedded_pipeline = define_asset_job(
     "embedded_pipeline", selection=AssetSelection.all() - UNPARTITIONED,
     partitions_def=prompt_set_partitions,
@@ -37,6 +44,10 @@ training_job = define_asset_job(
     "training_job", selection=TRAINED,
     description="Train the PRM, RFT and DPO checkpoints on a training prompt set's datasets.",
 )
+evaluation_job = define_asset_job(
+    "evaluation_job", selection=AssetSelection.assets(evaluation),
+    description="Evaluate every policy (alone and with every PRM) on the held-out prompt set.",
+)
 judge_model_job = define_asset_job(
     "judge_model_job", selection=AssetSelection.assets(judge_model),
     description="Train the built-in step judge on a training prompt set's rollouts.",
@@ -49,9 +60,11 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
     store = LineageStoreResource(path=str(default_store_path(data_dir)) if data_dir else None)
     return Definitions(
         assets=[prompt_set, base_policy, tot_rollouts, judge_model, mc_labels, judge_labels, oracle_labels,
-                consensus_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy],
-        jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job],
-        sensors=[prompt_inbox_sensor],
+                consensus_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy, evaluation],
+        jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job, evaluation_job, refresh_job,
+              expert_iteration_round],
+        schedules=[refresh_schedule],
+        sensors=[prompt_inbox_sensor, prompt_set_refresh_sensor],
         resources={"data_dir": data, "store": store, "compute": ComputeResource(),
                    "judge": JudgeResource()},
     )

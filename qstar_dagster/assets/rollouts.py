@@ -4,6 +4,7 @@
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 
 from dagster import (
     AssetCheckResult,
@@ -50,9 +51,10 @@ class RolloutsConfig(Config):
     max_nodes: int = Field(_SPEC.max_nodes, description="budget: nodes per tree, root included")
     max_tokens: int = Field(_SPEC.max_tokens, description="budget: generated step tokens per tree")
     mc_rollouts: int = Field(_SPEC.mc_rollouts, description="value mc: completions sampled per node")
+    prm_checkpoint: str | None = Field(None, description="value prm: PRM checkpoint id; unset: the latest PRM")
     seed: int = _SPEC.seed
-    policy_checkpoint: str | None = Field(None, description="policy checkpoint id; unset: the latest recorded "
-                                          "policy (the base_policy asset's)")
+    policy_checkpoint: str | None = Field(None, description="policy checkpoint id; unset: the base policy (the "
+                                          "base_policy asset's latest)")
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
     batch_size: int = Field(64, description="problems searched together; also the unit a killed run resumes by")
     max_problems: int | None = Field(None, description="search only the first n problems of the prompt set")
@@ -89,7 +91,8 @@ def tree_violations(store: LineageStore, rollout_id: str) -> dict[str, int]:
                                 description="every non-root node's parent exists one level up, no terminal "
                                 "node has children, every terminal node is graded")],
     description="Trees of reasoning steps sampled from a policy for every problem of a prompt set: best-of-N, "
-    "tree-of-thoughts beam/BFS or MCTS, all problems of a batch searched together. Every node goes to the "
+    "tree-of-thoughts beam/BFS or MCTS (value: policy likelihood, Monte Carlo, or a PRM), all problems of a batch "
+    "searched together. Every node goes to the "
     "store's nodes table (with its prompt, policy checkpoint and run); each tree to trees.",
 )
 def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: LineageStoreResource,
@@ -102,6 +105,8 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         version, problems = lineage.prompt_set_problems(name)
         policy = lineage.checkpoint(config.policy_checkpoint, "policy")
+        if spec.value == "prm":  # record which PRM guided the search, not "the latest"
+            spec = replace(spec, prm_checkpoint=lineage.checkpoint(config.prm_checkpoint, "prm")["checkpoint_id"])
         template = json.loads(policy["config"] or "{}").get("template", DEFAULT_PROMPT_TEMPLATE)
         plan = plan_rollout(name, version, problems[: config.max_problems], policy["checkpoint_id"], spec,
                             config.batch_size, template)

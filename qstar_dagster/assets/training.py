@@ -13,7 +13,8 @@ from qstar_dagster.generation.backends import make_generator
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
-from qstar_dagster.search.rollouts import load_trees, resolve_rollout
+from qstar_dagster.search.rollouts import held_out_rollout, load_trees
+from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.base_policy import evaluate_policy
 from qstar_dagster.training.checkpoints import build_checkpoint
 from qstar_dagster.training.policy import DPOSpec, RFTSpec, train_dpo, train_rft
@@ -25,7 +26,9 @@ _PRM, _RFT, _DPO = PRMTrainSpec(), RFTSpec(), DPOSpec()
 class TrainConfig(Config):
     train_prompt_set: str = Field("arith-train", description="prompt set whose datasets it learns from")
     eval_prompt_set: str = Field("arith-test", description="held-out prompt set it is measured on")
-    base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the latest")
+    base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the base policy")
+    rollout_id: str | None = Field(None, description="learn from the datasets built from this rollout; unset: the "
+                                   "training set's latest datasets")
 
 
 def _record(lineage, built, run):
@@ -49,7 +52,8 @@ class PRMConfig(TrainConfig):
     labeler: str = Field("mc", description="whose labels the PRM learns (the prm dataset's labeler)")
     target: str = Field(_PRM.target, description="hard (0/1 labels, cross-entropy) or soft (Monte Carlo "
                         "fractions, BCE)")
-    steps: int = _PRM.steps
+    epochs: float = _PRM.epochs
+    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
     batch_size: int = _PRM.batch_size
     lr: float = _PRM.lr
 
@@ -65,18 +69,30 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
     compute.apply_threads()
-    spec = PRMTrainSpec(target=config.target, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    spec = PRMTrainSpec(target=config.target, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
+                        lr=config.lr)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = latest_dataset(lineage, config.train_prompt_set, "prm", config.labeler)
+        dataset = latest_dataset(lineage, config.train_prompt_set, "prm", config.labeler, config.rollout_id)
         base = lineage.checkpoint(config.base_checkpoint, "policy")
-        held_out = load_trees(lineage, resolve_rollout(lineage, config.eval_prompt_set))
+        # the held-out set's rollout by the same starting policy (the steps the PRM will judge), else any
+        held_out_id = held_out_rollout(lineage, config.eval_prompt_set, base["checkpoint_id"])
+        held_out = load_trees(lineage, held_out_id) if held_out_id else []
+        if not held_out:
+            context.log.warning(f"no rollout of {config.eval_prompt_set} to measure the PRM on; materialize "
+                                f"tot_rollouts for it")
         built = build_checkpoint(
             lineage, data_dir.subdir("checkpoints"), "prm", base, dataset["dataset_id"],
             {"trainer": "transformers.Trainer", **spec.__dict__},
             lambda path: train_prm(base["path"], read_rows(dataset), path, spec),
-            lambda path: evaluate_prm(PRMScorer(path, compute.torch_device()), held_out), context.run_id)
+            lambda path: evaluate_prm(PRMScorer(path, compute.torch_device()), held_out) if held_out else {},
+            context.run_id)
         _record(lineage, built, run)
     return MaterializeResult(metadata=_metadata(built, dataset, {"target": config.target}))
+
+
+def _domain(lineage, prompt_set: str) -> str:
+    [row] = lineage.records("SELECT any_value(domain) AS d FROM prompts WHERE prompt_set = ?", [prompt_set])
+    return row["d"]
 
 
 def _policy_eval(path, problems, compute) -> dict:
@@ -86,7 +102,8 @@ def _policy_eval(path, problems, compute) -> dict:
 
 
 class RFTConfig(TrainConfig):
-    steps: int = _RFT.steps
+    epochs: float = _RFT.epochs
+    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
     batch_size: int = _RFT.batch_size
     lr: float = _RFT.lr
 
@@ -101,9 +118,9 @@ def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: Lineage
                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
     compute.apply_threads()
-    spec = RFTSpec(steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    spec = RFTSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = latest_dataset(lineage, config.train_prompt_set, "rft")
+        dataset = latest_dataset(lineage, config.train_prompt_set, "rft", rollout_id=config.rollout_id)
         base = lineage.checkpoint(config.base_checkpoint, "policy")
         _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         built = build_checkpoint(
@@ -116,7 +133,8 @@ def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: Lineage
 
 class DPOConfig(TrainConfig):
     pairs: str = Field("step_pairs", description="step_pairs (step-DPO) or pairs (whole-solution DPO)")
-    steps: int = _DPO.steps
+    epochs: float = _DPO.epochs
+    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
     batch_size: int = _DPO.batch_size
     lr: float = _DPO.lr
     beta: float = _DPO.beta
@@ -134,15 +152,18 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
     compute.apply_threads()
     if config.pairs not in ("step_pairs", "pairs"):
         raise ValueError(f"dpo_policy.pairs must be step_pairs or pairs, got {config.pairs!r}")
-    spec = DPOSpec(steps=config.steps, batch_size=config.batch_size, lr=config.lr, beta=config.beta)
+    spec = DPOSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                   beta=config.beta)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = latest_dataset(lineage, config.train_prompt_set, config.pairs)
+        dataset = latest_dataset(lineage, config.train_prompt_set, config.pairs, rollout_id=config.rollout_id)
         base = lineage.checkpoint(config.base_checkpoint, "policy")
         _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         built = build_checkpoint(
             lineage, data_dir.subdir("checkpoints"), "policy", base, dataset["dataset_id"],
             {"trainer": "trl.DPOTrainer", "pairs": config.pairs, **spec.__dict__},
-            lambda path: train_dpo(base["path"], read_rows(dataset), path, spec),
+            lambda path: train_dpo(base["path"], read_rows(dataset), path, spec,
+                                   completion_end=step_format(_domain(lineage, config.train_prompt_set)).separator
+                                   if config.pairs == "step_pairs" else None),
             lambda path: _policy_eval(path, problems, compute), context.run_id)
         _record(lineage, built, run)
     return MaterializeResult(metadata=_metadata(built, dataset, {"pairs": config.pairs}))

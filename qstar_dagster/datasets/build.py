@@ -6,7 +6,7 @@
   a path is cut after its last labeled step (labelers that stop at the first error), and
   each dataset is also exported in Math-Shepherd's `ки` format;
 - `step_pairs`: step-DPO pairs: one prefix, a next step the labeler calls right (chosen) and
-  one it calls wrong (rejected);
+  one it calls wrong (rejected), each ending with the step separator;
 - `pairs`: whole-solution DPO pairs: one problem, a right and a wrong finished solution.
 
 Each row keeps the node ids it came from (`node_ids`, or `chosen_ids` / `rejected_ids`),
@@ -31,6 +31,9 @@ from qstar_dagster.tasks.problem import content_id
 
 KINDS = ("rft", "prm", "step_pairs", "pairs")
 STEP_TAG = "ки"  # Math-Shepherd's step tag
+# Part of every dataset id: bump it when the rows a spec produces change, so that a dataset
+# recorded by earlier code is rebuilt instead of reused.
+ROW_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,11 @@ def rft_rows(trees: Sequence[Tree], spec: DatasetSpec) -> list[dict]:
 
 
 def prm_rows(trees: Sequence[Tree], hard: dict[str, bool], soft: dict[str, float]) -> list[dict]:
-    """One row per distinct finished solution with at least one labeled step."""
+    """One row per distinct root-to-leaf path with at least one labeled step: finished
+    solutions and the partial ones a search pruned (their steps are labeled too)."""
     rows, seen = [], set()
     for t in trees:
-        for leaf in t.terminals():
+        for leaf in t.leaves():
             path = t.path(leaf)[1:]
             labeled = []
             for n in path:
@@ -124,7 +128,8 @@ def step_pair_rows(trees: Sequence[Tree], hard: dict[str, bool], spec: DatasetSp
             bad = list({k.text: k for k in kids if not hard[k.node_id]}.values())
             pairs = [(g, b) for g in good for b in bad if g.text != b.text]
             for g, b in _cap(pairs, spec.max_per_problem):
-                rows.append({"prompt": t.prefix(parent), "chosen": g.text, "rejected": b.text,
+                sep = t.step_format.separator  # a step ends with the separator, not the solution's end
+                rows.append({"prompt": t.prefix(parent), "chosen": g.text + sep, "rejected": b.text + sep,
                              "prompt_id": t.problem.prompt_id, "chosen_ids": [g.node_id], "rejected_ids": [b.node_id]})
     return rows
 
@@ -191,7 +196,7 @@ def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_d
         raise LookupError(f"rollout {rollout_id} has no {spec.labeler!r} labels; materialize the labeler's asset "
                           f"first or pick another labeler (mc, binary_search, judge, consensus, oracle)")
     fingerprint = hashlib.sha256(json.dumps(sorted(hard.items())).encode()).hexdigest()[:16]
-    dataset_id = content_id("ds", spec.kind, rollout_id, asdict(spec), fingerprint)
+    dataset_id = content_id("ds", spec.kind, rollout_id, asdict(spec), fingerprint, ROW_FORMAT)
     base = out_dir / dataset_id
     recorded = store.records("SELECT path FROM datasets WHERE dataset_id = ?", [dataset_id])
     files = {"jsonl": base.with_suffix(".jsonl"), "parquet": base.with_suffix(".parquet")}
@@ -235,14 +240,15 @@ def label_balance(rows: Sequence[dict]) -> dict[int, tuple[int, int]]:
     return {k: tuple(v) for k, v in sorted(out.items())}
 
 
-def latest_dataset(store: LineageStore, prompt_set: str, kind: str, labeler: str | None = None) -> dict:
-    """The most recent dataset of `kind` built from a rollout of `prompt_set` (and, for
-    label-based kinds, from `labeler`'s labels); a clear error when there is none."""
+def latest_dataset(store: LineageStore, prompt_set: str, kind: str, labeler: str | None = None,
+                   rollout_id: str | None = None) -> dict:
+    """The most recent dataset of `kind` built from a rollout of `prompt_set` (that rollout,
+    when given; for label-based kinds, from `labeler`'s labels); a clear error when none."""
     rows = store.records("""
         SELECT d.* FROM datasets d
         WHERE d.kind = ? AND d.spec->>'rollout_id' IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?)
-          AND (? IS NULL OR d.spec->>'labeler' = ?)
-        ORDER BY d.created_at DESC LIMIT 1""", [kind, prompt_set, labeler, labeler])
+          AND (? IS NULL OR d.spec->>'labeler' = ?) AND (? IS NULL OR d.spec->>'rollout_id' = ?)
+        ORDER BY d.created_at DESC LIMIT 1""", [kind, prompt_set, labeler, labeler, rollout_id, rollout_id])
     if not rows:
         raise LookupError(f"no {kind} dataset{f' from {labeler} labels' if labeler else ''} of prompt set "
                           f"{prompt_set!r}; materialize step_datasets for partition {prompt_set!r} first")

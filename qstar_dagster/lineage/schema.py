@@ -296,6 +296,25 @@ VIEWS: dict[str, str] = {
         JOIN (SELECT DISTINCT rollout_id, prompt_set FROM trees) t USING (rollout_id)
         ORDER BY t.prompt_set, a.rollout_id, a.reference <> 'oracle', a.reference, a.labeler
     """,
+    # Expert-iteration rounds, read off the checkpoint chain: the base policy is round 0; a
+    # checkpoint trained from a round-k policy is round k+1; a rollout sampled by a round-k
+    # policy (and what was made from it: labels, datasets) feeds round k+1.
+    "rounds": """
+        WITH RECURSIVE r(checkpoint_id, kind, round) AS (
+            SELECT checkpoint_id, kind, 0 FROM checkpoints WHERE kind = 'policy' AND trained_on_dataset IS NULL
+            UNION ALL
+            SELECT c.checkpoint_id, c.kind, r.round + 1 FROM checkpoints c JOIN r ON c.base = r.checkpoint_id
+            WHERE r.kind = 'policy' AND c.kind IN ('policy', 'prm')
+        ),
+        rollouts AS (
+            SELECT DISTINCT t.rollout_id, t.prompt_set, r.round + 1 AS round
+            FROM trees t JOIN r ON r.checkpoint_id = t.policy_checkpoint
+        )
+        SELECT kind, checkpoint_id AS id, round, NULL AS prompt_set FROM r
+        UNION ALL SELECT 'rollout', rollout_id, round, prompt_set FROM rollouts
+        UNION ALL SELECT 'dataset:' || d.kind, d.dataset_id, o.round, o.prompt_set
+        FROM datasets d JOIN rollouts o ON o.rollout_id = d.spec->>'rollout_id'
+    """,
     "label_stats": """
         SELECT labeler, kind,
                count(*) AS n_labels,

@@ -225,9 +225,10 @@ class LineageStore:
 
     def checkpoint(self, checkpoint_id: str | None = None, kind: str = "policy") -> dict[str, Any]:
         """A recorded checkpoint of `kind` whose files are on disk: the one named, else the
-        latest; a clear error when there is none."""
+        latest (for policies: the latest base policy, not one trained from it); a clear error
+        when there is none."""
         if checkpoint_id is None:
-            found = self.latest_checkpoint(kind)
+            found = self.latest_checkpoint(kind, base_only=kind == "policy")
             if found is None:
                 raise LookupError(f"no {kind} checkpoint in the lineage store {self.path}; materialize "
                                   f"{'base_policy' if kind == 'policy' else f'a {kind} checkpoint'} first")
@@ -241,9 +242,11 @@ class LineageStore:
                                     f"{rows[0]['path']}; materialize it again")
         return rows[0]
 
-    def latest_checkpoint(self, kind: str = "policy") -> dict[str, Any] | None:
-        """The most recently recorded checkpoint of `kind` whose files are still on disk."""
-        rows = self.records("SELECT * FROM checkpoints WHERE kind = ? ORDER BY created_at DESC", [kind])
+    def latest_checkpoint(self, kind: str = "policy", base_only: bool = False) -> dict[str, Any] | None:
+        """The most recently recorded checkpoint of `kind` whose files are still on disk;
+        `base_only`: among those not trained on a dataset (base policies)."""
+        rows = self.records(f"""SELECT * FROM checkpoints WHERE kind = ? {"AND trained_on_dataset IS NULL" if base_only
+                                else ""} ORDER BY created_at DESC""", [kind])
         return next((r for r in rows if r["path"] and Path(r["path"]).exists()), None)
 
     # --- lineage ------------------------------------------------------------------------------

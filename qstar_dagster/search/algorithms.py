@@ -39,8 +39,9 @@ class SearchSpec:
     # of step_max_tokens each) fits in what the tree has left.
     max_nodes: int = 64  # root included
     max_tokens: int = 4096  # generated step tokens
-    value: str = "likelihood"  # value function: none | likelihood | mc (PRMs join with issue 6)
+    value: str = "likelihood"  # value function: none | likelihood | mc | prm
     mc_rollouts: int = 4  # value "mc": completions sampled per node
+    prm_checkpoint: str | None = None  # value "prm": the PRM checkpoint (resolved to the latest when planned)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -62,7 +62,9 @@ def plan_rollout(prompt_set: str, version: str, problems: Sequence[Problem], pol
     if len(separators) > 1:  # one stop string per generator call
         raise ValueError(f"prompt set {prompt_set!r} mixes step formats {sorted(separators)}; "
                          "split it into one prompt set per domain")
-    rollout_id = content_id("r", prompt_set, version, policy_checkpoint, asdict(spec), batch_size, template)
+    # A spec without a PRM hashes as before PRMs existed, so earlier rollouts keep their ids.
+    key = {k: v for k, v in asdict(spec).items() if not (k == "prm_checkpoint" and v is None)}
+    rollout_id = content_id("r", prompt_set, version, policy_checkpoint, key, batch_size, template)
     batches = []
     for index, start in enumerate(range(0, len(problems), batch_size)):
         chunk = tuple(problems[start:start + batch_size])
@@ -96,7 +98,8 @@ def run_rollout(store: LineageStore, plan: RolloutPlan, load_generator: Callable
     if not todo:
         return result
     generator = load_generator()
-    value = make_value_function(plan.spec.value, generator, plan.spec.mc_rollouts)
+    prm_path = store.checkpoint(plan.spec.prm_checkpoint, "prm")["path"] if plan.spec.value == "prm" else None
+    value = make_value_function(plan.spec.value, generator, plan.spec.mc_rollouts, prm_path)
     started = time.monotonic()
     for i, batch in enumerate(todo, 1):
         trees = [Tree(tree_id, p, policy_prompt(p.problem, plan.template), step_format(p.domain), plan.spec.max_depth)
@@ -123,7 +126,8 @@ def _tree_row(plan: RolloutPlan, tree: Tree, seconds: float, run_id: str | None)
         "tree_id": tree.tree_id, "rollout_id": plan.rollout_id, "prompt_id": tree.problem.prompt_id,
         "prompt_set": plan.prompt_set, "prompt_set_version": plan.prompt_set_version,
         "policy_checkpoint": plan.policy_checkpoint, "search": plan.spec.algorithm,
-        "value_function": plan.spec.value, "spec": asdict(plan.spec), "n_nodes": len(tree.nodes),
+        "value_function": f"prm:{plan.spec.prm_checkpoint}" if plan.spec.value == "prm" else plan.spec.value,
+        "spec": asdict(plan.spec), "n_nodes": len(tree.nodes),
         "generated_tokens": tree.generated_tokens, "value_tokens": tree.value_tokens, "seconds": seconds,
         "selected_node": selected and selected.node_id, "selected_correct": selected and bool(selected.is_correct),
         "any_correct": any(n.is_correct for n in tree.terminals()), "created_run": run_id, "created_at": utcnow(),
@@ -188,16 +192,30 @@ def load_trees(store: LineageStore, rollout_id: str) -> list[Tree]:
     return trees
 
 
-def resolve_rollout(store: LineageStore, prompt_set: str, rollout_id: str | None = None) -> str:
-    """The rollout named, checked to be of `prompt_set`; else the prompt set's latest one."""
-    rows = store.records("""SELECT rollout_id, max(created_at) AS last_at FROM trees WHERE prompt_set = ?
-                            GROUP BY 1 ORDER BY last_at DESC""", [prompt_set])
+def resolve_rollout(store: LineageStore, prompt_set: str, rollout_id: str | None = None,
+                    policy: str | None = None) -> str:
+    """The rollout named, checked to be of `prompt_set`; else the prompt set's latest one
+    (sampled by `policy`, when given)."""
+    rows = store.records("""SELECT rollout_id, max(created_at) AS last_at FROM trees
+                            WHERE prompt_set = ? AND (? IS NULL OR policy_checkpoint = ?)
+                            GROUP BY 1 ORDER BY last_at DESC""", [prompt_set, policy, policy])
     if rollout_id is None:
         if not rows:
-            raise LookupError(f"prompt set {prompt_set!r} has no rollouts in {store.path}; materialize tot_rollouts "
-                              f"for partition {prompt_set!r} first")
+            raise LookupError(f"prompt set {prompt_set!r} has no rollouts{f' by {policy}' if policy else ''} in "
+                              f"{store.path}; materialize tot_rollouts for partition {prompt_set!r} first")
         return rows[0]["rollout_id"]
     if rollout_id not in {r["rollout_id"] for r in rows}:
         raise LookupError(f"rollout {rollout_id!r} is not a rollout of prompt set {prompt_set!r}; list them with "
                           f"qstar sql \"select distinct rollout_id from trees where prompt_set = '{prompt_set}'\"")
     return rollout_id
+
+
+def held_out_rollout(store: LineageStore, prompt_set: str, policy: str | None) -> str | None:
+    """The rollout to measure a verifier on: the held-out set's latest rollout by `policy`,
+    else by any policy, else None."""
+    for by in (policy, None):
+        try:
+            return resolve_rollout(store, prompt_set, policy=by)
+        except LookupError:
+            continue
+    return None

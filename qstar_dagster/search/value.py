@@ -1,7 +1,7 @@
 """Value functions: how promising a partial solution (a node) looks, in [0, 1].
 
 Each is called once per search step with every new node of every problem in the batch.
-A PRM checkpoint's step score joins here once PRMs are trained (issue 6).
+`prm` scores a path with a trained process reward model (PRM-guided search).
 """
 
 from __future__ import annotations
@@ -70,15 +70,44 @@ class MonteCarloValue:
         return [e.soft for e in estimates]
 
 
-VALUE_FUNCTIONS = ("none", "likelihood", "mc")
+class PRMValue:
+    """A process reward model's view of the path: the minimum of its step scores (a path is
+    as good as its weakest step; `aggregation` "last" reads only the newest step)."""
+
+    name = "prm"
+    uses_reference = False
+
+    def __init__(self, scorer, aggregation: str = "min"):
+        if aggregation not in ("min", "last"):
+            raise ValueError(f"PRM aggregation must be min or last, got {aggregation!r}")
+        self.scorer, self.aggregation = scorer, aggregation
+
+    def __call__(self, items, seed):
+        paths = [[n.text for n in tree.path(node)[1:]] for tree, node in items]
+        scored = self.scorer.score_batch([(tree.problem.problem, p) for (tree, _), p in zip(items, paths) if p])
+        it = iter(scored)
+        out = []
+        for p in paths:
+            s = next(it) if p else [1.0]
+            out.append(min(s) if self.aggregation == "min" else s[-1])
+        return out
 
 
-def make_value_function(name: str, generator: Generator, mc_rollouts: int = 4) -> ValueFunction:
+VALUE_FUNCTIONS = ("none", "likelihood", "mc", "prm")
+
+
+def make_value_function(name: str, generator: Generator, mc_rollouts: int = 4, prm_path: str | None = None,
+                        device: str = "cpu") -> ValueFunction:
     if name == "none":
         return NoValue()
     if name == "likelihood":
         return LikelihoodValue()
     if name == "mc":
         return MonteCarloValue(generator, mc_rollouts)
-    raise ValueError(f"value function must be none, likelihood or mc, got {name!r} "
-                     "(a PRM value function comes with PRM checkpoints)")
+    if name == "prm":
+        if not prm_path:
+            raise ValueError("value function prm needs a PRM checkpoint (prm_checkpoint; materialize prm_model)")
+        from qstar_dagster.training.prm import PRMScorer
+
+        return PRMValue(PRMScorer(prm_path, device))
+    raise ValueError(f"value function must be one of {', '.join(VALUE_FUNCTIONS)}, got {name!r}")

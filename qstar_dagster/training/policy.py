@@ -10,6 +10,7 @@ loads like the base policy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,12 +20,21 @@ import torch
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
 
 
+def n_steps(steps: int | None, epochs: float, n_rows: int, batch_size: int) -> int:
+    """Optimizer steps: `steps` when given, else `epochs` passes over the rows (datasets from
+    a few hundred problems are small: a fixed step count would overfit them many times)."""
+    return steps or max(1, math.ceil(epochs * n_rows / batch_size))
+
+
 @dataclass(frozen=True)
 class RFTSpec:
-    steps: int = 200
+    epochs: float = 2.0
+    steps: int | None = None  # overrides epochs
     batch_size: int = 32
-    lr: float = 5e-4
-    warmup: int = 20
+    # Small: Adam's first steps move every weight by about lr whatever the gradient, and a
+    # few hundred self-generated solutions give noisy gradients (2e-4 cost 10 points greedy).
+    lr: float = 3e-5
+    warmup: int = 5
     seed: int = 0
 
 
@@ -34,8 +44,8 @@ def train_rft(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: R
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    fit = FitSpec(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, warmup=spec.warmup, seed=spec.seed,
-                  eval_every=0)
+    fit = FitSpec(steps=n_steps(spec.steps, spec.epochs, len(rows), spec.batch_size), batch_size=spec.batch_size,
+                  lr=spec.lr, warmup=spec.warmup, seed=spec.seed, eval_every=0)
     summary = fit_causal_lm(model, tok, encode_pairs(tok, [(r["prompt"], r["completion"]) for r in rows]), fit, "rft")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -45,29 +55,43 @@ def train_rft(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: R
 
 @dataclass(frozen=True)
 class DPOSpec:
-    steps: int = 100
+    epochs: float = 1.0
+    steps: int | None = None  # overrides epochs
     batch_size: int = 16
     lr: float = 5e-5
     beta: float = 0.1
     seed: int = 0
 
 
-def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: DPOSpec = DPOSpec()) -> dict:
-    """`rows`: {prompt, chosen, rejected}; the reference model is the starting checkpoint."""
+def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: DPOSpec = DPOSpec(),
+              completion_end: str | None = None) -> dict:
+    """`rows`: {prompt, chosen, rejected}; the reference model is the starting checkpoint.
+
+    TRL ends every plain-text completion with the end-of-sequence token, which is right for
+    whole solutions and wrong for one step (the policy would learn to stop after a step).
+    For step pairs `completion_end` is the step separator the rows already end with: TRL is
+    handed a copy of the tokenizer whose end-of-sequence text is that separator, so it
+    appends nothing; the checkpoint is saved with the real tokenizer."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tok = AutoTokenizer.from_pretrained(base_dir)
+    trl_tok = tok
+    if completion_end is not None:
+        if not all(r["chosen"].endswith(completion_end) and r["rejected"].endswith(completion_end) for r in rows):
+            raise ValueError(f"step pairs must end with the step separator {completion_end!r}")
+        trl_tok = AutoTokenizer.from_pretrained(base_dir)
+        trl_tok.eos_token = completion_end
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
     args = DPOConfig(
-        output_dir=str(out_dir / "trainer"), max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
-        learning_rate=spec.lr, beta=spec.beta, logging_steps=10, save_strategy="no", report_to=[], seed=spec.seed,
+        output_dir=str(out_dir / "trainer"), max_steps=n_steps(spec.steps, spec.epochs, len(rows), spec.batch_size),
+        per_device_train_batch_size=spec.batch_size, learning_rate=spec.lr, beta=spec.beta, logging_steps=10, save_strategy="no", report_to=[], seed=spec.seed,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=True, max_length=512,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=trl_tok)
     result = trainer.train()
     history = trainer.state.log_history
     model.save_pretrained(out_dir)

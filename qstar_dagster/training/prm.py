@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from qstar_dagster.training.policy import n_steps
+
 log = logging.getLogger(__name__)
 
 PRM_SEPARATOR = "\n"
@@ -28,7 +30,8 @@ PRM_SEPARATOR = "\n"
 @dataclass(frozen=True)
 class PRMTrainSpec:
     target: str = "hard"  # hard (0/1 labels) or soft (Monte Carlo fractions)
-    steps: int = 300
+    epochs: float = 3.0
+    steps: int | None = None  # overrides epochs
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 20
@@ -112,7 +115,9 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     model = AutoModelForTokenClassification.from_pretrained(base_dir, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     args = TrainingArguments(
-        output_dir=str(out_dir / "trainer"), max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
+        output_dir=str(out_dir / "trainer"),
+        max_steps=n_steps(spec.steps, spec.epochs, len(examples), spec.batch_size),
+        per_device_train_batch_size=spec.batch_size,
         learning_rate=spec.lr, warmup_steps=spec.warmup, lr_scheduler_type="cosine", logging_steps=25,
         save_strategy="no", report_to=[], seed=spec.seed, use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0,

@@ -101,7 +101,7 @@ def test_datasets_trace_to_nodes_and_labels_and_load_with_datasets(env):
     for r in step_pairs:
         [c], [x] = r["chosen_ids"], r["rejected_ids"]
         assert hard[c] and not hard[x] and nodes[c]["parent_id"] == nodes[x]["parent_id"]
-        assert r["prompt"].endswith("\n") and r["chosen"] == nodes[c]["text"]
+        assert r["prompt"].endswith("\n") and r["chosen"] == nodes[c]["text"] + "\n"
 
     _, pairs = rows_of(store, meta["pairs_dataset_id"])
     for r in pairs:
@@ -155,3 +155,69 @@ def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
     out = TransformersGenerator(new["path"]).generate(["Compute left to right: 1 + 2 - 3\n"],
                                                       SamplingParams(max_new_tokens=16, temperature=0))
     assert out[0][0].n_tokens > 0
+
+
+def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env, monkeypatch):
+    from click.testing import CliRunner
+
+    from qstar_dagster.assets.evaluation import evaluation
+    from qstar_dagster.cli import main
+
+    _, home, store = env
+    run(env, step_datasets, {"labeler": "mc"})
+    run(env, prm_model, {"steps": 40})
+    run(env, rft_policy, {"steps": 20})
+    meta = metadata(run(env, evaluation, {"ns": [1, 2, 4], "max_new_tokens": 32}), "evaluation")
+    assert meta["policies"] == 2 and meta["prms"] == 1
+    rows = store.records("SELECT checkpoint_ids, method, accuracy FROM evaluations WHERE details->>'N' IS NOT NULL")
+    methods = {(len(r["checkpoint_ids"]), r["method"]) for r in rows}
+    assert {(1, "greedy"), (1, "pass@4"), (1, "majority@2"), (2, "prm_best_of_4:min"), (2, "prm_best_of_2:prod"),
+            (2, "prm_vote@4"), (1, "prm_first_error_f1")} <= methods
+    by = {(tuple(r["checkpoint_ids"]), r["method"]): r["accuracy"] for r in rows}
+    for ids in {k for k, _ in by if len(k) == 1 and by.get((k, "pass@1")) is not None}:
+        assert by[(ids, "pass@1")] <= by[(ids, "pass@2")] <= by[(ids, "pass@4")]
+        assert by[(ids, "majority@1")] == by[(ids, "pass@1")]  # one sample: its answer is the majority
+    assert meta["accuracy_vs_n"].startswith("![")
+
+    before = store.query("SELECT count(*) FROM evaluations")[1][0][0]
+    run(env, evaluation, {"ns": [1, 2, 4], "max_new_tokens": 32})
+    assert store.query("SELECT count(*) FROM evaluations")[1][0][0] == before  # nothing new to evaluate
+
+    monkeypatch.setenv("QSTAR_HOME", str(home))
+    result = CliRunner().invoke(main, ["report", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["base_greedy"] == by[((figures["base_checkpoint"],), "greedy")]
+    assert figures["round1_checkpoint"] and figures["round1_greedy"] is not None
+    assert "base_majority_at_8" in figures and "label_agreement" in figures
+    assert "round 1 (RFT)" in CliRunner().invoke(main, ["report"]).output
+
+
+def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
+    from qstar_dagster.definitions import make_definitions
+    from qstar_dagster.rounds import RoundSpec, make_executor, round_policy, run_round
+
+    instance, home, store = env
+    execute = make_executor(make_definitions(str(home)), instance, lambda _: None, log_level="WARNING")
+    small = {"rollouts": ROLLOUTS, "labels": {"n": 4, "max_new_tokens": 32}, "train_problems": 40,
+             "training": {"prm_model": {"steps": 20}, "rft_policy": {"steps": 10}, "dpo_policy": {"steps": 4}},
+             "evaluation": {"ns": [1, 2], "max_new_tokens": 32}}
+    one = run_round(store, execute, RoundSpec(round=1, **small))
+    base, _ = round_policy(store, 0)
+    assert one["policy"] == base and one["prm"] is None
+    policy1, prm1 = round_policy(store, 1)
+    assert policy1 == one["rft_policy"]["checkpoint_id"] and prm1 == one["prm_model"]["checkpoint_id"]
+
+    two = run_round(store, execute, RoundSpec(round=2, **small))
+    assert (two["policy"], two["prm"]) == (policy1, prm1)
+    assert two["rollouts"]["value_function"] == f"prm:{prm1}"  # round 2 searches with round 1's PRM
+    [tree] = store.records("SELECT DISTINCT policy_checkpoint, value_function FROM trees WHERE rollout_id = ?",
+                           [two["rollouts"]["rollout_id"]])
+    assert tree == {"policy_checkpoint": policy1, "value_function": f"prm:{prm1}"}
+    rounds = {(r["kind"], r["id"]): r["round"] for r in store.records("SELECT * FROM rounds")}
+    assert rounds[("policy", base)] == 0 and rounds[("policy", policy1)] == 1 and rounds[("prm", prm1)] == 1
+    assert rounds[("policy", two["rft_policy"]["checkpoint_id"])] == 2
+    assert rounds[("rollout", one["rollouts"]["rollout_id"])] == 1 and rounds[("rollout", two["rollouts"]["rollout_id"])] == 2
+    assert rounds[("dataset:rft", two["datasets"]["rft_dataset_id"])] == 2
+    with pytest.raises(LookupError, match="run round 3 first"):
+        run_round(store, execute, RoundSpec(round=4, **small))

@@ -1,0 +1,175 @@
+"""Evaluation of every policy checkpoint, alone and with every PRM checkpoint, on a held-out
+prompt set; results in the store's evaluations table. Core: `qstar_dagster/evaluation/`.
+
+(No `from __future__ import annotations`: Dagster reads these annotations.)"""
+
+import json
+
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.evaluation.evaluate import (
+    AGGREGATIONS,
+    EvalSpec,
+    policy_metrics,
+    prm_metrics,
+    sample,
+    score_samples,
+)
+from qstar_dagster.generation.backends import check_backend, make_generator
+from qstar_dagster.lineage.store import utcnow
+from qstar_dagster.plots import line_plots_markdown
+from qstar_dagster.resources import LineageStoreResource
+from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.search.rollouts import held_out_rollout, load_trees
+from qstar_dagster.tasks.problem import content_id
+from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE
+from qstar_dagster.training.prm import PRMScorer, evaluate_prm
+
+_SPEC = EvalSpec()
+
+
+class EvaluationConfig(Config):
+    eval_prompt_set: str = Field("arith-test", description="held-out prompt set")
+    policies: list[str] | None = Field(None, description="policy checkpoint ids; unset: every recorded policy")
+    prms: list[str] | None = Field(None, description="PRM checkpoint ids; unset: every recorded PRM")
+    ns: list[int] = Field(list(_SPEC.ns), description="sample counts N of the curves")
+    temperature: float = _SPEC.temperature
+    max_new_tokens: int = _SPEC.max_new_tokens
+    seed: int = _SPEC.seed
+    backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
+
+
+def method_name(method: str, n: int) -> str:
+    """The evaluations table's method names: 'greedy', 'pass@8', 'majority@8',
+    'prm_best_of_8:min', 'prm_vote@8' (its `n` column is the number of problems)."""
+    if method == "greedy":
+        return "greedy"
+    if method.startswith("prm_best_of:"):
+        return f"prm_best_of_{n}:{method.split(':')[1]}"
+    return f"{method}@{n}"
+
+
+def _rows(checkpoints: list[str], metrics: dict, key: dict, n_problems: int, run_id: str) -> list[dict]:
+    return [{"eval_id": content_id("ev", checkpoints, method_name(m, n), key), "checkpoint_ids": checkpoints,
+             "prompt_set": key["prompt_set"], "prompt_set_version": key["version"], "method": method_name(m, n),
+             "n": n_problems, "accuracy": acc, "details": {**key, "N": n}, "created_run": run_id, "created_at": utcnow()}
+            for (m, n), acc in metrics.items()]
+
+
+@asset(
+    group_name="evaluation", code_version="1", pool=GPU_POOL, kinds={"pytorch", "duckdb"},
+    deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
+    description="Every policy checkpoint on a held-out prompt set: greedy, pass@N and majority@N, and with every "
+    "PRM: best-of-N (min / prod / last of step scores) and PRM-weighted vote, for N in 1..16; every PRM against "
+    "the oracle's step labels (accuracy, first-error F1). Rows in the evaluations table; accuracy-vs-N plots.",
+)
+def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: LineageStoreResource,
+               compute: ComputeResource) -> MaterializeResult:
+    lineage = store.store()
+    check_backend(config.backend)
+    compute.apply_threads()
+    spec = EvalSpec(ns=tuple(sorted(set(config.ns))), temperature=config.temperature,
+                    max_new_tokens=config.max_new_tokens, seed=config.seed)
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        version, problems = lineage.prompt_set_problems(config.eval_prompt_set)
+        key = {"prompt_set": config.eval_prompt_set, "version": version, "spec": spec.__dict__}
+        policies = [lineage.checkpoint(c, "policy") for c in config.policies] if config.policies else \
+            lineage.records("SELECT * FROM checkpoints WHERE kind = 'policy' ORDER BY created_at")
+        prms = [lineage.checkpoint(c, "prm") for c in config.prms] if config.prms else \
+            lineage.records("SELECT * FROM checkpoints WHERE kind = 'prm' ORDER BY created_at")
+        scorers = {p["checkpoint_id"]: PRMScorer(p["path"], compute.torch_device()) for p in prms}
+        for prm in prms:  # the PRM against the oracle on the held-out rollout of the policy it started from
+            [start] = lineage.records("SELECT base FROM checkpoints WHERE checkpoint_id = ?", [prm["checkpoint_id"]])
+            rollout = held_out_rollout(lineage, config.eval_prompt_set, start["base"])
+            trees = load_trees(lineage, rollout) if rollout else []
+            if trees and all(t.problem.domain == "arith" for t in trees):
+                m = evaluate_prm(scorers[prm["checkpoint_id"]], trees)
+                rows = _rows([prm["checkpoint_id"]], {("prm_step_accuracy", 0): m["step_accuracy"],
+                                                      ("prm_first_error_f1", 0): m["first_error_f1"]},
+                             key, m["n_steps"], context.run_id)
+                for r in rows:
+                    r["method"] = r["method"].removesuffix("@0")
+                with lineage.transaction() as con:
+                    lineage.insert(con, "evaluations", rows)
+        for policy in policies:
+            pid = policy["checkpoint_id"]
+            wanted = _rows([pid], {(m, n): 0 for m in ("pass", "majority") for n in spec.ns} | {("greedy", 1): 0},
+                           key, 0, "")
+            wanted += [r for prm in prms for r in _rows([pid, prm["checkpoint_id"]], {
+                (m, n): 0 for m in [f"prm_best_of:{a}" for a in AGGREGATIONS] + ["prm_vote"] for n in spec.ns},
+                key, 0, "")]
+            have = {r["eval_id"] for r in lineage.records(
+                "SELECT eval_id FROM evaluations WHERE eval_id IN (SELECT unnest(?))", [[r["eval_id"] for r in wanted]])}
+            if len(have) == len(wanted):
+                context.log.info(f"{pid}: already evaluated on {config.eval_prompt_set}")
+                continue
+            template = json.loads(policy["config"] or "{}").get("template", DEFAULT_PROMPT_TEMPLATE)
+            gen = make_generator(config.backend, policy["path"], compute.torch_device(), compute.torch_dtype())
+            sampled = sample(gen, problems, spec, template)
+            rows = _rows([pid], policy_metrics(sampled, spec.ns), key, len(problems), context.run_id)
+            for prm in prms:
+                scores = score_samples(scorers[prm["checkpoint_id"]], sampled)
+                rows += _rows([pid, prm["checkpoint_id"]], prm_metrics(sampled, scores, spec.ns), key, len(problems),
+                              context.run_id)
+            with lineage.transaction() as con:
+                lineage.insert(con, "evaluations", rows)
+            context.log.info(f"{pid}: evaluated on {config.eval_prompt_set} ({len(rows)} figures)")
+        with lineage.transaction() as con:
+            run.finish(con)
+    table = results_table(lineage, config.eval_prompt_set, version)
+    panels = []
+    for pid, curves in accuracy_curves(lineage, config.eval_prompt_set, version).items():
+        panels.append((f"{pid}", "accuracy", curves))
+    return MaterializeResult(metadata={
+        "policies": len(policies), "prms": len(prms), "eval_prompt_set": config.eval_prompt_set,
+        "summary": MetadataValue.md(table),
+        "accuracy_vs_n": MetadataValue.md(line_plots_markdown(panels)),
+        "query": MetadataValue.md("```\nqstar sql \"select checkpoint_ids, method, accuracy from evaluations "
+                                  f"where prompt_set = '{config.eval_prompt_set}' order by 1, 2\"\n```"),
+    })
+
+
+def _latest(store, prompt_set: str, version: str):
+    return store.records("""
+        SELECT checkpoint_ids, method, accuracy FROM (
+            SELECT *, row_number() OVER (PARTITION BY checkpoint_ids, method ORDER BY created_at DESC) AS k
+            FROM evaluations WHERE prompt_set = ? AND prompt_set_version = ? AND details->>'N' IS NOT NULL) WHERE k = 1
+        """, [prompt_set, version])
+
+
+def accuracy_curves(store, prompt_set: str, version: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """policy id -> method (with the PRM's id) -> [(N, accuracy)]."""
+    out: dict[str, dict[str, list]] = {}
+    for r in _latest(store, prompt_set, version):
+        ids, method = r["checkpoint_ids"], r["method"]
+        if method == "greedy" or "@" not in method and "_of_" not in method:
+            continue
+        if "_of_" in method:
+            n, agg = method.removeprefix("prm_best_of_").split(":")
+            name = f"PRM best-of-N ({agg})"
+        else:
+            name, n = method.split("@")
+        if len(ids) > 1:
+            name += f" [{ids[1]}]"
+        out.setdefault(ids[0], {}).setdefault(name, []).append((int(n), r["accuracy"]))
+    return {p: {m: sorted(v) for m, v in curves.items()} for p, curves in out.items()}
+
+
+def results_table(store, prompt_set: str, version: str, n: int = 8) -> str:
+    figures: dict[str, dict[str, float]] = {}
+    for r in _latest(store, prompt_set, version):
+        figures.setdefault(r["checkpoint_ids"][0], {})[r["method"] if len(r["checkpoint_ids"]) == 1 else
+                                                       f"{r['method']}|{r['checkpoint_ids'][1]}"] = r["accuracy"]
+    lines = [f"| policy | greedy | majority@{n} | PRM best-of-{n} (min) | PRM vote@{n} | pass@{n} |", "|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f}%"
+
+    for pid, f in figures.items():
+        best = max((v for k, v in f.items() if k.startswith(f"prm_best_of_{n}:min|")), default=None)
+        vote = max((v for k, v in f.items() if k.startswith(f"prm_vote@{n}|")), default=None)
+        lines.append(f"| {pid} | {pct(f.get('greedy'))} | {pct(f.get(f'majority@{n}'))} | {pct(best)} | {pct(vote)} | "
+                     f"{pct(f.get(f'pass@{n}'))} |")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Evaluation on a held-out prompt set: how good a policy is alone and with a PRM.
+
+Per problem the policy writes one greedy solution and `max(ns)` samples; for each N the
+first N samples are used (nested, so curves over N are comparable):
+
+- `greedy`; `pass@N` (some sample right); `majority@N` (the most common answer);
+- `prm_best_of_N:<agg>`: the answer of the sample the PRM rates highest, a solution's score
+  being the `min`, `prod` or `last` of its step scores;
+- `prm_vote@N`: answers weighted by the sum of their solutions' `min` scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qstar_dagster.generation.base import Generator, SamplingParams
+from qstar_dagster.tasks.grading import answers_match, extract_answer
+from qstar_dagster.tasks.problem import Problem
+from qstar_dagster.tasks.steps import step_format
+from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE, policy_prompt
+
+AGGREGATIONS = {"min": min, "prod": math.prod, "last": lambda s: s[-1]}
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    ns: tuple[int, ...] = (1, 2, 4, 8, 16)
+    temperature: float = 0.7
+    max_new_tokens: int = 96
+    seed: int = 0
+
+
+@dataclass
+class Sampled:
+    problem: Problem
+    greedy_correct: bool
+    answers: list[str | None]
+    correct: list[bool]
+    steps: list[list[str]]
+
+
+def sample(gen: Generator, problems: Sequence[Problem], spec: EvalSpec,
+           template: str = DEFAULT_PROMPT_TEMPLATE) -> list[Sampled]:
+    prompts = [policy_prompt(p.problem, template) for p in problems]
+    greedy = gen.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=spec.max_new_tokens))
+    samples = gen.generate(prompts, SamplingParams(n=max(spec.ns), temperature=spec.temperature,
+                                                   max_new_tokens=spec.max_new_tokens, seed=spec.seed))
+    out = []
+    for p, [g], cs in zip(problems, greedy, samples):
+        answers = [extract_answer(c.text) for c in cs]
+        out.append(Sampled(p, answers_match(extract_answer(g.text), p.reference_answer), answers,
+                           [a is not None and answers_match(a, p.reference_answer) for a in answers],
+                           [step_format(p.domain).split(c.text) for c in cs]))
+    return out
+
+
+def _vote(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:
+    tally: dict[str, float] = defaultdict(float)
+    for a, w in zip(answers, weights):
+        if a is not None:
+            tally[a] += w
+    return max(tally, key=tally.get) if tally else None
+
+
+def policy_metrics(sampled: Sequence[Sampled], ns: Sequence[int]) -> dict[tuple[str, int], float]:
+    """(method, N) -> accuracy for the methods that need no PRM."""
+    n_problems = len(sampled)
+    out = {("greedy", 1): sum(s.greedy_correct for s in sampled) / n_problems}
+    for n in ns:
+        out[("pass", n)] = sum(any(s.correct[:n]) for s in sampled) / n_problems
+        majority = 0
+        for s in sampled:
+            votes = Counter(a for a in s.answers[:n] if a is not None)
+            majority += bool(votes) and answers_match(votes.most_common(1)[0][0], s.problem.reference_answer)
+        out[("majority", n)] = majority / n_problems
+    return out
+
+
+def prm_metrics(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[float]]],
+                ns: Sequence[int]) -> dict[tuple[str, int], float]:
+    """`scores[i][j]`: the PRM's step scores of problem i's sample j (empty: no steps)."""
+    n_problems = len(sampled)
+    out = {}
+    for n in ns:
+        for agg, f in AGGREGATIONS.items():
+            right = 0
+            for s, sc in zip(sampled, scores):
+                values = [f(x) if x else 0.0 for x in sc[:n]]
+                best = max(range(len(values)), key=values.__getitem__)
+                right += s.correct[best]
+            out[(f"prm_best_of:{agg}", n)] = right / n_problems
+        right = 0
+        for s, sc in zip(sampled, scores):
+            answer = _vote(s.answers[:n], [min(x) if x else 0.0 for x in sc[:n]])
+            right += answer is not None and answers_match(answer, s.problem.reference_answer)
+        out[("prm_vote", n)] = right / n_problems
+    return out
+
+
+def score_samples(scorer, sampled: Sequence[Sampled]) -> list[list[list[float]]]:
+    items = [(s.problem.problem, steps) for s in sampled for steps in s.steps if steps]
+    flat = iter(scorer.score_batch(items))
+    return [[next(flat) if steps else [] for steps in s.steps] for s in sampled]

@@ -1,0 +1,65 @@
+"""The summary a round ends with: the base policy against the round's trained policies on the
+held-out set (greedy, majority@8, PRM best-of-8), and label agreement with the oracle."""
+
+from __future__ import annotations
+
+from qstar_dagster.lineage.store import LineageStore
+
+
+def _figures(store: LineageStore, policy: str, prm: str | None, prompt_set: str) -> dict:
+    rows = store.records("""
+        SELECT method, checkpoint_ids, accuracy FROM (
+            SELECT *, row_number() OVER (PARTITION BY checkpoint_ids, method ORDER BY created_at DESC) AS k
+            FROM evaluations WHERE prompt_set = ? AND details->>'N' IS NOT NULL AND checkpoint_ids[1] = ?) WHERE k = 1
+        """, [prompt_set, policy])
+    alone = {r["method"]: r["accuracy"] for r in rows if len(r["checkpoint_ids"]) == 1}
+    with_prm = {r["method"]: r["accuracy"] for r in rows if len(r["checkpoint_ids"]) == 2 and r["checkpoint_ids"][1] == prm}
+    return {"greedy": alone.get("greedy"), "majority_at_8": alone.get("majority@8"), "pass_at_8": alone.get("pass@8"),
+            "prm_best_of_8": with_prm.get("prm_best_of_8:min"), "prm_vote_at_8": with_prm.get("prm_vote@8")}
+
+
+def report(store: LineageStore, prompt_set: str = "arith-test") -> dict:
+    """Figures for `qstar report`; None where a stage has not run yet."""
+    base = store.records("""SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' AND trained_on_dataset IS NULL
+                            ORDER BY created_at DESC LIMIT 1""")
+    if not base:
+        raise LookupError(f"no base policy in {store.path}; run `make demo` first")
+    base_id = base[0]["checkpoint_id"]
+    prm = store.latest_checkpoint("prm")
+    prm_id = prm and prm["checkpoint_id"]
+    trained = {r["trainer"]: r["checkpoint_id"] for r in store.records("""
+        SELECT config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS checkpoint_id FROM checkpoints
+        WHERE kind = 'policy' AND base = ? GROUP BY 1""", [base_id])}
+    out = {"prompt_set": prompt_set, "base_policy": base_id, "prm": prm_id}
+    for prefix, ck in (("base", base_id), ("round1", trained.get("rft")), ("round1_dpo", trained.get("trl.DPOTrainer"))):
+        out[f"{prefix}_checkpoint"] = ck
+        for k, v in (_figures(store, ck, prm_id, prompt_set) if ck else {}).items():
+            out[f"{prefix}_{k}"] = v
+    rollout = store.records("""SELECT a.rollout_id FROM label_agreements a JOIN trees t USING (rollout_id)
+                               WHERE t.prompt_set = ? GROUP BY 1 ORDER BY max(a.created_at) DESC LIMIT 1""",
+                            [prompt_set])
+    agreement = store.records("""SELECT labeler, accuracy, first_error_f1, tokens_per_step FROM label_agreement
+                                 WHERE reference = 'oracle' AND rollout_id = ? ORDER BY labeler""",
+                              [rollout[0]["rollout_id"]]) if rollout else []
+    out["label_agreement"] = {r["labeler"]: {"accuracy": r["accuracy"], "first_error_f1": r["first_error_f1"],
+                                             "tokens_per_step": r["tokens_per_step"]} for r in agreement}
+    return out
+
+
+def render(r: dict) -> str:
+    def pct(v):
+        return "  –  " if v is None else f"{100 * v:5.1f}%"
+
+    lines = [f"held-out set {r['prompt_set']}; PRM {r['prm'] or '(none yet)'}",
+             "| policy | checkpoint | greedy | majority@8 | PRM best-of-8 | pass@8 |", "|---|---|---|---|---|---|"]
+    for prefix, name in (("base", "base"), ("round1", "round 1 (RFT)"), ("round1_dpo", "round 1 (step-DPO)")):
+        if r.get(f"{prefix}_checkpoint"):
+            lines.append(f"| {name} | {r[f'{prefix}_checkpoint']} | {pct(r.get(f'{prefix}_greedy'))} | "
+                         f"{pct(r.get(f'{prefix}_majority_at_8'))} | {pct(r.get(f'{prefix}_prm_best_of_8'))} | "
+                         f"{pct(r.get(f'{prefix}_pass_at_8'))} |")
+    lines += ["", "label agreement with the oracle (steps up to each first error):",
+              "| labeler | accuracy | first-error F1 | tokens/step |", "|---|---|---|---|"]
+    for name, a in r["label_agreement"].items():
+        f1 = "–" if a["first_error_f1"] is None else f"{a['first_error_f1']:.3f}"
+        lines.append(f"| {name} | {pct(a['accuracy'])} | {f1} | {a['tokens_per_step']} |")
+    return "\n".join(lines)

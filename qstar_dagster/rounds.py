@@ -1,0 +1,104 @@
+"""Expert iteration: one round of the factory's loop, as a sequence of asset materializations.
+
+Round k samples rollouts on the training prompt set with round k-1's policy (round 0: the
+base policy), guided by round k-1's PRM when there is one; labels them (Monte Carlo);
+builds the datasets; trains round k's PRM, RFT policy and DPO policy from round k-1's
+policy; and evaluates every checkpoint on the held-out set. Which round an artifact belongs
+to is read off the checkpoint chain (the store's `rounds` view).
+
+The stages have different partitionings (rollouts, labels and datasets per prompt set;
+checkpoints and evaluation not), which one Dagster asset job cannot hold, so a round runs
+them in order through `execute` (the CLI's in-process runner, or the `expert_iteration_round`
+job's op); each stage is a run of its own in the instance, with its logs and metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qstar_dagster.lineage.store import LineageStore
+
+# execute(job name, what (for the log), partition key, asset, config) -> the asset's metadata
+Execute = Callable[[str, str, str | None, str, dict | None], dict]
+
+TRAINING_ASSETS = ("prm_model", "rft_policy", "dpo_policy")
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    round: int = 1
+    train_set: str = "arith-train"
+    test_set: str = "arith-test"
+    train_problems: int = 384  # rollouts on the first n training problems
+    rollouts: dict = field(default_factory=dict)  # tot_rollouts config overrides
+    labels: dict = field(default_factory=dict)  # mc_labels config overrides
+    training: dict = field(default_factory=dict)  # asset name -> config overrides
+    evaluation: dict | None = field(default_factory=dict)  # evaluation config overrides; None: no evaluation
+
+
+def round_policy(store: LineageStore, k: int) -> tuple[str, str | None]:
+    """(round k's policy, round k's PRM): round 0 is the base policy and no PRM; round k >= 1
+    the latest RFT policy and PRM trained from round k-1's policy."""
+    rows = store.records("SELECT kind, id, round FROM rounds WHERE round = ? AND kind IN ('policy', 'prm')", [k])
+    if k == 0:
+        base = [r["id"] for r in rows if r["kind"] == "policy"]
+        if not base:
+            raise LookupError("no base policy recorded; materialize base_policy first")
+        return base[-1], None
+    ids = [r["id"] for r in rows]
+    found = {r["kind"]: r for r in store.records("""
+        SELECT kind, config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS id FROM checkpoints
+        WHERE checkpoint_id IN (SELECT unnest(?)) GROUP BY 1, 2""", [ids]) if r["kind"] == "prm" or
+        r["trainer"] == "rft"}
+    if "policy" not in found:
+        raise LookupError(f"round {k} has no RFT policy yet; run round {k} first (qstar round --round {k})")
+    return found["policy"]["id"], found.get("prm", {}).get("id")
+
+
+def run_round(store: LineageStore, execute: Execute, spec: RoundSpec) -> dict:
+    """Run round `spec.round` (rounds before it must exist). Returns each stage's metadata."""
+    if spec.round < 1:
+        raise ValueError(f"rounds are numbered from 1, got {spec.round}")
+    policy, prm = round_policy(store, spec.round - 1)
+    guided = {"value": "prm", "prm_checkpoint": prm} if prm else {}
+    out = {"round": spec.round, "policy": policy, "prm": prm}
+    tag = f"round {spec.round}"
+    out["rollouts"] = execute("embedded_pipeline", f"{tag}: rollouts on {spec.train_set} by {policy}"
+                              f"{f', guided by {prm}' if prm else ''}", spec.train_set, "tot_rollouts",
+                              {"max_problems": spec.train_problems, "policy_checkpoint": policy, **guided,
+                               **spec.rollouts})
+    rollout = out["rollouts"]["rollout_id"]
+    out["labels"] = execute("embedded_pipeline", f"{tag}: Monte Carlo labels", spec.train_set, "mc_labels",
+                            {"rollout_id": rollout, "methods": ["mc"], **spec.labels})
+    out["datasets"] = execute("embedded_pipeline", f"{tag}: datasets", spec.train_set, "step_datasets",
+                              {"rollout_id": rollout})
+    for asset in TRAINING_ASSETS:
+        out[asset] = execute("training_job", f"{tag}: {asset}", None, asset,
+                             {"train_prompt_set": spec.train_set, "eval_prompt_set": spec.test_set,
+                              "base_checkpoint": policy, "rollout_id": rollout, **spec.training.get(asset, {})})
+    if spec.evaluation is not None:
+        out["evaluation"] = execute("evaluation_job", f"{tag}: evaluation on {spec.test_set}", None, "evaluation",
+                                    {"eval_prompt_set": spec.test_set, **spec.evaluation})
+    return out
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def make_executor(defs, instance, echo: Callable[[str], None] = print, log_level: str = "INFO") -> Execute:
+    """An `Execute` that runs each stage in process against `instance`, as its own run."""
+    from dagster import AssetKey
+
+    def execute(job_name: str, what: str, partition_key: str | None, asset: str, config: dict | None) -> dict:
+        echo(f"== {what}")
+        ops = {asset: {"config": config}} if config else {}
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, partition_key=partition_key, raise_on_error=False, asset_selection=[AssetKey(asset)],
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, "ops": ops})
+        if not result.success:
+            raise StageFailed(f"run {result.run_id} ({what}) failed; see its logs above or in the Dagster UI")
+        return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+    return execute
