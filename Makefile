@@ -7,7 +7,7 @@ export QSTAR_HOME
 export DAGSTER_HOME := $(QSTAR_HOME)/dagster
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test ui lint clean
+.PHONY: install browser demo test ui lint clean
 
 install: $(STAMP)
 
@@ -24,7 +24,15 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/qstar demo
 
-test: install
+# Debian's Chromium for the browser test (tests/e2e/test_browser.py), when this machine can
+# install it (root and apt); without it that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "Chromium could not be installed here: the browser test will skip"
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 # Dagster UI and daemon (schedules, sensors) on 127.0.0.1:3000, instance under $(DAGSTER_HOME).

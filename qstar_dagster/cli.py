@@ -119,9 +119,10 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
             (DEMO_TEST_SET, rollouts), (DEMO_TRAIN_SET, {"max_problems": DEMO_TRAIN_PROBLEMS, **rollouts})]}
         judged = execute("judge_model_job", f"built-in judge (trained on {DEMO_TRAIN_SET} rollouts)", None,
                          "judge_model", judge)
+        test_rollout = {"rollout_id": searched[DEMO_TEST_SET]["rollout_id"]}
         for asset in LABEL_ASSETS:
             execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
-                    mc if asset == "mc_labels" else None)
+                    {**test_rollout, **mc} if asset == "mc_labels" else test_rollout)
         # Round 1 learns from the training slice's rollouts (the ones above), so the test set stays held out.
         done = run_round(_require_store(), execute, RoundSpec(
             round=1, train_set=DEMO_TRAIN_SET, test_set=DEMO_TEST_SET, train_problems=DEMO_TRAIN_PROBLEMS,

@@ -40,20 +40,16 @@ class RoundSpec:
 def round_policy(store: LineageStore, k: int) -> tuple[str, str | None]:
     """(round k's policy, round k's PRM): round 0 is the base policy and no PRM; round k >= 1
     the latest RFT policy and PRM trained from round k-1's policy."""
-    rows = store.records("SELECT kind, id, round FROM rounds WHERE round = ? AND kind IN ('policy', 'prm')", [k])
     if k == 0:
-        base = [r["id"] for r in rows if r["kind"] == "policy"]
-        if not base:
-            raise LookupError("no base policy recorded; materialize base_policy first")
-        return base[-1], None
-    ids = [r["id"] for r in rows]
-    found = {r["kind"]: r for r in store.records("""
-        SELECT kind, config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS id FROM checkpoints
-        WHERE checkpoint_id IN (SELECT unnest(?)) GROUP BY 1, 2""", [ids]) if r["kind"] == "prm" or
-        r["trainer"] == "rft"}
+        return store.checkpoint(None, "policy")["checkpoint_id"], None
+    previous, _ = round_policy(store, k - 1)
+    found = {r["kind"]: r["id"] for r in store.records("""
+        SELECT kind, arg_max(checkpoint_id, created_at) AS id FROM checkpoints
+        WHERE base = ? AND (kind = 'prm' OR kind = 'policy' AND config->>'trainer' = 'rft') GROUP BY 1""",
+                                                        [previous])}
     if "policy" not in found:
         raise LookupError(f"round {k} has no RFT policy yet; run round {k} first (qstar round --round {k})")
-    return found["policy"]["id"], found.get("prm", {}).get("id")
+    return found["policy"], found.get("prm")
 
 
 def run_round(store: LineageStore, execute: Execute, spec: RoundSpec) -> dict:

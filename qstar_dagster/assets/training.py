@@ -138,6 +138,7 @@ class DPOConfig(TrainConfig):
     batch_size: int = _DPO.batch_size
     lr: float = _DPO.lr
     beta: float = _DPO.beta
+    sft_weight: float = Field(_DPO.sft_weight, description="weight of an NLL term on the chosen side (RPO); 0: plain DPO")
 
 
 @asset(
@@ -153,7 +154,7 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
     if config.pairs not in ("step_pairs", "pairs"):
         raise ValueError(f"dpo_policy.pairs must be step_pairs or pairs, got {config.pairs!r}")
     spec = DPOSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                   beta=config.beta)
+                   beta=config.beta, sft_weight=config.sft_weight)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         dataset = latest_dataset(lineage, config.train_prompt_set, config.pairs, rollout_id=config.rollout_id)
         base = lineage.checkpoint(config.base_checkpoint, "policy")

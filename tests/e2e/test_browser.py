@@ -99,7 +99,7 @@ def test_lifecycle_in_the_asset_graph_and_materializing_prompts_from_the_ui(ui, 
 
         page.goto(f"{url}/assets", wait_until="networkidle")
         for asset in LIFECYCLE_ASSETS:
-            page.get_by_role("link", name=asset, exact=True).first.wait_for(timeout=30000)
+            page.get_by_text(asset, exact=True).first.wait_for(timeout=30000)
 
         page.goto(f"{url}/assets/prompt_set", wait_until="networkidle")
         page.get_by_role("button", name="Materialize…").click()
