@@ -124,7 +124,7 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
         "rollout_id": plan.rollout_id,
         "policy_checkpoint": policy["checkpoint_id"],
         "algorithm": spec.algorithm,
-        "value_function": spec.value,
+        "value_function": f"prm:{spec.prm_checkpoint}" if spec.value == "prm" else spec.value,
         "trees": summary["trees"],
         "nodes": summary["nodes"],
         "generated_tokens": summary["generated_tokens"],

@@ -18,11 +18,12 @@ from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
 from qstar_dagster.datasets.build import STEP_TAG
 from qstar_dagster.generation.base import SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.generation.openai_http import OpenAICompatibleGenerator
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.tasks.arith import generate_problems
 from qstar_dagster.training.prm import PRMScorer
 
-from ..conftest import EASY_ARITH
+from ..conftest import EASY_ARITH, serve_model
 from .test_labels import ROLLOUTS, metadata, resources
 
 
@@ -152,9 +153,12 @@ def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
     before, after = load_file(f"{base['path']}/model.safetensors"), load_file(f"{new['path']}/model.safetensors")
     assert before.keys() == after.keys() and any(not (before[k] == after[k]).all() for k in before)
     assert 0 <= meta["greedy"] <= 1 and meta["final_loss"] is not None
-    out = TransformersGenerator(new["path"]).generate(["Compute left to right: 1 + 2 - 3\n"],
-                                                      SamplingParams(max_new_tokens=16, temperature=0))
-    assert out[0][0].n_tokens > 0
+    prompt, params = ["Compute left to right: 1 + 2 - 3\n"], SamplingParams(max_new_tokens=16, temperature=0)
+    local = TransformersGenerator(new["path"]).generate(prompt, params)
+    assert local[0][0].n_tokens > 0
+    for url in serve_model(new["path"], "trained"):  # the OpenAI-compatible path serves it as it is
+        served = OpenAICompatibleGenerator(f"{url}/v1", "trained").generate(prompt, params)
+    assert served[0][0].text == local[0][0].text
 
 
 def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env, monkeypatch):
