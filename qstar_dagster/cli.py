@@ -79,6 +79,11 @@ DEMO_TRAIN_PROBLEMS = 384
 LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels", "label_agreement")
 
 
+def _fmt(value, spec: str) -> str:
+    """A figure, or a dash where there is none (e.g. no wrong step to measure recall on)."""
+    return "–" if value is None else format(value, spec)
+
+
 def _executor(home: Path):
     from qstar_dagster.definitions import make_definitions
     from qstar_dagster.rounds import make_executor
@@ -92,8 +97,10 @@ def _executor(home: Path):
 @click.option("--rollout-config", help='JSON config for the tot_rollouts asset, e.g. \'{"algorithm": "mcts"}\'')
 @click.option("--judge-config", help='JSON config for the judge_model asset, e.g. \'{"steps": 200}\'')
 @click.option("--label-config", help='JSON config for the mc_labels asset, e.g. \'{"n": 4}\'')
+@click.option("--round-config", help='JSON overrides of round 1 (qstar_dagster.rounds.RoundSpec), e.g. '
+              '\'{"training": {"prm_model": {"epochs": 5}}, "evaluation": {"ns": [1, 4, 16]}}\'')
 def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None,
-         judge_config: str | None, label_config: str | None) -> None:
+         judge_config: str | None, label_config: str | None, round_config: str | None) -> None:
     """Run the embedded pipeline into the data directory: the built-in prompt sets, the base
     policy, rollouts on the test set and a training slice, the built-in judge, step labels on
     the test rollouts with their agreement, then expert-iteration round 1 (labels, datasets,
@@ -107,6 +114,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     rollouts = _json_option(rollout_config, "--rollout-config")
     judge = _json_option(judge_config, "--judge-config")
     mc = _json_option(label_config, "--label-config")
+    round_overrides = _json_option(round_config, "--round-config")
     execute = _executor(home)
     started = time.monotonic()
     try:
@@ -124,9 +132,13 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
             execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
                     {**test_rollout, **mc} if asset == "mc_labels" else test_rollout)
         # Round 1 learns from the training slice's rollouts (the ones above), so the test set stays held out.
-        done = run_round(_require_store(), execute, RoundSpec(
-            round=1, train_set=DEMO_TRAIN_SET, test_set=DEMO_TEST_SET, train_problems=DEMO_TRAIN_PROBLEMS,
-            rollouts=rollouts, labels=mc))
+        spec = {"round": 1, "train_set": DEMO_TRAIN_SET, "test_set": DEMO_TEST_SET,
+                "train_problems": DEMO_TRAIN_PROBLEMS, "rollouts": rollouts, "labels": mc, **round_overrides}
+        try:
+            round_spec = RoundSpec(**spec)
+        except TypeError as e:
+            raise click.BadParameter(str(e), param_hint="--round-config") from None
+        done = run_round(_require_store(), execute, round_spec)
     except StageFailed as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
@@ -142,7 +154,8 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
                    f"{r['trees']} trees, {r['nodes']} nodes, {r['tokens_per_second']:.0f} tokens/s; "
                    f"selected path right {r['selected_accuracy']:.1%}, some path right {r['pass_at_k']:.1%}")
     click.echo(f"judge {judged['checkpoint_id']}: on held-out training paths, step accuracy "
-               f"{judged['heldout_step_accuracy']:.1%}, first-error F1 {judged['heldout_first_error_f1']:.3f}\n"
+               f"{_fmt(judged['heldout_step_accuracy'], '.1%')}, first-error F1 "
+               f"{_fmt(judged['heldout_first_error_f1'], '.3f')}\n"
                f"step labels on {DEMO_TEST_SET} against the oracle (qstar sql \"SELECT * FROM label_agreement\"):")
     _print_sql(f"""SELECT labeler, n_steps, accuracy, negative_precision, negative_recall, kappa, first_error_f1,
                           labeled_steps, tokens_per_step
@@ -151,15 +164,20 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     data = done["datasets"]
     click.echo(f"round 1 datasets from {DEMO_TRAIN_SET}: " + ", ".join(
         f"{kind} {data[f'{kind}_rows']} rows" for kind in ("rft", "prm", "step_pairs", "pairs")))
-    p = done["prm_model"]
-    click.echo(f"PRM {p['checkpoint_id']} (loss {p['final_loss']:.3f}, {p['train_seconds']:.0f}s): on {DEMO_TEST_SET} "
-               f"steps vs the oracle, accuracy {p['step_accuracy']:.1%} (chance {p['chance_accuracy']:.1%}), "
-               f"first-error F1 {p['first_error_f1']:.3f}")
-    for asset in ("rft_policy", "dpo_policy"):
+    for asset in ("prm_model", "rft_policy", "dpo_policy"):
         t = done[asset]
-        click.echo(f"{asset} {t['checkpoint_id']} (loss {t['final_loss']:.3f}, {t['train_seconds']:.0f}s)")
-    click.echo(f"  trace a checkpoint: qstar lineage {p['checkpoint_id']}\n"
-               f"\nsummary (qstar report; qstar report --json):\n{render(report(_require_store(), DEMO_TEST_SET))}")
+        if "skipped" in t:
+            click.echo(f"{asset}: {t['skipped']}")
+            continue
+        line = f"{asset} {t['checkpoint_id']} (loss {t['final_loss']:.3f}, {t['train_seconds']:.0f}s)"
+        if t.get("step_accuracy") is not None:
+            line += (f": on {DEMO_TEST_SET} steps vs the oracle, accuracy {_fmt(t['step_accuracy'], '.1%')} (chance "
+                     f"{_fmt(t['chance_accuracy'], '.1%')}), first-error F1 {_fmt(t['first_error_f1'], '.3f')}")
+        click.echo(line)
+    trained = next((done[a]["checkpoint_id"] for a in ("prm_model", "rft_policy") if "checkpoint_id" in done[a]), None)
+    if trained:
+        click.echo(f"  trace a checkpoint: qstar lineage {trained}")
+    click.echo(f"\nsummary (qstar report; qstar report --json):\n{render(report(_require_store(), DEMO_TEST_SET))}")
 
 
 @main.command("round")

@@ -17,7 +17,12 @@ def home(tmp_path, monkeypatch):
 TINY_POLICY = json.dumps({"hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 8, "eval_every": 0,
                           "eval_k": 2, "eval_max_new_tokens": 40})
 TINY_ROLLOUTS = json.dumps({"max_problems": 10, "k": 2, "beam_width": 2, "step_max_tokens": 24})
-DEMO = ["demo", "--policy-config", TINY_POLICY, "--rollout-config", TINY_ROLLOUTS]
+TINY_ROUND = json.dumps({"training": {"prm_model": {"steps": 2}, "rft_policy": {"steps": 2},
+                                      "dpo_policy": {"steps": 1}},
+                         "evaluation": {"ns": [1, 2], "max_new_tokens": 16}})
+DEMO = ["demo", "--policy-config", TINY_POLICY, "--rollout-config", TINY_ROLLOUTS,
+        "--judge-config", json.dumps({"steps": 3, "batch_size": 4}), "--label-config", json.dumps({"n": 2, "max_new_tokens": 16}),
+        "--round-config", TINY_ROUND]
 
 
 def test_demo_then_sql_and_lineage(home):
@@ -26,7 +31,8 @@ def test_demo_then_sql_and_lineage(home):
     assert out.exit_code == 0, out.output
     # It ends with the base policy's metrics on the held-out set, then the rollouts'.
     assert "greedy" in out.output and "pass@2" in out.output and "majority@2" in out.output
-    assert "on arith-test: beam (value likelihood), 10 trees" in out.output and "FROM rollout_paths" in out.output
+    assert "on arith-test: beam (value likelihood), 10 trees" in out.output
+    assert "FROM label_agreement" in out.output and "summary (qstar report" in out.output
     assert (home / "lineage.duckdb").exists() and (home / "dagster" / "dagster.yaml").exists()
     assert "enabled: false" in (home / "dagster" / "dagster.yaml").read_text()
 
@@ -44,14 +50,19 @@ def test_demo_then_sql_and_lineage(home):
     assert f"{pid} (prompt)" in out.output and "member_of → arith-test@" in out.output
     assert "loaded_from → builtin:arith-test (source)" in out.output and "created_by →" in out.output
 
-    # the demo is idempotent: a second run adds no prompt
-    before = runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output
+    # the demo is idempotent: a second run adds no prompt, tree, label, dataset or checkpoint
+    count = "select (select count(*) from prompt_texts) + (select count(*) from trees) + (select count(*) from " \
+            "step_labels) + (select count(*) from datasets) + (select count(*) from checkpoints) as n"
+    before = runner.invoke(main, ["sql", count, "--json"]).output
     assert runner.invoke(main, DEMO).exit_code == 0
-    assert runner.invoke(main, ["sql", "select count(*) as n from prompt_texts", "--json"]).output == before
-    ckpts = json.loads(runner.invoke(main, ["sql", "select count(*) as n from checkpoints", "--json"]).output)
-    assert ckpts == [{"n": 1}]
-    trees = json.loads(runner.invoke(main, ["sql", "select count(*) as n from trees", "--json"]).output)
-    assert trees == [{"n": 10}]
+    assert runner.invoke(main, ["sql", count, "--json"]).output == before
+    kinds = json.loads(runner.invoke(main, ["sql", "select kind, count(*) as n from checkpoints group by 1 order by 1",
+                                            "--json"]).output)
+    assert {k["kind"]: k["n"] for k in kinds}["policy"] >= 1 and {k["kind"] for k in kinds} >= {"policy", "judge"}
+    trees = json.loads(runner.invoke(main, ["sql", "select prompt_set, count(*) as n from trees group by 1 order by 1",
+                                            "--json"]).output)
+    assert trees == [{"prompt_set": "arith-test", "n": 10}, {"prompt_set": "arith-train", "n": 10}]
+    assert runner.invoke(main, ["report", "--json"]).exit_code == 0
     leaf = json.loads(runner.invoke(main, ["sql", "select node_id from rollout_paths limit 1", "--json"]).output)
     out = runner.invoke(main, ["lineage", leaf[0]["node_id"]])
     assert out.exit_code == 0 and "root_of → t_" in out.output and "searches → p_" in out.output

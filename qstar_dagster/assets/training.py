@@ -31,6 +31,17 @@ class TrainConfig(Config):
                                    "training set's latest datasets")
 
 
+def _nothing_to_learn(context, lineage, run, dataset) -> MaterializeResult | None:
+    """A dataset with no rows trains nothing: say so, record the run, make no checkpoint."""
+    if dataset["n_rows"]:
+        return None
+    why = f"dataset {dataset['dataset_id']} ({dataset['kind']}) has no rows: nothing to learn from"
+    context.log.warning(why)
+    with lineage.transaction() as con:
+        run.finish(con)
+    return MaterializeResult(metadata={"skipped": why, "trained_on_dataset": dataset["dataset_id"]})
+
+
 def _record(lineage, built, run):
     with lineage.transaction() as con:
         if built.row:
@@ -73,6 +84,8 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
                         lr=config.lr)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         dataset = latest_dataset(lineage, config.train_prompt_set, "prm", config.labeler, config.rollout_id)
+        if skipped := _nothing_to_learn(context, lineage, run, dataset):
+            return skipped
         base = lineage.checkpoint(config.base_checkpoint, "policy")
         # the held-out set's rollout by the same starting policy (the steps the PRM will judge), else any
         held_out_id = held_out_rollout(lineage, config.eval_prompt_set, base["checkpoint_id"])
@@ -121,6 +134,8 @@ def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: Lineage
     spec = RFTSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         dataset = latest_dataset(lineage, config.train_prompt_set, "rft", rollout_id=config.rollout_id)
+        if skipped := _nothing_to_learn(context, lineage, run, dataset):
+            return skipped
         base = lineage.checkpoint(config.base_checkpoint, "policy")
         _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         built = build_checkpoint(
@@ -157,6 +172,8 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
                    beta=config.beta, sft_weight=config.sft_weight)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         dataset = latest_dataset(lineage, config.train_prompt_set, config.pairs, rollout_id=config.rollout_id)
+        if skipped := _nothing_to_learn(context, lineage, run, dataset):
+            return skipped
         base = lineage.checkpoint(config.base_checkpoint, "policy")
         _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         built = build_checkpoint(

@@ -183,7 +183,7 @@ def export(rows: Sequence[dict], base: Path) -> dict[str, Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
     jsonl, parquet = base.with_suffix(".jsonl"), base.with_suffix(".parquet")
     _write_atomically(jsonl, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
-    _write_atomically(parquet, lambda p: pl.DataFrame(list(rows)).write_parquet(p))
+    _write_atomically(parquet, lambda p: pl.DataFrame(list(rows) or None).write_parquet(p))
     return {"jsonl": jsonl, "parquet": parquet}
 
 
@@ -209,8 +209,8 @@ def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_d
     trees = load_trees(store, rollout_id)
     rows = {"rft": lambda: rft_rows(trees, spec), "prm": lambda: prm_rows(trees, hard, soft),
             "step_pairs": lambda: step_pair_rows(trees, hard, spec), "pairs": lambda: pair_rows(trees, spec)}[spec.kind]()
-    if not rows:
-        raise ValueError(f"{spec.kind} dataset from rollout {rollout_id} is empty (no rows pass its filter)")
+    # An empty dataset is a finding (e.g. a policy that solves nothing yields no RFT rows): it
+    # is recorded with 0 rows, and the training stages that read it say so and train nothing.
     files = export(rows, base)
     if spec.kind == "prm":
         ms = math_shepherd_rows(rows)

@@ -88,8 +88,9 @@ def split_examples(examples: Sequence[JudgeExample], spec: JudgeTrainSpec) -> tu
     rng.shuffle(problems)
     held: set[str] = set()
     n_held = 0
+    limit = min(spec.holdout, len(examples) // 5)  # small rollouts keep most paths for training
     for p in problems:
-        if n_held >= spec.holdout:
+        if n_held >= limit:
             break
         held.add(p)
         n_held += per_problem[p]

@@ -189,6 +189,6 @@ def test_unknown_algorithm_or_value_function_is_refused():
     with pytest.raises(ValueError, match="search algorithm must be one of"):
         SearchSpec(algorithm="dfs")
     with pytest.raises(ValueError, match="value function must be one of"):
-        SearchSpec(value="prm")
+        SearchSpec(value="oracle")
     with pytest.raises(ValueError, match="max_nodes >= 2"):
         SearchSpec(max_nodes=1)
