@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,3 +102,18 @@ def serve_model(model_dir, name: str):
 def server(tiny_model_dir):
     """The untrained tiny model behind the OpenAI-compatible server."""
     yield from serve_model(tiny_model_dir, "tiny")
+
+
+def copied_env(seeded_home, tmp_path):
+    """A fresh copy of a module's seeded data directory with a new instance that knows the
+    built-in partitions: tests change their copy, never the shared one."""
+    from dagster import DagsterInstance
+
+    from qstar_dagster.assets.prompts import prompt_set_partitions
+    from qstar_dagster.lineage import LineageStore
+
+    home = tmp_path / "qstar"
+    shutil.copytree(seeded_home, home)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
+    return instance, home, LineageStore(home / "lineage.duckdb")

@@ -2,7 +2,6 @@
 instance over a real DuckDB store with a trained policy."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from qstar_dagster.lineage import LineageStore
 from qstar_dagster.tasks.arith import generate_problems
 from qstar_dagster.training.prm import PRMScorer
 
-from ..conftest import EASY_ARITH, serve_model
+from ..conftest import EASY_ARITH, copied_env, serve_model
 from .test_labels import ROLLOUTS, metadata, resources
 
 
@@ -57,11 +56,7 @@ def seeded_home(tmp_path_factory, arith_policy_dir):
 
 @pytest.fixture
 def env(seeded_home, tmp_path):
-    home = tmp_path / "qstar"
-    shutil.copytree(seeded_home, home)
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
-    return instance, home, LineageStore(home / "lineage.duckdb")
+    return copied_env(seeded_home, tmp_path)
 
 
 def rows_of(store, dataset_id):

@@ -28,7 +28,7 @@ from qstar_dagster.resources.judge import JudgeResource
 from qstar_dagster.search.rollouts import resolve_rollout
 from qstar_dagster.tasks.arith import generate_problems
 
-from ..conftest import EASY_ARITH, serve_model
+from ..conftest import EASY_ARITH, copied_env, serve_model
 
 ROLLOUTS = {"algorithm": "beam", "k": 2, "beam_width": 2, "step_max_tokens": 16, "max_depth": 4, "batch_size": 4}
 MC = {"n": 4, "max_new_tokens": 32, "batch_trees": 3}
@@ -74,11 +74,7 @@ def seeded_home(tmp_path_factory, arith_policy_dir):
 
 @pytest.fixture
 def env(seeded_home, tmp_path):
-    home = tmp_path / "qstar"
-    shutil.copytree(seeded_home, home)
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
-    return instance, home, LineageStore(home / "lineage.duckdb")
+    return copied_env(seeded_home, tmp_path)
 
 
 def labels_of(store, labeler):

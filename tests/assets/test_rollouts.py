@@ -1,6 +1,5 @@
 """The tot_rollouts asset in a real Dagster instance, writing to a real DuckDB store."""
 
-import shutil
 
 import pytest
 from dagster import DagsterInstance, materialize
@@ -14,6 +13,7 @@ from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import ComputeResource
 from qstar_dagster.search.rollouts import plan_rollout, run_rollout
 
+from ..conftest import copied_env
 from .test_policy import TINY
 
 ROLLOUTS = {"algorithm": "beam", "k": 2, "beam_width": 2, "step_max_tokens": 24, "max_depth": 5,
@@ -41,11 +41,7 @@ def seeded_home(tmp_path_factory):
 
 @pytest.fixture
 def env(seeded_home, tmp_path):
-    home = tmp_path / "qstar"
-    shutil.copytree(seeded_home, home)
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
-    return instance, home, LineageStore(home / "lineage.duckdb")
+    return copied_env(seeded_home, tmp_path)
 
 
 def rollouts(env, config=None, raise_on_error=True, partition="arith-test"):

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from qstar_dagster.lineage import LineageStore
 
-from .test_ui import REPO, free_port
+from .test_ui import run_webserver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LIFECYCLE_GROUPS = ["prompts", "policy", "rollouts", "labels", "datasets", "training", "evaluation"]
@@ -47,31 +46,8 @@ def ui(tmp_path):
     subprocess.run([str(Path(sys.executable).with_name("qstar")), "init"], env=env, check=True, capture_output=True)
     with (dagster_home / "dagster.yaml").open("a") as f:
         f.write("run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n")
-    port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-w", str(REPO / "workspace.yaml"),
-                             "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"webserver exited: {proc.stdout.read()}")
-            try:
-                if requests.get(f"{url}/server_info", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("webserver did not start in 120 s")
-            time.sleep(0.5)
+    for url in run_webserver(env):
         yield url, home
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _dismiss_welcome(page) -> None:

@@ -19,12 +19,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def webserver(tmp_path):
+def run_webserver(env: dict):
+    """`dagster-webserver` on this repository's workspace with `env`; yields its URL."""
     port = free_port()
-    env = {**os.environ, "QSTAR_HOME": str(tmp_path / "q"), "DAGSTER_HOME": str(tmp_path / "dagster")}
-    (tmp_path / "dagster").mkdir()
-    (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     exe = Path(sys.executable).with_name("dagster-webserver")
     proc = subprocess.Popen([str(exe), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -48,6 +45,13 @@ def webserver(tmp_path):
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def webserver(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    yield from run_webserver({**os.environ, "QSTAR_HOME": str(tmp_path / "q"), "DAGSTER_HOME": str(tmp_path / "dagster")})
 
 
 QUERY = """
