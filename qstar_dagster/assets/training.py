@@ -178,7 +178,8 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
         _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         built = build_checkpoint(
             lineage, data_dir.subdir("checkpoints"), "policy", base, dataset["dataset_id"],
-            {"trainer": "trl.DPOTrainer", "pairs": config.pairs, **spec.__dict__},
+            # revision 2: the trainer's stand-in end of sequence no longer leaks into the checkpoint
+            {"trainer": "trl.DPOTrainer", "revision": 2, "pairs": config.pairs, **spec.__dict__},
             lambda path: train_dpo(base["path"], read_rows(dataset), path, spec,
                                    completion_end=step_format(_domain(lineage, config.train_prompt_set)).separator
                                    if config.pairs == "step_pairs" else None),

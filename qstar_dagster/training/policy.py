@@ -100,6 +100,10 @@ def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: D
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=trl_tok)
     result = trainer.train()
     history = trainer.state.log_history
+    # TRL writes its tokenizer's end-of-sequence id into the model's configs; with the step
+    # separator standing in for it, generation would stop after every step. Put the real one back.
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     last = next((h for h in reversed(history) if "loss" in h), {})

@@ -148,6 +148,9 @@ def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
     before, after = load_file(f"{base['path']}/model.safetensors"), load_file(f"{new['path']}/model.safetensors")
     assert before.keys() == after.keys() and any(not (before[k] == after[k]).all() for k in before)
     assert 0 <= meta["greedy"] <= 1 and meta["final_loss"] is not None
+    config = json.loads((Path(new["path"]) / "generation_config.json").read_text())
+    assert config["eos_token_id"] == json.loads((Path(base["path"]) / "generation_config.json").read_text())[
+        "eos_token_id"]  # a trainer's stand-in end of sequence must not leak into the checkpoint
     prompt, params = ["Compute left to right: 1 + 2 - 3\n"], SamplingParams(max_new_tokens=16, temperature=0)
     local = TransformersGenerator(new["path"]).generate(prompt, params)
     assert local[0][0].n_tokens > 0
