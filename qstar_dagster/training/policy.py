@@ -60,9 +60,8 @@ class DPOSpec:
     batch_size: int = 16
     lr: float = 1e-5
     beta: float = 0.1
-    # Weight of an SFT (NLL) term on the chosen completion beside the DPO loss (RPO). Plain
-    # DPO on step pairs that differ in a digit or two lowered the likelihood of both, and of
-    # the separator after them: the policy stopped after one step (greedy 44% -> 1%).
+    # Weight of an SFT (NLL) term on the chosen completion beside the DPO loss (RPO): DPO
+    # alone may lower the likelihood of both sides of pairs that differ in a digit or two.
     sft_weight: float = 1.0
     seed: int = 0
 

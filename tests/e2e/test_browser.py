@@ -81,7 +81,11 @@ def test_lifecycle_in_the_asset_graph_and_materializing_prompts_from_the_ui(ui, 
         page.get_by_role("button", name="Materialize…").click()
         page.get_by_text("Select a partition or create one").click()
         page.get_by_text("arith-test", exact=True).first.click()
-        page.get_by_role("button", name="Launch 1 run").click()
+        launch = page.get_by_role("button", name="Launch 1 run")
+        launch.click()
+        # The dialog closes once the launch mutation has answered; leaving the page before
+        # that (under load) cancels the launch.
+        launch.wait_for(state="detached", timeout=120000)
 
         page.goto(f"{url}/runs", wait_until="networkidle")
         deadline = time.monotonic() + 300
