@@ -128,7 +128,7 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return {"final_loss": losses[-1][1] if losses else result.training_loss, "train_seconds": result.metrics["train_runtime"],
-            "n_train_examples": len(examples), "n_train_steps": sum(len(e["targets"]) for e in examples),
+            "n_train_examples": len(examples), "n_labeled_steps": sum(len(e["targets"]) for e in examples),
             "loss_curve": losses, "config": asdict(spec)}
 
 
