@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,19 +74,18 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
 def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
                     max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE,
                     temperature: float = 0.7) -> dict:
-    """Greedy accuracy, pass@k and majority@k (k samples at `temperature`) on `problems`."""
-    prompts = [policy_prompt(p.problem, template) for p in problems]
-    g_ok = round(greedy_accuracy(gen, problems, max_new_tokens, template) * len(problems))
-    sampled = gen.generate(prompts, SamplingParams(n=k, temperature=temperature, max_new_tokens=max_new_tokens,
-                                                   seed=seed))
-    p_ok = m_ok = 0
-    for p, samples in zip(problems, sampled):
-        answers = [extract_answer(c.text) for c in samples]
-        p_ok += any(answers_match(a, p.reference_answer) for a in answers)
-        votes = Counter(a for a in answers if a is not None)
-        m_ok += bool(votes) and answers_match(votes.most_common(1)[0][0], p.reference_answer)
-    n = len(problems)
-    return {"greedy": g_ok / n, f"pass_at_{k}": p_ok / n, f"majority_at_{k}": m_ok / n, "n": n}
+    """Greedy accuracy, pass@k and majority@k (k samples at `temperature`) on `problems`:
+    the evaluation stage's sampling and metrics at the one N = k."""
+    from qstar_dagster.evaluation.evaluate import (  # it imports this module
+        EvalSpec,
+        policy_metrics,
+        sample,
+    )
+
+    spec = EvalSpec(ns=(k,), temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    m = policy_metrics(sample(gen, problems, spec, template), [k])
+    return {"greedy": m[("greedy", 1)], f"pass_at_{k}": m[("pass", k)], f"majority_at_{k}": m[("majority", k)],
+            "n": len(problems)}
 
 
 def greedy_accuracy(gen: Generator, problems: Sequence[Problem], max_new_tokens: int = 96,
