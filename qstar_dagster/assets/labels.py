@@ -186,19 +186,20 @@ def judge_model(context: AssetExecutionContext, config: JudgeModelConfig, store:
         built = build_judge(lineage, data_dir.subdir("checkpoints"), data_dir.subdir("datasets"), rollout_id, spec,
                             compute.torch_device(), context.run_id)
         with lineage.transaction() as con:
-            if not built.reused:
+            if built.dataset_row:
                 lineage.insert(con, "datasets", [built.dataset_row])
                 lineage.insert(con, "dataset_members", built.member_rows)
-                lineage.insert(con, "checkpoints", [built.checkpoint_row])
+            if built.checkpoint.row:
+                lineage.insert(con, "checkpoints", [built.checkpoint.row])
             run.finish(con)
-    held = built.metrics["heldout"]
+    ck, held = built.checkpoint, built.checkpoint.metrics
     return MaterializeResult(metadata={
-        "checkpoint_id": built.checkpoint_id, "path": str(built.path), "reused": built.reused,
+        "checkpoint_id": ck.checkpoint_id, "path": str(ck.path), "reused": ck.reused,
         "trained_on_rollout": rollout_id, "heldout_paths": held["n_paths"], "heldout_parsed_rate": held["parsed_rate"],
         "heldout_step_accuracy": held["step_accuracy"], "heldout_negative_recall": held["negative_recall"],
         "heldout_first_error_f1": held["first_error_f1"],
         "loss_curve": MetadataValue.md(line_plots_markdown([
-            ("judge training loss", "loss", {"loss": [tuple(p) for p in built.metrics["loss_curve"]]})])),
+            ("judge training loss", "loss", {"loss": [tuple(p) for p in ck.training.get("loss_curve", [])[::10]]})])),
     })
 
 

@@ -58,7 +58,8 @@ def build_checkpoint(store: LineageStore, checkpoints_dir: Path, kind: str, base
                                                           if isinstance(v, (int, float))))
     row = {"checkpoint_id": checkpoint_id, "kind": kind, "base": base["checkpoint_id"], "path": str(path),
            "sha256": weights_sha256(path), "trained_on_dataset": dataset_id,
-           "config": {**config, "template": json.loads(base.get("config") or "{}").get("template")},
+           # a kind with its own prompt (the judge) records that one; the rest, their base's
+           "config": {"template": json.loads(base.get("config") or "{}").get("template"), **config},
            "metrics": {"evaluation": metrics,
                        "training": {k: v for k, v in summary.items() if k not in {"loss_curve", "accuracy_curve"}}},
            "created_run": run_id, "created_at": utcnow()}

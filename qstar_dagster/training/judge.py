@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.tasks.arith import judge_steps
 from qstar_dagster.tasks.problem import content_id
-from qstar_dagster.training.base_policy import weights_sha256
+from qstar_dagster.training.checkpoints import CheckpointBuild, build_checkpoint
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
 
 log = logging.getLogger(__name__)
@@ -144,12 +143,8 @@ def evaluate_judge(generator: Generator, holdout: Sequence[JudgeExample]) -> dic
 
 @dataclass
 class JudgeBuild:
-    checkpoint_id: str
-    path: Path
-    reused: bool  # recorded and on disk already: nothing trained
-    metrics: dict
-    checkpoint_row: dict | None = None
-    dataset_row: dict | None = None
+    checkpoint: CheckpointBuild
+    dataset_row: dict | None = None  # the judge's training paths as a dataset; None when reused
     member_rows: list[dict] | None = None
 
 
@@ -157,38 +152,41 @@ def build_judge(store: LineageStore, checkpoints_dir: Path, datasets_dir: Path, 
                 spec: JudgeTrainSpec = JudgeTrainSpec(), device: str = "cpu",
                 run_id: str | None = None) -> JudgeBuild:
     """Train the built-in judge on the oracle-rated paths of `rollout_id`, starting from the
-    policy that sampled them; evaluate it on held-out problems. Idempotent like the base
-    policy: the checkpoint is named by its inputs, and one recorded and on disk is reused."""
-    [meta] = store.records("""SELECT any_value(policy_checkpoint) AS policy, any_value(prompt_set) AS prompt_set,
-                                     count(*) AS trees FROM trees WHERE rollout_id = ?""", [rollout_id])
+    policy that sampled them, and evaluate it on held-out problems, through the shared
+    checkpoint build (named by its inputs; one recorded and on disk is reused)."""
+    [meta] = store.records("SELECT any_value(policy_checkpoint) AS policy, count(*) AS trees FROM trees "
+                           "WHERE rollout_id = ?", [rollout_id])
     if not meta["trees"]:
         raise LookupError(f"rollout {rollout_id!r} is not in {store.path}; materialize tot_rollouts on the judge's "
                           "training prompt set first")
     policy = store.checkpoint(meta["policy"], "policy")
     dataset_id = content_id("ds", "judge_sft", rollout_id, asdict(spec), JUDGE_TEMPLATE)
-    checkpoint_id = content_id("ck", "judge", "builtin", dataset_id, policy["checkpoint_id"])
-    path = checkpoints_dir / checkpoint_id
-    recorded = store.records("SELECT metrics FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
-    if recorded and path.is_dir():
-        return JudgeBuild(checkpoint_id, path, True, json.loads(recorded[0]["metrics"]))
+    examples: dict[str, list[JudgeExample]] = {}
 
-    train, holdout = split_examples(judge_examples(load_trees(store, rollout_id)), spec)
-    if not train:
-        raise ValueError(f"rollout {rollout_id} has no paths to learn judging from")
-    log.info("judge: %d training paths (%d with an error), %d held out, from rollout %s", len(train),
-             sum(e.ratings[-1] < 0 for e in train), len(holdout), rollout_id)
-    scratch = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    training = train_judge(policy["path"], train, scratch, spec)
-    try:
-        os.replace(scratch, path)
-    except OSError:  # a concurrent run finished the same checkpoint first
-        shutil.rmtree(scratch, ignore_errors=True)
-    heldout = evaluate_judge(make_generator("transformers", str(path), device), holdout)
-    log.info("judge %s on %d held-out paths: parsed %.1f%%, step accuracy %.1f%%, first-error F1 %.3f", checkpoint_id,
-             heldout["n_paths"], 100 * heldout["parsed_rate"], 100 * (heldout["step_accuracy"] or 0),
-             heldout["first_error_f1"] or 0)
+    def split() -> tuple[list[JudgeExample], list[JudgeExample]]:  # only when something is trained or measured
+        if not examples:
+            examples["train"], examples["holdout"] = split_examples(judge_examples(load_trees(store, rollout_id)), spec)
+            if not examples["train"]:
+                raise ValueError(f"rollout {rollout_id} has no paths to learn judging from")
+            log.info("judge: %d training paths (%d with an error), %d held out, from rollout %s",
+                     len(examples["train"]), sum(e.ratings[-1] < 0 for e in examples["train"]),
+                     len(examples["holdout"]), rollout_id)
+        return examples["train"], examples["holdout"]
 
+    def evaluate(path: Path) -> dict:
+        heldout = evaluate_judge(make_generator("transformers", str(path), device), split()[1])
+        log.info("judge on %d held-out paths: parsed %.1f%%, step accuracy %.1f%%, first-error F1 %.3f",
+                 heldout["n_paths"], 100 * (heldout["parsed_rate"] or 0), 100 * (heldout["step_accuracy"] or 0),
+                 heldout["first_error_f1"] or 0)
+        return heldout
+
+    built = build_checkpoint(store, checkpoints_dir, "judge", policy, dataset_id,
+                             {"trainer": "judge", **asdict(spec), "template": JUDGE_TEMPLATE,
+                              "architecture": "char-llama"},
+                             lambda path: train_judge(policy["path"], split()[0], path, spec), evaluate, run_id)
+    if built.reused:
+        return JudgeBuild(built)
+    train = split()[0]
     export = datasets_dir / f"{dataset_id}.jsonl"
     export.parent.mkdir(parents=True, exist_ok=True)
     tmp = export.with_suffix(".jsonl.tmp")
@@ -197,19 +195,12 @@ def build_judge(store: LineageStore, checkpoints_dir: Path, datasets_dir: Path, 
             f.write(json.dumps({"prompt": judge_prompt(e.problem, e.steps), "completion": format_ratings(e.ratings),
                                 "node_ids": list(e.node_ids)}) + "\n")
     os.replace(tmp, export)
-    now = utcnow()
-    metrics = {"heldout": heldout, "training": {k: v for k, v in training.items() if k not in {"loss_curve", "config"}},
-               "loss_curve": training["loss_curve"][::10]}
     return JudgeBuild(
-        checkpoint_id, path, False, metrics,
-        checkpoint_row={"checkpoint_id": checkpoint_id, "kind": "judge", "base": policy["checkpoint_id"],
-                        "path": str(path), "sha256": weights_sha256(path), "trained_on_dataset": dataset_id,
-                        "config": {**asdict(spec), "template": JUDGE_TEMPLATE, "architecture": "char-llama"},
-                        "metrics": metrics, "created_run": run_id, "created_at": now},
+        built,
         dataset_row={"dataset_id": dataset_id, "kind": "judge_sft",
                      "spec": {"rollout_id": rollout_id, **asdict(spec)}, "n_rows": len(train), "path": str(export),
                      "sha256": hashlib.sha256(export.read_bytes()).hexdigest(), "created_run": run_id,
-                     "created_at": now},
+                     "created_at": utcnow()},
         member_rows=[{"dataset_id": dataset_id, "row_idx": i, "node_id": n, "role": "step"}
                      for i, e in enumerate(train) for n in e.node_ids],
     )
