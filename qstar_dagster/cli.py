@@ -77,6 +77,9 @@ DEMO_TEST_SET = "arith-test"
 DEMO_TRAIN_SET = "arith-train"
 DEMO_TRAIN_PROBLEMS = 384
 LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels", "label_agreement")
+# Round 1's training budget in the demo (the assets' defaults train longer): the demo's
+# ten minutes on 2 cores.
+DEMO_ROUND_TRAINING = {"dpo_policy": {"steps": 48}}
 
 
 def _fmt(value, spec: str) -> str:
@@ -95,16 +98,19 @@ def _executor(home: Path):
 @click.option("--prompt-set", "prompt_sets", multiple=True, help="materialize only these sets (default: built-in)")
 @click.option("--policy-config", help='JSON config for the base_policy asset, e.g. \'{"steps": 300}\'')
 @click.option("--rollout-config", help='JSON config for the tot_rollouts asset, e.g. \'{"algorithm": "mcts"}\'')
-@click.option("--judge-config", help='JSON config for the judge_model asset, e.g. \'{"steps": 200}\'')
+@click.option("--with-judge", is_flag=True, help="also train the built-in judge and label the test rollouts "
+              "with it (about 4 more minutes on 2 cores)")
+@click.option("--judge-config", help='JSON config for the judge_model asset, e.g. \'{"steps": 200}\'; implies '
+              '--with-judge')
 @click.option("--label-config", help='JSON config for the mc_labels asset, e.g. \'{"n": 4}\'')
 @click.option("--round-config", help='JSON overrides of round 1 (qstar_dagster.rounds.RoundSpec), e.g. '
               '\'{"training": {"prm_model": {"epochs": 5}}, "evaluation": {"ns": [1, 4, 16]}}\'')
-def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None,
+def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None, with_judge: bool,
          judge_config: str | None, label_config: str | None, round_config: str | None) -> None:
     """Run the embedded pipeline into the data directory: the built-in prompt sets, the base
-    policy, rollouts on the test set and a training slice, the built-in judge, step labels on
-    the test rollouts with their agreement, then expert-iteration round 1 (labels, datasets,
-    PRM / RFT / DPO checkpoints, evaluation) and the summary."""
+    policy, rollouts on the test set and a training slice, step labels on the test rollouts
+    with their agreement (and the built-in judge's, --with-judge), then expert-iteration round 1
+    (labels, datasets, PRM / RFT / DPO checkpoints, evaluation) and the summary."""
     from qstar_dagster.assets.prompts import builtin_partition_keys
     from qstar_dagster.evaluation.report import render, report
     from qstar_dagster.rounds import RoundSpec, StageFailed, run_round
@@ -113,6 +119,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     policy = _json_option(policy_config, "--policy-config")
     rollouts = _json_option(rollout_config, "--rollout-config")
     judge = _json_option(judge_config, "--judge-config")
+    with_judge = with_judge or judge_config is not None
     mc = _json_option(label_config, "--label-config")
     round_overrides = _json_option(round_config, "--round-config")
     execute = _executor(home)
@@ -126,14 +133,19 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
                                  "tot_rollouts", config) for key, config in [
             (DEMO_TEST_SET, rollouts), (DEMO_TRAIN_SET, {"max_problems": DEMO_TRAIN_PROBLEMS, **rollouts})]}
         judged = execute("judge_model_job", f"built-in judge (trained on {DEMO_TRAIN_SET} rollouts)", None,
-                         "judge_model", judge)
+                         "judge_model", judge) if with_judge else None
         test_rollout = {"rollout_id": searched[DEMO_TEST_SET]["rollout_id"]}
+        # Consensus: Monte Carlo labels where binary search agrees (not the judge, which is optional:
+        # a later --with-judge run then adds judge labels without relabeling the consensus).
+        configs = {"mc_labels": {**test_rollout, **mc}, "consensus_labels": {**test_rollout, "second": "binary_search"}}
         for asset in LABEL_ASSETS:
-            execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
-                    {**test_rollout, **mc} if asset == "mc_labels" else test_rollout)
+            if asset != "judge_labels" or with_judge:
+                execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
+                        configs.get(asset, test_rollout))
         # Round 1 learns from the training slice's rollouts (the ones above), so the test set stays held out.
         spec = {"round": 1, "train_set": DEMO_TRAIN_SET, "test_set": DEMO_TEST_SET,
-                "train_problems": DEMO_TRAIN_PROBLEMS, "rollouts": rollouts, "labels": mc, **round_overrides}
+                "train_problems": DEMO_TRAIN_PROBLEMS, "rollouts": rollouts, "labels": mc,
+                "training": DEMO_ROUND_TRAINING, **round_overrides}
         try:
             round_spec = RoundSpec(**spec)
         except TypeError as e:
@@ -153,10 +165,11 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
         click.echo(f"rollouts {r['rollout_id']} on {key}: {r['algorithm']} (value {r['value_function']}), "
                    f"{r['trees']} trees, {r['nodes']} nodes, {r['tokens_per_second']:.0f} tokens/s; "
                    f"selected path right {r['selected_accuracy']:.1%}, some path right {r['pass_at_k']:.1%}")
-    click.echo(f"judge {judged['checkpoint_id']}: on held-out training paths, step accuracy "
-               f"{_fmt(judged['heldout_step_accuracy'], '.1%')}, first-error F1 "
-               f"{_fmt(judged['heldout_first_error_f1'], '.3f')}\n"
-               f"step labels on {DEMO_TEST_SET} against the oracle (qstar sql \"SELECT * FROM label_agreement\"):")
+    if judged:
+        click.echo(f"judge {judged['checkpoint_id']}: on held-out training paths, step accuracy "
+                   f"{_fmt(judged['heldout_step_accuracy'], '.1%')}, first-error F1 "
+                   f"{_fmt(judged['heldout_first_error_f1'], '.3f')}")
+    click.echo(f"step labels on {DEMO_TEST_SET} against the oracle (qstar sql \"SELECT * FROM label_agreement\"):")
     _print_sql(f"""SELECT labeler, n_steps, accuracy, negative_precision, negative_recall, kappa, first_error_f1,
                           labeled_steps, tokens_per_step
                    FROM label_agreement WHERE reference = 'oracle'
@@ -172,7 +185,8 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
         line = f"{asset} {t['checkpoint_id']} (loss {t['final_loss']:.3f}, {t['train_seconds']:.0f}s)"
         if t.get("step_accuracy") is not None:
             line += (f": on {DEMO_TEST_SET} steps vs the oracle, accuracy {_fmt(t['step_accuracy'], '.1%')} (chance "
-                     f"{_fmt(t['chance_accuracy'], '.1%')}), first-error F1 {_fmt(t['first_error_f1'], '.3f')}")
+                     f"{_fmt(t['chance_accuracy'], '.1%')}), first-error F1 {_fmt(t['first_error_f1'], '.3f')}, "
+                     f"right over wrong sibling step {_fmt(t.get('sibling_accuracy'), '.1%')} (chance 50%)")
         click.echo(line)
     trained = next((done[a]["checkpoint_id"] for a in ("prm_model", "rft_policy") if "checkpoint_id" in done[a]), None)
     if trained:
@@ -185,14 +199,17 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
 @click.option("--train-set", default=DEMO_TRAIN_SET, show_default=True)
 @click.option("--test-set", default=DEMO_TEST_SET, show_default=True)
 @click.option("--train-problems", default=DEMO_TRAIN_PROBLEMS, show_default=True)
-def round_(k: int, train_set: str, test_set: str, train_problems: int) -> None:
+@click.option("--labeler", type=click.Choice(["binary_search", "mc"]), default="binary_search", show_default=True,
+              help="whose step labels the PRM and the step pairs learn from")
+def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str) -> None:
     """Run one expert-iteration round (the `expert_iteration_round` job does the same from the UI)."""
     from qstar_dagster.evaluation.report import render, report
     from qstar_dagster.rounds import RoundSpec, StageFailed, run_round
 
     try:
         done = run_round(_require_store(), _executor(_home()),
-                         RoundSpec(round=k, train_set=train_set, test_set=test_set, train_problems=train_problems))
+                         RoundSpec(round=k, train_set=train_set, test_set=test_set, train_problems=train_problems,
+                                   labeler=labeler))
     except (StageFailed, LookupError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"round {k}: policy {done['rft_policy']['checkpoint_id']} (from {done['policy']}), "

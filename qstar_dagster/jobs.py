@@ -81,6 +81,8 @@ class RoundConfig(Config):
     train_set: str = "arith-train"
     test_set: str = "arith-test"
     train_problems: int = Field(384, description="rollouts on the first n training problems")
+    labeler: str = Field("binary_search", description="binary_search or mc: whose step labels the PRM and the "
+                         "step pairs learn from")
 
 
 @op(description="Run one expert-iteration round: rollouts, labels, datasets, training, evaluation.")
@@ -94,7 +96,7 @@ def run_round_op(context: OpExecutionContext, config: RoundConfig) -> dict:
     execute = make_executor(defs, context.instance, context.log.info)
     out = run_round(LineageStore(default_store_path()), execute,
                     RoundSpec(round=config.round, train_set=config.train_set, test_set=config.test_set,
-                              train_problems=config.train_problems))
+                              train_problems=config.train_problems, labeler=config.labeler))
     return {"round": out["round"], "policy": out["policy"], "prm": out["prm"]}
 
 

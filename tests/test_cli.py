@@ -21,8 +21,8 @@ TINY_ROUND = json.dumps({"training": {"prm_model": {"steps": 2}, "rft_policy": {
                                       "dpo_policy": {"steps": 1}},
                          "evaluation": {"ns": [1, 2], "max_new_tokens": 16}})
 DEMO = ["demo", "--policy-config", TINY_POLICY, "--rollout-config", TINY_ROLLOUTS,
-        "--judge-config", json.dumps({"steps": 3, "batch_size": 4}), "--label-config", json.dumps({"n": 2, "max_new_tokens": 16}),
-        "--round-config", TINY_ROUND]
+        "--label-config", json.dumps({"n": 2, "max_new_tokens": 16}), "--round-config", TINY_ROUND]
+TINY_JUDGE = ["--judge-config", json.dumps({"steps": 3, "batch_size": 4})]
 
 
 def test_demo_then_sql_and_lineage(home):
@@ -56,9 +56,20 @@ def test_demo_then_sql_and_lineage(home):
     before = runner.invoke(main, ["sql", count, "--json"]).output
     assert runner.invoke(main, DEMO).exit_code == 0
     assert runner.invoke(main, ["sql", count, "--json"]).output == before
-    kinds = json.loads(runner.invoke(main, ["sql", "select kind, count(*) as n from checkpoints group by 1 order by 1",
-                                            "--json"]).output)
-    assert {k["kind"]: k["n"] for k in kinds}["policy"] >= 1 and {k["kind"] for k in kinds} >= {"policy", "judge"}
+    kinds = "select kind, count(*) as n from checkpoints group by 1 order by 1"
+    assert {k["kind"] for k in json.loads(runner.invoke(main, ["sql", kinds, "--json"]).output)} == {"policy", "prm"}
+    labelers = "select distinct labeler from label_agreement order by 1"
+    assert [r["labeler"] for r in json.loads(runner.invoke(main, ["sql", labelers, "--json"]).output)] == \
+        ["binary_search", "consensus", "mc"]
+
+    # the judge is optional: a later run with it adds the judge and its labels, and relabels nothing else
+    out = runner.invoke(main, DEMO + TINY_JUDGE)
+    assert out.exit_code == 0, out.output
+    assert "judge ck_" in out.output
+    assert {k["kind"] for k in json.loads(runner.invoke(main, ["sql", kinds, "--json"]).output)} == \
+        {"policy", "prm", "judge"}
+    assert [r["labeler"] for r in json.loads(runner.invoke(main, ["sql", labelers, "--json"]).output)] == \
+        ["binary_search", "consensus", "judge", "mc"]
     trees = json.loads(runner.invoke(main, ["sql", "select prompt_set, count(*) as n from trees group by 1 order by 1",
                                             "--json"]).output)
     assert trees == [{"prompt_set": "arith-test", "n": 10}, {"prompt_set": "arith-train", "n": 10}]

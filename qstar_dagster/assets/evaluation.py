@@ -63,7 +63,7 @@ def _rows(checkpoints: list[str], metrics: dict, key: dict, n_problems: int, run
     deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
     description="Every policy checkpoint on a held-out prompt set: greedy, pass@N and majority@N, and with every "
     "PRM: best-of-N (min / prod / last of step scores) and PRM-weighted vote, for N in 1..16; every PRM against "
-    "the oracle's step labels (accuracy, first-error F1). Rows in the evaluations table; accuracy-vs-N plots.",
+    "the oracle's step labels (accuracy, first-error F1, sibling accuracy). Rows in the evaluations table; accuracy-vs-N plots.",
 )
 def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: LineageStoreResource,
                compute: ComputeResource) -> MaterializeResult:
@@ -87,7 +87,8 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
             if trees and all(t.problem.domain == "arith" for t in trees):
                 m = evaluate_prm(scorers[prm["checkpoint_id"]], trees)
                 rows = _rows([prm["checkpoint_id"]], {("prm_step_accuracy", 0): m["step_accuracy"],
-                                                      ("prm_first_error_f1", 0): m["first_error_f1"]},
+                                                      ("prm_first_error_f1", 0): m["first_error_f1"],
+                                                      ("prm_sibling_accuracy", 0): m["sibling_accuracy"]},
                              key, m["n_steps"], context.run_id)
                 for r in rows:
                     r["method"] = r["method"].removesuffix("@0")

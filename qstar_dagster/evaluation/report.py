@@ -31,6 +31,14 @@ def report(store: LineageStore, prompt_set: str = "arith-test") -> dict:
         SELECT config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS checkpoint_id FROM checkpoints
         WHERE kind = 'policy' AND base = ? GROUP BY 1""", [base_id])}
     out = {"prompt_set": prompt_set, "base_policy": base_id, "prm": prm_id}
+    # the PRM against the oracle on held-out steps: is it a verifier or a difficulty estimate?
+    methods = ["prm_step_accuracy", "prm_first_error_f1", "prm_sibling_accuracy"]
+    judged = {r["method"]: r["accuracy"] for r in store.records("""
+        SELECT method, arg_max(accuracy, created_at) AS accuracy FROM evaluations
+        WHERE prompt_set = ? AND checkpoint_ids = [?] AND method IN (SELECT unnest(?)) GROUP BY 1""",
+                                                               [prompt_set, prm_id, methods])} if prm_id else {}
+    for method in methods:
+        out[method] = judged.get(method)
     for prefix, ck in (("base", base_id), ("round1", trained.get("rft")), ("round1_dpo", trained.get("trl.DPOTrainer"))):
         out[f"{prefix}_checkpoint"] = ck
         for k, v in (_figures(store, ck, prm_id, prompt_set) if ck else {}).items():
@@ -57,6 +65,10 @@ def render(r: dict) -> str:
             lines.append(f"| {name} | {r[f'{prefix}_checkpoint']} | {pct(r.get(f'{prefix}_greedy'))} | "
                          f"{pct(r.get(f'{prefix}_majority_at_8'))} | {pct(r.get(f'{prefix}_prm_best_of_8'))} | "
                          f"{pct(r.get(f'{prefix}_pass_at_8'))} |")
+    if r.get("prm_sibling_accuracy") is not None:
+        verdict = (f"PRM against the oracle on held-out steps: step accuracy {pct(r['prm_step_accuracy']).strip()}, "
+                   f"right-over-wrong sibling steps {pct(r['prm_sibling_accuracy']).strip()} (chance 50%)")
+        lines += ["", verdict]
     lines += ["", "label agreement with the oracle (steps up to each first error):",
               "| labeler | accuracy | first-error F1 | tokens/step |", "|---|---|---|---|"]
     for name, a in r["label_agreement"].items():

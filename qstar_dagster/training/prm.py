@@ -189,4 +189,26 @@ def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> 
     positive = sum(reference.values()) / len(reference) if reference else None
     return {"n_steps": a.n_steps, "step_accuracy": a.accuracy, "negative_recall": a.negative_recall,
             "negative_precision": a.negative_precision, "first_error_f1": a.first_error_f1,
-            "chance_accuracy": None if positive is None else max(positive, 1 - positive)}
+            "chance_accuracy": None if positive is None else max(positive, 1 - positive),
+            **sibling_accuracy(trees, scores, reference)}
+
+
+def sibling_accuracy(trees: Sequence, scores: dict[str, float], reference: dict[str, bool]) -> dict:
+    """How often the PRM scores a right next step above a wrong one from the same prefix.
+    Step accuracy can be high for a PRM that only learned which problems are hard; ranking
+    the candidates for one prefix, which best-of-N and PRM-guided search rely on, cannot
+    be (0.5 is chance; ties count half)."""
+    wins = pairs = 0.0
+    for t in trees:
+        children: dict[str, list[str]] = {}
+        for n in t.nodes.values():
+            if n.parent_id is not None and n.node_id in reference and n.node_id in scores:
+                children.setdefault(n.parent_id, []).append(n.node_id)
+        for kids in children.values():
+            right = [scores[k] for k in kids if reference[k]]
+            wrong = [scores[k] for k in kids if not reference[k]]
+            for r in right:
+                for w in wrong:
+                    pairs += 1
+                    wins += 1.0 if r > w else 0.5 if r == w else 0.0
+    return {"sibling_pairs": int(pairs), "sibling_accuracy": wins / pairs if pairs else None}
