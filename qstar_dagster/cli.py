@@ -199,7 +199,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
 @click.option("--train-set", default=DEMO_TRAIN_SET, show_default=True)
 @click.option("--test-set", default=DEMO_TEST_SET, show_default=True)
 @click.option("--train-problems", default=DEMO_TRAIN_PROBLEMS, show_default=True)
-@click.option("--labeler", type=click.Choice(["binary_search", "mc"]), default="binary_search", show_default=True,
+@click.option("--labeler", type=click.Choice(["mc", "binary_search"]), default="mc", show_default=True,
               help="whose step labels the PRM and the step pairs learn from")
 def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str) -> None:
     """Run one expert-iteration round (the `expert_iteration_round` job does the same from the UI)."""

@@ -81,8 +81,8 @@ class RoundConfig(Config):
     train_set: str = "arith-train"
     test_set: str = "arith-test"
     train_problems: int = Field(384, description="rollouts on the first n training problems")
-    labeler: str = Field("binary_search", description="binary_search or mc: whose step labels the PRM and the "
-                         "step pairs learn from")
+    labeler: str = Field("mc", description="mc or binary_search: whose step labels the PRM and the step pairs "
+                         "learn from")
 
 
 @op(description="Run one expert-iteration round: rollouts, labels, datasets, training, evaluation.")

@@ -1,9 +1,10 @@
 """Expert iteration: one round of the factory's loop, as a sequence of asset materializations.
 
 Round k samples rollouts on the training prompt set with round k-1's policy (round 0: the
-base policy), guided by round k-1's PRM when there is one; labels them (by default with
-OmegaPRM-style binary search, which agrees with the oracle more than Math-Shepherd's per-step
-Monte Carlo at a fraction of its tokens: see bench/labeling.py); builds the datasets; trains round k's PRM, RFT policy and DPO policy from round k-1's
+base policy), guided by round k-1's PRM when there is one; labels them (Math-Shepherd Monte
+Carlo by default, or binary search: it agrees with the oracle more for a fraction of the
+tokens, but labels only each finished solution's path up to its first error, so the datasets
+come out several times smaller and with almost no step pairs); builds the datasets; trains round k's PRM, RFT policy and DPO policy from round k-1's
 policy; and evaluates every checkpoint on the held-out set. Which round an artifact belongs
 to is read off the checkpoint chain (the store's `rounds` view).
 
@@ -26,7 +27,7 @@ Execute = Callable[[str, str, str | None, str, dict | None], dict]
 TRAINING_ASSETS = ("prm_model", "rft_policy", "dpo_policy")
 
 
-ROUND_LABELERS = ("binary_search", "mc")
+ROUND_LABELERS = ("mc", "binary_search")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class RoundSpec:
     test_set: str = "arith-test"
     train_problems: int = 384  # rollouts on the first n training problems
     rollouts: dict = field(default_factory=dict)  # tot_rollouts config overrides
-    # binary_search or mc: the mc_labels method whose labels the PRM and step pairs learn from
-    labeler: str = "binary_search"
+    # mc or binary_search: the mc_labels method whose labels the PRM and step pairs learn from
+    labeler: str = "mc"
     labels: dict = field(default_factory=dict)  # mc_labels config overrides
     training: dict = field(default_factory=dict)  # asset name -> config overrides
     evaluation: dict | None = field(default_factory=dict)  # evaluation config overrides; None: no evaluation

@@ -209,14 +209,15 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
     assert one["policy"] == base and one["prm"] is None
     policy1, prm1 = round_policy(store, 1)
     assert policy1 == one["rft_policy"]["checkpoint_id"] and prm1 == one["prm_model"]["checkpoint_id"]
-    # the round labels its rollout by binary search only, and the PRM learns those labels
+    # the round labels its rollout with its labeler only (Monte Carlo by default), and the PRM learns those labels
     labelers = store.records("SELECT DISTINCT l.labeler FROM step_labels l JOIN nodes n USING (node_id) "
-                             "JOIN trees t USING (tree_id) WHERE t.rollout_id = ?", [one["rollouts"]["rollout_id"]])
-    assert labelers == [{"labeler": "binary_search"}]
+                             "JOIN trees t USING (tree_id) WHERE t.rollout_id = ? AND l.labeler IN ('mc', "
+                             "'binary_search')", [one["rollouts"]["rollout_id"]])
+    assert labelers == [{"labeler": "mc"}]
     [prm_data] = store.records("SELECT d.spec->>'labeler' AS labeler FROM checkpoints c JOIN datasets d "
                                "ON d.dataset_id = c.trained_on_dataset WHERE c.checkpoint_id = ?", [prm1])
-    assert prm_data == {"labeler": "binary_search"}
-    with pytest.raises(ValueError, match="binary_search or mc"):
+    assert prm_data == {"labeler": "mc"}
+    with pytest.raises(ValueError, match="mc or binary_search"):
         RoundSpec(round=1, labeler="judge")
 
     two = run_round(store, execute, RoundSpec(round=2, **small))
