@@ -63,7 +63,8 @@ def _rows(checkpoints: list[str], metrics: dict, key: dict, n_problems: int, run
     deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
     description="Every policy checkpoint on a held-out prompt set: greedy, pass@N and majority@N, and with every "
     "PRM: best-of-N (min / prod / last of step scores) and PRM-weighted vote, for N in 1..16; every PRM against "
-    "the oracle's step labels (accuracy, first-error F1, sibling accuracy). Rows in the evaluations table; accuracy-vs-N plots.",
+    "the oracle's step labels (accuracy, first-error F1, sibling accuracy). Rows in the evaluations table; "
+    "accuracy-vs-N plots.",
 )
 def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: LineageStoreResource,
                compute: ComputeResource) -> MaterializeResult:
