@@ -5,8 +5,9 @@ base policy), guided by round k-1's PRM when there is one; labels them (Math-She
 Carlo by default, or binary search: it agrees with the oracle more for a fraction of the
 tokens, but labels only each finished solution's path up to its first error, so the datasets
 come out several times smaller and with almost no step pairs); builds the datasets; trains
-round k's PRM, RFT policy and DPO policy from round k-1's policy; and evaluates every checkpoint on the held-out set. Which round an artifact belongs
-to is read off the checkpoint chain (the store's `rounds` view).
+round k's PRM, RFT policy and DPO policy from round k-1's policy; and evaluates every
+checkpoint on the held-out set. Which round an artifact belongs to is read off the
+checkpoint chain (the store's `rounds` view).
 
 The stages have different partitionings (rollouts, labels and datasets per prompt set;
 checkpoints and evaluation not), which one Dagster asset job cannot hold, so a round runs
