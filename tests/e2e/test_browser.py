@@ -47,7 +47,7 @@ def ui(tmp_path):
     with (dagster_home / "dagster.yaml").open("a") as f:
         f.write("run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n")
     for url in run_webserver(env):
-        yield url, home
+        yield url, home, dagster_home
 
 
 def _dismiss_welcome(page) -> None:
@@ -58,8 +58,30 @@ def _dismiss_welcome(page) -> None:
         skip.click()
 
 
+def _is_launch(response) -> bool:
+    data = response.request.post_data or ""
+    return "/graphql" in response.url and "mutation" in data and "Launch" in data
+
+
+def _run_ids(body) -> list[str]:
+    """The ids of the runs a launch answer reports created (LaunchRunSuccess: run.id)."""
+    if isinstance(body, dict):
+        own = [body["run"]["id"]] if body.get("__typename") == "LaunchRunSuccess" else []
+        return own + [r for v in body.values() for r in _run_ids(v)]
+    if isinstance(body, list):
+        return [r for v in body for r in _run_ids(v)]
+    return []
+
+
+def _run_status(dagster_home: Path, run_id: str) -> str:
+    script = "import sys; from dagster import DagsterInstance; print(DagsterInstance.get().get_run_by_id(sys.argv[1]))"
+    out = subprocess.run([sys.executable, "-c", script, run_id], env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
+                         capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).strip()[-500:]
+
+
 def test_lifecycle_in_the_asset_graph_and_materializing_prompts_from_the_ui(ui, tmp_path):
-    url, home = ui
+    url, home, dagster_home = ui
     shots = Path(os.environ.get("QSTAR_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -81,20 +103,25 @@ def test_lifecycle_in_the_asset_graph_and_materializing_prompts_from_the_ui(ui, 
         page.get_by_role("button", name="Materialize…").click()
         page.get_by_text("Select a partition or create one").click()
         page.get_by_text("arith-test", exact=True).first.click()
-        launch = page.get_by_role("button", name="Launch 1 run")
-        launch.click()
-        # The dialog closes once the launch mutation has answered; leaving the page before
-        # that (under load) cancels the launch.
-        launch.wait_for(state="detached", timeout=120000)
+        # The launch is a GraphQL mutation; its answer names the run or says what went wrong.
+        with page.expect_response(_is_launch, timeout=120000) as answer:
+            page.get_by_role("button", name="Launch 1 run").click()
+        body = answer.value.json()
+        run_ids = _run_ids(body)
+        if not run_ids:
+            page.screenshot(path=str(shots / "launch-refused.png"))
+            pytest.fail(f"the UI's launch created no run; the server answered {body}")
 
-        page.goto(f"{url}/runs", wait_until="networkidle")
+        # The run's own page, until it says Success (a run that ends otherwise fails the test).
+        page.goto(f"{url}/runs/{run_ids[0]}", wait_until="networkidle")
         deadline = time.monotonic() + 300
         while not page.get_by_text("Success", exact=True).count():
             failed = page.get_by_text("Failure", exact=True).count()
             if failed or time.monotonic() > deadline:
-                page.screenshot(path=str(shots / "runs-not-succeeded.png"))
-                pytest.fail(f"the run {'failed' if failed else 'did not succeed within 300 s'}; the runs page "
-                            f"reads: {page.inner_text('body')[:1500]!r}; screenshot {shots / 'runs-not-succeeded.png'}")
+                page.screenshot(path=str(shots / "run-not-succeeded.png"))
+                pytest.fail(f"run {run_ids[0]} {'failed' if failed else 'did not succeed within 300 s'} (the "
+                            f"instance says {_run_status(dagster_home, run_ids[0])}); its page reads: "
+                            f"{page.inner_text('body')[:1500]!r}; screenshot {shots / 'run-not-succeeded.png'}")
             page.wait_for_timeout(2000)
             page.reload(wait_until="networkidle")
         page.screenshot(path=str(shots / "prompt-set-run.png"))
