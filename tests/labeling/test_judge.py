@@ -12,9 +12,7 @@ from qstar_dagster.labeling.judge import (
     parse_ratings,
     truncate_at_first_negative,
 )
-from qstar_dagster.search.tree import Tree
-from qstar_dagster.tasks.arith import generate_problems
-from qstar_dagster.tasks.steps import LINE
+from tests.trees import tree_of
 
 
 def test_prompt_carries_the_guideline_the_problem_and_numbered_steps():
@@ -65,19 +63,8 @@ class ScriptedJudge:
         return [[Completion(self.answer(p), 7, 0.0, "stop")] for p in prompts]
 
 
-def _tree(steps_per_path):
-    [problem] = generate_problems(1, seed=3)
-    tree = Tree("t", problem, problem.problem + "\n", LINE, 6)
-    for steps in steps_per_path:
-        node = tree.root
-        for text in steps:
-            node = next((tree.nodes[c] for c in node.children if tree.nodes[c].text == text), None) or \
-                tree.add_child(node, Completion(text, 3, -1.0, "stop", stop_string="\n"))
-    return tree
-
-
 def test_label_rows_rate_steps_up_to_the_first_negative_and_keep_unparsed_raw():
-    tree = _tree([["a", "b", "c"], ["a", "x"], ["a", "y"]])
+    tree = tree_of([["a", "b", "c"], ["a", "x"], ["a", "y"]])
 
     def answer(prompt):
         if "Step 2: b" in prompt:

@@ -2,32 +2,18 @@
 
 import pytest
 
-from qstar_dagster.generation.base import Completion
 from qstar_dagster.labeling.oracle import oracle_labels
 from qstar_dagster.labeling.pipeline import oracle_region
-from qstar_dagster.search.tree import Tree
-from qstar_dagster.tasks.arith import generate_problems
-from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.prm import sibling_accuracy
-
-
-def _tree(paths):
-    [problem] = generate_problems(1, seed=3)
-    tree = Tree("t", problem, problem.problem + "\n", LINE, 6)
-    for steps in paths:
-        node = tree.root
-        for text in steps:
-            node = next((tree.nodes[c] for c in node.children if tree.nodes[c].text == text), None) or \
-                tree.add_child(node, Completion(text, 3, -1.0, "stop", stop_string="\n"))
-    return tree
+from tests.trees import tree_of
 
 
 def test_sibling_accuracy_counts_right_over_wrong_pairs_under_right_prefixes_only():
-    tree = _tree([[]])
+    tree = tree_of([[]])
     right = tree.problem.reference_solution.split("\n")
     a, b = right[0].rsplit("= ", 1)[0], int(right[0].rsplit("= ", 1)[1])
     wrong1, wrong2 = f"{a}= {b + 1}", f"{a}= {b + 2}"
-    tree = _tree([right[:2], [right[0], "1 + 1 = 2"], [wrong1], [wrong2, "5 + 5 = 10"], [wrong2, "5 + 5 = 11"]])
+    tree = tree_of([right[:2], [right[0], "1 + 1 = 2"], [wrong1], [wrong2, "5 + 5 = 10"], [wrong2, "5 + 5 = 11"]])
     truth = oracle_labels([tree])
     reference = {n: truth[n][0] for n in oracle_region([tree], {n: p for n, (_, p) in truth.items()})}
     by_text = {}
