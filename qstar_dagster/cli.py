@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from qstar_dagster.resources import default_home, default_store_path
+from qstar_dagster.rounds import ROUND_LABELERS
 
 DAGSTER_YAML = """\
 # Written by `qstar init`: the Dagster instance of this data directory.
@@ -199,7 +200,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
 @click.option("--train-set", default=DEMO_TRAIN_SET, show_default=True)
 @click.option("--test-set", default=DEMO_TEST_SET, show_default=True)
 @click.option("--train-problems", default=DEMO_TRAIN_PROBLEMS, show_default=True)
-@click.option("--labeler", type=click.Choice(["mc", "binary_search"]), default="mc", show_default=True,
+@click.option("--labeler", type=click.Choice(ROUND_LABELERS), default=ROUND_LABELERS[0], show_default=True,
               help="whose step labels the PRM and the step pairs learn from")
 def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str) -> None:
     """Run one expert-iteration round (the `expert_iteration_round` job does the same from the UI)."""

@@ -32,6 +32,9 @@ from dagster import (
 from pydantic import Field
 
 from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.rounds import ROUND_LABELERS, RoundSpec
+
+_ROUND = RoundSpec()
 
 REFRESH_ASSETS = ("tot_rollouts", "mc_labels", "oracle_labels", "label_agreement", "step_datasets")
 
@@ -78,11 +81,11 @@ def prompt_set_refresh_sensor(context: SensorEvaluationContext, asset_event: Eve
 
 class RoundConfig(Config):
     round: int = Field(1, description="round to run; round k uses round k-1's policy and PRM")
-    train_set: str = "arith-train"
-    test_set: str = "arith-test"
-    train_problems: int = Field(384, description="rollouts on the first n training problems")
-    labeler: str = Field("mc", description="mc or binary_search: whose step labels the PRM and the step pairs "
-                         "learn from")
+    train_set: str = _ROUND.train_set
+    test_set: str = _ROUND.test_set
+    train_problems: int = Field(_ROUND.train_problems, description="rollouts on the first n training problems")
+    labeler: str = Field(_ROUND.labeler, description=f"{' or '.join(ROUND_LABELERS)}: whose step labels the PRM "
+                         "and the step pairs learn from")
 
 
 @op(description="Run one expert-iteration round: rollouts, labels, datasets, training, evaluation.")
@@ -90,7 +93,7 @@ def run_round_op(context: OpExecutionContext, config: RoundConfig) -> dict:
     from qstar_dagster.definitions import make_definitions
     from qstar_dagster.lineage import LineageStore
     from qstar_dagster.resources import default_store_path
-    from qstar_dagster.rounds import RoundSpec, make_executor, run_round
+    from qstar_dagster.rounds import make_executor, run_round
 
     defs = make_definitions()
     execute = make_executor(defs, context.instance, context.log.info)

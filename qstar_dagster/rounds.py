@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qstar_dagster.labeling import binary_search, montecarlo
 from qstar_dagster.lineage.store import LineageStore
 
 # execute(job name, what (for the log), partition key, asset, config) -> the asset's metadata
@@ -28,7 +29,8 @@ Execute = Callable[[str, str, str | None, str, dict | None], dict]
 TRAINING_ASSETS = ("prm_model", "rft_policy", "dpo_policy")
 
 
-ROUND_LABELERS = ("mc", "binary_search")
+# the mc_labels asset's methods (the labeling pipeline's MC_METHODS, whose import loads torch)
+ROUND_LABELERS = (montecarlo.LABELER, binary_search.LABELER)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ makes on the test set's rollouts are on problems it has not seen.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -161,17 +162,14 @@ def build_judge(store: LineageStore, checkpoints_dir: Path, datasets_dir: Path, 
                           "training prompt set first")
     policy = store.checkpoint(meta["policy"], "policy")
     dataset_id = content_id("ds", "judge_sft", rollout_id, asdict(spec), JUDGE_TEMPLATE)
-    examples: dict[str, list[JudgeExample]] = {}
-
-    def split() -> tuple[list[JudgeExample], list[JudgeExample]]:  # only when something is trained or measured
-        if not examples:
-            examples["train"], examples["holdout"] = split_examples(judge_examples(load_trees(store, rollout_id)), spec)
-            if not examples["train"]:
-                raise ValueError(f"rollout {rollout_id} has no paths to learn judging from")
-            log.info("judge: %d training paths (%d with an error), %d held out, from rollout %s",
-                     len(examples["train"]), sum(e.ratings[-1] < 0 for e in examples["train"]),
-                     len(examples["holdout"]), rollout_id)
-        return examples["train"], examples["holdout"]
+    @functools.cache  # read and split once, and only when something is trained or measured
+    def split() -> tuple[list[JudgeExample], list[JudgeExample]]:
+        train, holdout = split_examples(judge_examples(load_trees(store, rollout_id)), spec)
+        if not train:
+            raise ValueError(f"rollout {rollout_id} has no paths to learn judging from")
+        log.info("judge: %d training paths (%d with an error), %d held out, from rollout %s", len(train),
+                 sum(e.ratings[-1] < 0 for e in train), len(holdout), rollout_id)
+        return train, holdout
 
     def evaluate(path: Path) -> dict:
         heldout = evaluate_judge(make_generator("transformers", str(path), device), split()[1])
