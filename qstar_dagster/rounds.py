@@ -85,7 +85,7 @@ def run_round(store: LineageStore, execute: Execute, spec: RoundSpec) -> dict:
     out["datasets"] = execute("embedded_pipeline", f"{tag}: datasets", spec.train_set, "step_datasets",
                               {"rollout_id": rollout, "labeler": spec.labeler})
     for asset in TRAINING_ASSETS:
-        labeled = {"labeler": spec.labeler} if asset == "prm_model" else {}
+        labeled = {"labeler": spec.labeler} if asset in ("prm_model", "dpo_policy") else {}  # rft needs no labels
         out[asset] = execute("training_job", f"{tag}: {asset}", None, asset,
                              {"train_prompt_set": spec.train_set, "eval_prompt_set": spec.test_set,
                               "base_checkpoint": policy, "rollout_id": rollout, **labeled,

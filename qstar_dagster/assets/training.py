@@ -42,11 +42,27 @@ def _nothing_to_learn(context, lineage, run, dataset) -> MaterializeResult | Non
     return MaterializeResult(metadata={"skipped": why, "trained_on_dataset": dataset["dataset_id"]})
 
 
-def _record(lineage, built, run):
-    with lineage.transaction() as con:
-        if built.row:
-            lineage.insert(con, "checkpoints", [built.row])
-        run.finish(con)
+def _train_checkpoint(context, config, store, data_dir, compute, *, kind: str, dataset_kind: str,
+                      labeler: str | None, train_config: dict, train, evaluate, extra: dict) -> MaterializeResult:
+    """What the three training assets share: find the dataset (a clear error if there is none;
+    a recorded skip if it is empty), start from `config.base_checkpoint`, train into a new
+    checkpoint or reuse the one these inputs already made, evaluate it, record it.
+    `train(lineage, base, rows, out_dir)` trains; `evaluate(lineage, base)` returns `path -> metrics`."""
+    lineage = store.store()
+    compute.apply_threads()
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        dataset = latest_dataset(lineage, config.train_prompt_set, dataset_kind, labeler, config.rollout_id)
+        if skipped := _nothing_to_learn(context, lineage, run, dataset):
+            return skipped
+        base = lineage.checkpoint(config.base_checkpoint, "policy")
+        built = build_checkpoint(lineage, data_dir.subdir("checkpoints"), kind, base, dataset["dataset_id"],
+                                 train_config, lambda path: train(lineage, base, read_rows(dataset), path),
+                                 evaluate(lineage, base), context.run_id)
+        with lineage.transaction() as con:
+            if built.row:
+                lineage.insert(con, "checkpoints", [built.row])
+            run.finish(con)
+    return MaterializeResult(metadata=_metadata(built, dataset, extra))
 
 
 def _metadata(built, dataset, extra: dict) -> dict:
@@ -78,29 +94,23 @@ class PRMConfig(TrainConfig):
 )
 def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageStoreResource,
               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
-    lineage = store.store()
-    compute.apply_threads()
     spec = PRMTrainSpec(target=config.target, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
                         lr=config.lr)
-    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = latest_dataset(lineage, config.train_prompt_set, "prm", config.labeler, config.rollout_id)
-        if skipped := _nothing_to_learn(context, lineage, run, dataset):
-            return skipped
-        base = lineage.checkpoint(config.base_checkpoint, "policy")
+
+    def evaluate(lineage, base):
         # the held-out set's rollout by the same starting policy (the steps the PRM will judge), else any
         held_out_id = held_out_rollout(lineage, config.eval_prompt_set, base["checkpoint_id"])
         held_out = load_trees(lineage, held_out_id) if held_out_id else []
         if not held_out:
             context.log.warning(f"no rollout of {config.eval_prompt_set} to measure the PRM on; materialize "
                                 f"tot_rollouts for it")
-        built = build_checkpoint(
-            lineage, data_dir.subdir("checkpoints"), "prm", base, dataset["dataset_id"],
-            {"trainer": "transformers.Trainer", **spec.__dict__},
-            lambda path: train_prm(base["path"], read_rows(dataset), path, spec),
-            lambda path: evaluate_prm(PRMScorer(path, compute.torch_device()), held_out) if held_out else {},
-            context.run_id)
-        _record(lineage, built, run)
-    return MaterializeResult(metadata=_metadata(built, dataset, {"target": config.target}))
+        return lambda path: evaluate_prm(PRMScorer(path, compute.torch_device()), held_out) if held_out else {}
+
+    return _train_checkpoint(
+        context, config, store, data_dir, compute, kind="prm", dataset_kind="prm", labeler=config.labeler,
+        train_config={"trainer": "transformers.Trainer", **spec.__dict__},
+        train=lambda _, base, rows, path: train_prm(base["path"], rows, path, spec), evaluate=evaluate,
+        extra={"target": config.target})
 
 
 def _domain(lineage, prompt_set: str) -> str:
@@ -108,10 +118,11 @@ def _domain(lineage, prompt_set: str) -> str:
     return row["d"]
 
 
-def _policy_eval(path, problems, compute) -> dict:
-    """greedy, pass_at_8, majority_at_8 and n on the held-out problems."""
-    return evaluate_policy(make_generator("transformers", str(path), compute.torch_device(), compute.torch_dtype()),
-                           problems, k=8)
+def _policy_eval(lineage, prompt_set: str, compute):
+    """path -> greedy, pass_at_8, majority_at_8 and n on the held-out problems."""
+    _, problems = lineage.prompt_set_problems(prompt_set)
+    return lambda path: evaluate_policy(
+        make_generator("transformers", str(path), compute.torch_device(), compute.torch_dtype()), problems, k=8)
 
 
 class RFTConfig(TrainConfig):
@@ -129,25 +140,18 @@ class RFTConfig(TrainConfig):
 )
 def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: LineageStoreResource,
                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
-    lineage = store.store()
-    compute.apply_threads()
     spec = RFTSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
-    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = latest_dataset(lineage, config.train_prompt_set, "rft", rollout_id=config.rollout_id)
-        if skipped := _nothing_to_learn(context, lineage, run, dataset):
-            return skipped
-        base = lineage.checkpoint(config.base_checkpoint, "policy")
-        _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
-        built = build_checkpoint(
-            lineage, data_dir.subdir("checkpoints"), "policy", base, dataset["dataset_id"],
-            {"trainer": "rft", **spec.__dict__}, lambda path: train_rft(base["path"], read_rows(dataset), path, spec),
-            lambda path: _policy_eval(path, problems, compute), context.run_id)
-        _record(lineage, built, run)
-    return MaterializeResult(metadata=_metadata(built, dataset, {}))
+    return _train_checkpoint(
+        context, config, store, data_dir, compute, kind="policy", dataset_kind="rft", labeler=None,
+        train_config={"trainer": "rft", **spec.__dict__},
+        train=lambda _, base, rows, path: train_rft(base["path"], rows, path, spec),
+        evaluate=lambda lineage, _: _policy_eval(lineage, config.eval_prompt_set, compute), extra={})
 
 
 class DPOConfig(TrainConfig):
     pairs: str = Field("step_pairs", description="step_pairs (step-DPO) or pairs (whole-solution DPO)")
+    labeler: str = Field("mc", description="step_pairs: whose labels chose the pairs (the step_pairs dataset's "
+                         "labeler); whole-solution pairs need none")
     epochs: float = _DPO.epochs
     steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
     batch_size: int = _DPO.batch_size
@@ -164,25 +168,20 @@ class DPOConfig(TrainConfig):
 )
 def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: LineageStoreResource,
                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
-    lineage = store.store()
-    compute.apply_threads()
     if config.pairs not in ("step_pairs", "pairs"):
         raise ValueError(f"dpo_policy.pairs must be step_pairs or pairs, got {config.pairs!r}")
     spec = DPOSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                    beta=config.beta, sft_weight=config.sft_weight)
-    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = latest_dataset(lineage, config.train_prompt_set, config.pairs, rollout_id=config.rollout_id)
-        if skipped := _nothing_to_learn(context, lineage, run, dataset):
-            return skipped
-        base = lineage.checkpoint(config.base_checkpoint, "policy")
-        _, problems = lineage.prompt_set_problems(config.eval_prompt_set)
-        built = build_checkpoint(
-            lineage, data_dir.subdir("checkpoints"), "policy", base, dataset["dataset_id"],
-            # revision 2: the trainer's stand-in end of sequence no longer leaks into the checkpoint
-            {"trainer": "trl.DPOTrainer", "revision": 2, "pairs": config.pairs, **spec.__dict__},
-            lambda path: train_dpo(base["path"], read_rows(dataset), path, spec,
-                                   completion_end=step_format(_domain(lineage, config.train_prompt_set)).separator
-                                   if config.pairs == "step_pairs" else None),
-            lambda path: _policy_eval(path, problems, compute), context.run_id)
-        _record(lineage, built, run)
-    return MaterializeResult(metadata=_metadata(built, dataset, {"pairs": config.pairs}))
+    step_pairs = config.pairs == "step_pairs"
+
+    def train(lineage, base, rows, path):
+        separator = step_format(_domain(lineage, config.train_prompt_set)).separator
+        return train_dpo(base["path"], rows, path, spec, completion_end=separator if step_pairs else None)
+
+    return _train_checkpoint(
+        context, config, store, data_dir, compute, kind="policy", dataset_kind=config.pairs,
+        labeler=config.labeler if step_pairs else None,  # whole-solution pairs come from answers, not labels
+        # revision 2: the trainer's stand-in end of sequence no longer leaks into the checkpoint
+        train_config={"trainer": "trl.DPOTrainer", "revision": 2, "pairs": config.pairs, **spec.__dict__},
+        train=train, evaluate=lambda lineage, _: _policy_eval(lineage, config.eval_prompt_set, compute),
+        extra={"pairs": config.pairs})

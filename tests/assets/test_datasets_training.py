@@ -233,3 +233,14 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
     assert rounds[("dataset:rft", two["datasets"]["rft_dataset_id"])] == 2
     with pytest.raises(LookupError, match="run round 3 first"):
         run_round(store, execute, RoundSpec(round=4, **small))
+
+
+def test_step_dpo_learns_the_pairs_of_its_labeler_not_the_latest_ones(env):
+    mc = metadata(run(env, step_datasets, {"labeler": "mc", "kinds": ["step_pairs"]}), "step_datasets")
+    oracle = metadata(run(env, step_datasets, {"labeler": "oracle", "kinds": ["step_pairs"]}), "step_datasets")
+    assert mc["step_pairs_dataset_id"] != oracle["step_pairs_dataset_id"]  # the oracle's pairs are the latest
+    for labeler, built in (("mc", mc), ("oracle", oracle)):
+        meta = metadata(run(env, dpo_policy, {"labeler": labeler, "steps": 1}), "dpo_policy")
+        assert meta["trained_on_dataset"] == built["step_pairs_dataset_id"]
+    with pytest.raises(LookupError, match="from judge labels"):
+        run(env, dpo_policy, {"labeler": "judge", "steps": 1})
