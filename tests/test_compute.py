@@ -1,5 +1,6 @@
 import pytest
 import torch
+from dagster import DagsterInstance, asset, materialize
 
 from qstar_dagster.resources.compute import ComputeResource
 
@@ -16,14 +17,23 @@ def test_asking_for_cuda_without_one_is_a_clear_error():
         ComputeResource(device="cuda:0").torch_device()
 
 
-def test_bad_values_are_refused_and_threads_apply():
+def test_bad_values_are_refused():
     with pytest.raises(ValueError, match="auto, cpu or cuda:N"):
         ComputeResource(device="tpu").torch_device()
     with pytest.raises(ValueError, match="float32"):
         ComputeResource(dtype="int8").torch_dtype()
+
+
+def test_threads_hold_for_the_run_and_are_restored_after():
+    seen = []
+
+    @asset
+    def counts_threads(compute: ComputeResource) -> None:
+        seen.append(torch.get_num_threads())
+
     before = torch.get_num_threads()
-    try:
-        ComputeResource(threads=1).apply_threads()
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    wanted = 1 if before > 1 else 2
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([counts_threads], instance=instance,
+                           resources={"compute": ComputeResource(threads=wanted)}).success
+    assert seen == [wanted] and torch.get_num_threads() == before

@@ -70,7 +70,6 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
                compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
     check_backend(config.backend)
-    compute.apply_threads()
     spec = EvalSpec(ns=tuple(sorted(set(config.ns))), temperature=config.temperature,
                     max_new_tokens=config.max_new_tokens, seed=config.seed)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):

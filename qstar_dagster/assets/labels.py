@@ -106,7 +106,6 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
               compute: ComputeResource) -> Iterator:
     lineage = store.store()
     check_backend(config.backend)
-    compute.apply_threads()
     spec = EstimatorSpec(n=config.n, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                          reuse_tree=config.reuse_tree)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
@@ -179,7 +178,6 @@ class JudgeModelConfig(Config):
 def judge_model(context: AssetExecutionContext, config: JudgeModelConfig, store: LineageStoreResource,
                 data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
-    compute.apply_threads()
     spec = JudgeTrainSpec(**{f: getattr(config, f) for f in JudgeTrainSpec.__dataclass_fields__})
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         rollout_id = resolve_rollout(lineage, config.train_prompt_set, config.rollout_id)
@@ -230,7 +228,6 @@ CHECK_UNPARSED = "judge_unparsed_rate"
 def judge_labels(context: AssetExecutionContext, config: JudgeLabelsConfig, store: LineageStoreResource,
                  judge: JudgeResource, compute: ComputeResource) -> Iterator:
     lineage = store.store()
-    compute.apply_threads()
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
         judge_id, load = judge.resolve(lineage, compute.torch_device(), compute.torch_dtype())

@@ -55,7 +55,6 @@ class BasePolicyAssetConfig(Config):
 def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, store: LineageStoreResource,
                 data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
-    compute.apply_threads()
     train_cfg = BasePolicyConfig(hidden=config.hidden, layers=config.layers, heads=config.heads, steps=config.steps,
                                  batch_size=config.batch_size, lr=config.lr, warmup=config.warmup, seed=config.seed,
                                  eval_every=config.eval_every)

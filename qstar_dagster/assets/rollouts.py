@@ -100,7 +100,6 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
     lineage = store.store()
     spec = config.spec()  # validates algorithm, value function and budgets before any work
     check_backend(config.backend)
-    compute.apply_threads()
     name = context.partition_key
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         version, problems = lineage.prompt_set_problems(name)

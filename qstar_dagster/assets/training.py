@@ -49,7 +49,6 @@ def _train_checkpoint(context, config, store, data_dir, compute, *, kind: str, d
     checkpoint or reuse the one these inputs already made, evaluate it, record it.
     `train(lineage, base, rows, out_dir)` trains; `evaluate(lineage, base)` returns `path -> metrics`."""
     lineage = store.store()
-    compute.apply_threads()
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         dataset = latest_dataset(lineage, config.train_prompt_set, dataset_kind, labeler, config.rollout_id)
         if skipped := _nothing_to_learn(context, lineage, run, dataset):

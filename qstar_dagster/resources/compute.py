@@ -1,8 +1,8 @@
 """Where models run: device, dtype, CPU threads. Assets that need a GPU also declare the
 Dagster pool `gpu` (see README), so two GPU steps never share a card by accident."""
 
-from dagster import ConfigurableResource
-from pydantic import Field
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
 
 GPU_POOL = "gpu"
 
@@ -11,6 +11,23 @@ class ComputeResource(ConfigurableResource):
     device: str = Field("auto", description="auto (cuda:0 when there is one, else cpu), cpu, or cuda:N")
     dtype: str = Field("auto", description="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     threads: int | None = Field(None, description="torch CPU threads; unset: torch's default")
+    _threads_before: int | None = PrivateAttr(None)
+
+    # torch's thread count is process-wide: set for a run's steps, restored after, so runs in
+    # one process (qstar demo, the tests) do not inherit each other's setting.
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if self.threads:
+            import torch
+
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._threads_before is not None:
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def torch_device(self) -> str:
         import torch
@@ -33,9 +50,3 @@ class ComputeResource(ConfigurableResource):
             return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
         except KeyError:
             raise ValueError(f"compute.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}") from None
-
-    def apply_threads(self) -> None:
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)

@@ -15,8 +15,16 @@ from qstar_dagster.training.base_policy import (
 TINY = BasePolicyConfig(hidden=32, layers=1, heads=2, steps=60, batch_size=16, lr=1e-2, warmup=5, eval_every=20)
 
 
-def test_training_lowers_loss_and_saves_a_standard_checkpoint(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Bit-stable sums; restored after, since torch's thread count is process-wide."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_training_lowers_loss_and_saves_a_standard_checkpoint(tmp_path, one_thread):
     train = builtin_problems("arith-train", n=300)
     calls = []
     summary = train_base_policy(train, tmp_path / "ck", TINY, on_eval=lambda m, t: calls.append(m.training) or 0.5)
@@ -36,8 +44,7 @@ def test_training_lowers_loss_and_saves_a_standard_checkpoint(tmp_path):
     assert c.n_tokens > 0
 
 
-def test_same_seed_same_weights(tmp_path):
-    torch.set_num_threads(1)
+def test_same_seed_same_weights(tmp_path, one_thread):
     train = builtin_problems("arith-train", n=100)
     cfg = BasePolicyConfig(hidden=32, layers=1, heads=2, steps=5, batch_size=8, warmup=2, eval_every=0)
     a = train_base_policy(train, tmp_path / "a", cfg)
