@@ -12,7 +12,7 @@ datasets, each then measured by greedy accuracy on the held-out set:
 
 The last line is one JSON object.
 
-    python bench/round_budget.py [--threads 2] [--steps 300] [--problems 2000] [--samples 4]
+    python bench/round_budget.py [--threads 2] [--steps 300] [--problems 2000] [--samples 4] [--arms A,B]
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=2000)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--reference", type=int, default=20000)
+    ap.add_argument("--arms", default="self_solved,reference_same_size,reference_large",
+                    help="which datasets to train on, comma-separated")
     ap.add_argument("--train-set", default="arith-train")
     ap.add_argument("--test-set", default="arith-test")
     args = ap.parse_args()
@@ -83,6 +85,8 @@ def main() -> None:
     results = {"base": {"rows": 0, "greedy": greedy_accuracy(TransformersGenerator(policy), test)}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, rows in datasets.items():
+            if name not in args.arms.split(","):
+                continue
             summary = train_rft(policy, rows, Path(tmp) / name, spec)
             results[name] = {"rows": len(rows), "final_loss": summary["final_loss"],
                              "greedy": greedy_accuracy(TransformersGenerator(str(Path(tmp) / name)), test)}
