@@ -157,6 +157,8 @@ class DPOConfig(TrainConfig):
     lr: float = _DPO.lr
     beta: float = _DPO.beta
     sft_weight: float = Field(_DPO.sft_weight, description="weight of an NLL term on the chosen side (RPO); 0: plain DPO")
+    gradient_checkpointing: bool = Field(_DPO.gradient_checkpointing, description="recompute activations to save "
+                                         "memory: on for a large model on a GPU")
 
 
 @asset(
@@ -170,7 +172,7 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
     if config.pairs not in ("step_pairs", "pairs"):
         raise ValueError(f"dpo_policy.pairs must be step_pairs or pairs, got {config.pairs!r}")
     spec = DPOSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                   beta=config.beta, sft_weight=config.sft_weight)
+                   beta=config.beta, sft_weight=config.sft_weight, gradient_checkpointing=config.gradient_checkpointing)
     step_pairs = config.pairs == "step_pairs"
 
     def train(lineage, base, rows, path):

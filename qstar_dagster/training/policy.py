@@ -63,6 +63,9 @@ class DPOSpec:
     # Weight of an SFT (NLL) term on the chosen completion beside the DPO loss (RPO): DPO
     # alone may lower the likelihood of both sides of pairs that differ in a digit or two.
     sft_weight: float = 1.0
+    # TRL turns it on by default, to fit large models in memory; for the built-in models,
+    # which fit many times over, recomputing activations in the backward pass only costs time.
+    gradient_checkpointing: bool = False
     seed: int = 0
 
 
@@ -95,6 +98,7 @@ def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: D
         loss_type=["sigmoid", "sft"] if spec.sft_weight else ["sigmoid"],
         loss_weights=[1.0, spec.sft_weight] if spec.sft_weight else None, logging_steps=10, save_strategy="no", report_to=[], seed=spec.seed,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=True, max_length=512,
+        gradient_checkpointing=spec.gradient_checkpointing,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=trl_tok)
     result = trainer.train()
