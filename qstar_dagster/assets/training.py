@@ -42,7 +42,7 @@ def _nothing_to_learn(context, lineage, run, dataset) -> MaterializeResult | Non
     return MaterializeResult(metadata={"skipped": why, "trained_on_dataset": dataset["dataset_id"]})
 
 
-def _train_checkpoint(context, config, store, data_dir, compute, *, kind: str, dataset_kind: str,
+def _train_checkpoint(context, config, store, data_dir, *, kind: str, dataset_kind: str,
                       labeler: str | None, train_config: dict, train, evaluate, extra: dict) -> MaterializeResult:
     """What the three training assets share: find the dataset (a clear error if there is none;
     a recorded skip if it is empty), start from `config.base_checkpoint`, train into a new
@@ -106,7 +106,7 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
         return lambda path: evaluate_prm(PRMScorer(path, compute.torch_device()), held_out) if held_out else {}
 
     return _train_checkpoint(
-        context, config, store, data_dir, compute, kind="prm", dataset_kind="prm", labeler=config.labeler,
+        context, config, store, data_dir, kind="prm", dataset_kind="prm", labeler=config.labeler,
         train_config={"trainer": "transformers.Trainer", **spec.__dict__},
         train=lambda _, base, rows, path: train_prm(base["path"], rows, path, spec), evaluate=evaluate,
         extra={"target": config.target})
@@ -141,7 +141,7 @@ def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: Lineage
                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     spec = RFTSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
     return _train_checkpoint(
-        context, config, store, data_dir, compute, kind="policy", dataset_kind="rft", labeler=None,
+        context, config, store, data_dir, kind="policy", dataset_kind="rft", labeler=None,
         train_config={"trainer": "rft", **spec.__dict__},
         train=lambda _, base, rows, path: train_rft(base["path"], rows, path, spec),
         evaluate=lambda lineage, _: _policy_eval(lineage, config.eval_prompt_set, compute), extra={})
@@ -180,7 +180,7 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
         return train_dpo(base["path"], rows, path, spec, completion_end=separator if step_pairs else None)
 
     return _train_checkpoint(
-        context, config, store, data_dir, compute, kind="policy", dataset_kind=config.pairs,
+        context, config, store, data_dir, kind="policy", dataset_kind=config.pairs,
         labeler=config.labeler if step_pairs else None,  # whole-solution pairs come from answers, not labels
         # revision 2: the trainer's stand-in end of sequence no longer leaks into the checkpoint
         train_config={"trainer": "trl.DPOTrainer", "revision": 2, "pairs": config.pairs, **spec.__dict__},
