@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
+from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm, log_trainer_progress
 
 
 def n_steps(steps: int | None, epochs: float, n_rows: int, batch_size: int) -> int:
@@ -101,6 +101,7 @@ def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: D
         gradient_checkpointing=spec.gradient_checkpointing,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=trl_tok)
+    log_trainer_progress(trainer, "dpo")
     result = trainer.train()
     history = trainer.state.log_history
     # TRL writes its tokenizer's end-of-sequence id into the model's configs; with the step

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from qstar_dagster.training.policy import n_steps
+from qstar_dagster.training.sft import log_trainer_progress
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
         remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = _trainer_class()(model=model, args=args, train_dataset=examples, data_collator=_Collator(tok.pad_token_id))
+    log_trainer_progress(trainer, "prm")
     result = trainer.train()
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     model.save_pretrained(out_dir)

@@ -97,3 +97,26 @@ def fit_causal_lm(model, tok, examples: list[tuple[list[int], int]], spec: FitSp
         "loss_curve": [(i + 1, loss) for i, loss in enumerate(losses)],
         "accuracy_curve": curve,
     }
+
+
+def log_trainer_progress(trainer, name: str) -> None:
+    """Make a transformers / TRL `Trainer` report like the loop above: progress lines in this
+    package's log (which Dagster's event log shows), in place of the dicts its printer puts on
+    stdout when tqdm is off."""
+    from transformers import PrinterCallback, TrainerCallback
+
+    class Progress(TrainerCallback):
+        started = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs or not state.global_step:
+                return
+            rate = state.global_step / max(1e-9, time.monotonic() - self.started)
+            log.info("%s: step %d/%d, loss %.3f, %.1f steps/s, ETA %.0fs", name, state.global_step, state.max_steps,
+                     float(logs["loss"]), rate, (state.max_steps - state.global_step) / rate)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(Progress())
