@@ -83,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     store, policy = LineageStore(default_store_path()), default_model()
     prm_rows = read_rows(latest_dataset(store, args.train_set, "prm", "mc"))
-    pairs = read_rows(latest_dataset(store, args.train_set, "step_pairs"))
+    pairs = read_rows(latest_dataset(store, args.train_set, "step_pairs", "mc"))
     _, problems = store.prompt_set_problems(args.test_set)
     sampled = sample(TransformersGenerator(policy), problems, EvalSpec(ns=(8,)))
     alone = policy_metrics(sampled, [8])
