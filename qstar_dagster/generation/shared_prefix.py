@@ -88,6 +88,9 @@ class SharedPrefixLayer(DynamicLayer):
         self.slot = torch.arange(repeats, device=self.device).repeat(prompts)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.owner is None:  # one sample per prompt and no decode step yet: row i is prompt i
+            self.owner = torch.arange(self.keys.shape[0], device=self.device)
+            self.slot = torch.zeros_like(self.owner)
         self.owner, self.slot = self.owner[indices], self.slot[indices]
         if self.gen_k is not None:
             self.gen_k, self.gen_v = self.gen_k[indices], self.gen_v[indices]

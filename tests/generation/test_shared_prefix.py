@@ -52,3 +52,17 @@ def test_the_model_keeps_its_attention_implementation():
     model.train()  # and training still works through the standard path
     ids = tok(PROMPTS[0], return_tensors="pt")["input_ids"]
     model(input_ids=ids, labels=ids).loss.backward()
+
+
+def test_a_row_that_ends_on_its_first_token_leaves_a_batch_of_single_samples():
+    # With n=1 the prompts' cache is never repeated per sample; a row that stops on the token
+    # sampled from the prefill must still leave the batch, and the others decode on unchanged.
+    model, tok = tiny(4)
+    gen = TransformersGenerator(model, tok)
+    first = [c.text[:1] for [c] in gen.generate(PROMPTS, SamplingParams(n=1, temperature=0, max_new_tokens=1))]
+    stop = next(ch for ch in first if ch and first.count(ch) < len(first))
+    out = gen.generate(PROMPTS, SamplingParams(n=1, temperature=0, max_new_tokens=8, stop=(stop,), logprobs=True))
+    lengths = [c.n_tokens for [c] in out]
+    assert 1 in lengths and max(lengths) > 1, lengths
+    for prompt, [c] in zip(PROMPTS, out):
+        assert c.logprob == pytest.approx(reference_logprob(model, tok, prompt, c.token_ids), abs=1e-4)
