@@ -57,6 +57,13 @@ def _batches(examples: list[tuple[list[int], int]], spec: FitSpec, pad_id: int):
         yield ids, labels
 
 
+def log_progress(name: str, step: int, steps: int, loss: float, started: float, extra: str = "") -> None:
+    """One progress line of a training run (`started`: its time.monotonic() at the start)."""
+    rate = step / max(1e-9, time.monotonic() - started)
+    log.info("%s: step %d/%d, loss %.3f, %.1f steps/s, ETA %.0fs%s", name, step, steps, loss, rate,
+             (steps - step) / rate, extra)
+
+
 def fit_causal_lm(model, tok, examples: list[tuple[list[int], int]], spec: FitSpec, name: str,
                   on_eval: Callable[[object, object], float] | None = None) -> dict:
     """Train `model` in place with AdamW, linear warm-up then cosine decay; log progress every
@@ -84,10 +91,8 @@ def fit_causal_lm(model, tok, examples: list[tuple[list[int], int]], spec: FitSp
             curve.append((step, on_eval(model, tok)))
             model.train()
         if step % 100 == 0 or step == spec.steps:
-            rate = step / (time.monotonic() - started)
-            log.info("%s: step %d/%d, loss %.3f, %.1f steps/s, ETA %.0fs%s", name, step, spec.steps,
-                     sum(losses[-100:]) / len(losses[-100:]), rate, (spec.steps - step) / rate,
-                     f", accuracy {curve[-1][1]:.1%}" if curve and curve[-1][0] == step else "")
+            log_progress(name, step, spec.steps, sum(losses[-100:]) / len(losses[-100:]), started,
+                         f", accuracy {curve[-1][1]:.1%}" if curve and curve[-1][0] == step else "")
     model.eval()
     return {
         "final_loss": sum(losses[-100:]) / len(losses[-100:]),
@@ -100,7 +105,7 @@ def fit_causal_lm(model, tok, examples: list[tuple[list[int], int]], spec: FitSp
 
 
 def log_trainer_progress(trainer, name: str) -> None:
-    """Make a transformers / TRL `Trainer` report like the loop above: progress lines in this
+    """Make a transformers / TRL `Trainer` report like `fit_causal_lm`: progress lines in this
     package's log (which Dagster's event log shows), in place of the dicts its printer puts on
     stdout when tqdm is off."""
     from transformers import PrinterCallback, TrainerCallback
@@ -112,11 +117,8 @@ def log_trainer_progress(trainer, name: str) -> None:
             self.started = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs or not state.global_step:
-                return
-            rate = state.global_step / max(1e-9, time.monotonic() - self.started)
-            log.info("%s: step %d/%d, loss %.3f, %.1f steps/s, ETA %.0fs", name, state.global_step, state.max_steps,
-                     float(logs["loss"]), rate, (state.max_steps - state.global_step) / rate)
+            if logs and "loss" in logs and state.global_step:
+                log_progress(name, state.global_step, state.max_steps, float(logs["loss"]), self.started)
 
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(Progress())
