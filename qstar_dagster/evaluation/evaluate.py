@@ -100,6 +100,22 @@ def prm_metrics(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[f
     return out
 
 
+def within_problem_signal(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[float]]]) -> dict:
+    """Does the PRM tell one problem's right samples from its wrong ones? Over the problems
+    with both: the mean of (mean `min` score of the right samples - that of the wrong ones),
+    and how often it is positive. A PRM that learned only which problems are hard separates
+    right from wrong across problems and scores ~0 here; best-of-N needs this one."""
+    gaps = []
+    for s, sc in zip(sampled, scores):
+        values = [min(x) if x else 0.0 for x in sc]
+        right = [v for v, ok in zip(values, s.correct) if ok]
+        wrong = [v for v, ok in zip(values, s.correct) if not ok]
+        if right and wrong:
+            gaps.append(sum(right) / len(right) - sum(wrong) / len(wrong))
+    return {"mixed_problems": len(gaps), "within_gap": sum(gaps) / len(gaps) if gaps else None,
+            "within_positive": sum(g > 0 for g in gaps) / len(gaps) if gaps else None}
+
+
 def score_samples(scorer, sampled: Sequence[Sampled]) -> list[list[list[float]]]:
     items = [(s.problem.problem, steps) for s in sampled for steps in s.steps if steps]
     flat = iter(scorer.score_batch(items))

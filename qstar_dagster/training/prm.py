@@ -1,19 +1,37 @@
-"""Process reward models: a step scorer on top of a causal LM's backbone.
+"""Process reward models: a step scorer built from a causal LM.
 
-The model is transformers' token-classification head with one logit, read at the last
-token of each step. Each step is tokenized on its own (prompt, then step + separator), so
-the position is exact for any tokenizer, including ones that would merge a separator with
-its neighbours. Training is transformers' `Trainer` with binary cross-entropy on the logit:
-hard labels (0/1, the cross-entropy of a two-class head) or soft labels (the Monte Carlo
-fraction, as Math-Shepherd's soft variant).
+Two heads, one interface (`PRMScorer.score_batch(items) -> step scores`):
+
+- `generative` (the default): the step's score is the LM's own log-likelihood of the step's
+  tokens, mapped to a probability by a learned scale and bias, σ(a · Σ log p(token) + b),
+  and the LM is fine-tuned on the step labels through that score. A wrong step in this domain
+  is a wrong digit, and the place where an LM "knows" the digit is its next-token
+  distribution just before it; a classifier must instead recompute the arithmetic from the
+  hidden state after the digit was read. At zero training steps it is the policy's own
+  likelihood, calibrated; training moves probability off the digits the labels call wrong.
+  (The idea is the generative verifiers' and implicit PRMs': read the score off the LM.)
+- `classifier` (the earlier design): transformers' token-classification head with one logit,
+  read at the step's separator (or its last token), trained with BCE. See README, "Why the
+  classifier PRM could not rank": it learns which problems are hard, not which step is wrong.
+
+Each step is tokenized on its own (prompt, then step + separator), so spans are exact for
+any tokenizer, including ones that would merge a separator with its neighbours. Targets are
+hard (0/1) or soft (the Monte Carlo fraction, Math-Shepherd's soft variant). By default a
+path is trained only up to its first wrong step, PRM800K's convention: after an error the
+labels of the later steps say nothing about those steps themselves.
 
 Datasets are read in TRL's stepwise-supervision format (`prompt`, `completions`, `labels`,
-here with an optional `soft_labels`), which is what users' PRM datasets look like.
+here with an optional `soft_labels`), which is what users' PRM datasets look like. TRL no
+longer ships a PRM trainer, so the loop is ours: plain torch, seeded, AdamW with warm-up and
+cosine decay, progress in the package log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,36 +39,48 @@ from pathlib import Path
 import torch
 
 from qstar_dagster.training.policy import n_steps
-from qstar_dagster.training.sft import log_trainer_progress
+from qstar_dagster.training.sft import epoch_batches, log_progress
 
 log = logging.getLogger(__name__)
 
 PRM_SEPARATOR = "\n"
+PRM_HEADS = ("generative", "classifier")
+HEAD_FILE = "prm_head.json"  # which head a checkpoint has, and the generative head's scale and bias
 
 
 @dataclass(frozen=True)
 class PRMTrainSpec:
+    head: str = "generative"
     target: str = "hard"  # hard (0/1 labels) or soft (Monte Carlo fractions)
     epochs: float = 3.0
-    steps: int | None = None  # overrides epochs
+    steps: int | None = None  # overrides epochs; 0 (generative): the calibrated likelihood, no fine-tuning
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     warmup: int = 20
     seed: int = 0
+    stop_at_first_error: bool = True  # learn each path up to its first wrong step only
+    read_at: str = "separator"  # classifier: the logit at the step's separator, or at its last token ("step")
+    freeze_backbone: bool = False  # classifier: train the head alone (a linear probe of the policy's features)
 
     def __post_init__(self) -> None:
+        if self.head not in PRM_HEADS:
+            raise ValueError(f"PRM head must be one of {', '.join(PRM_HEADS)}, got {self.head!r}")
         if self.target not in ("hard", "soft"):
             raise ValueError(f"PRM target must be hard or soft, got {self.target!r}")
+        if self.read_at not in ("separator", "step"):
+            raise ValueError(f"PRM read_at must be separator or step, got {self.read_at!r}")
 
 
-def encode_steps(tok, prompt: str, steps: Sequence[str], separator: str = PRM_SEPARATOR) -> tuple[list[int], list[int]]:
-    """(input ids, the index of each step's last token)."""
+def encode_steps(tok, prompt: str, steps: Sequence[str],
+                 separator: str = PRM_SEPARATOR) -> tuple[list[int], list[tuple[int, int]]]:
+    """(input ids, each step's token span [start, end): its text and its separator)."""
     ids = tok(prompt + separator, add_special_tokens=False)["input_ids"]
-    positions = []
+    spans = []
     for s in steps:
+        start = len(ids)
         ids = ids + tok(s + separator, add_special_tokens=False)["input_ids"]
-        positions.append(len(ids) - 1)
-    return ids, positions
+        spans.append((start, len(ids)))
+    return ids, spans
 
 
 def _targets(row: dict, target: str) -> list[float] | None:
@@ -62,86 +92,190 @@ def _targets(row: dict, target: str) -> list[float] | None:
     return [float(bool(v)) for v in row["labels"]]
 
 
-class _Collator:
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, batch: list[dict]) -> dict:
-        width = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), width), self.pad_id)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        targets = torch.full((len(batch), width), -1.0)  # -1: no step ends here
-        for i, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[i, :n] = torch.tensor(b["input_ids"])
-            mask[i, :n] = 1
-            for pos, t in zip(b["positions"], b["targets"]):
-                targets[i, pos] = t
-        return {"input_ids": ids, "attention_mask": mask, "labels": targets}
-
-
-def _trainer_class():
-    from transformers import Trainer
-
-    class StepTrainer(Trainer):
-        """BCE on the head's logit at the positions that end a step."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            targets = inputs.pop("labels")
-            out = model(**inputs)
-            logits = out.logits.squeeze(-1)
-            where = targets >= 0
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[where], targets[where])
-            return (loss, out) if return_outputs else loss
-
-    return StepTrainer
-
-
-def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: PRMTrainSpec = PRMTrainSpec()) -> dict:
-    """Train a PRM from `base_dir` (a causal LM checkpoint) on stepwise rows; save it with its
-    tokenizer to `out_dir`."""
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, TrainingArguments
-
-    tok = AutoTokenizer.from_pretrained(base_dir)
+def training_examples(tok, rows: Sequence[dict], spec: PRMTrainSpec) -> list[dict]:
+    """Encoded rows: ids, step spans and targets (cut after the first wrong step when
+    `spec.stop_at_first_error`)."""
     examples = []
     for r in rows:
         targets = _targets(r, spec.target)
         if targets is None:
             continue
-        ids, positions = encode_steps(tok, r["prompt"], r["completions"])
-        examples.append({"input_ids": ids, "positions": positions, "targets": targets})
+        steps = list(r["completions"])
+        if spec.stop_at_first_error:
+            first_wrong = next((i for i, ok in enumerate(r["labels"]) if not ok), None)
+            if first_wrong is not None:
+                steps, targets = steps[: first_wrong + 1], targets[: first_wrong + 1]
+        ids, spans = encode_steps(tok, r["prompt"], steps)
+        examples.append({"input_ids": ids, "spans": spans, "targets": targets})
+    return examples
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding: a sequence's positions stay as encoded."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _flat_spans(spans: Sequence[Sequence[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows = torch.tensor([i for i, ss in enumerate(spans) for _ in ss])
+    starts = torch.tensor([a for ss in spans for a, _ in ss])
+    ends = torch.tensor([b for ss in spans for _, b in ss])
+    return rows, starts, ends
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, spans: Sequence[Sequence[tuple[int, int]]],
+                   eos_id: int | None) -> torch.Tensor:
+    """[batch, length - 1]: the log-probability of token t + 1 given the tokens before it,
+    except at each step's last token (its separator), where it is the log-probability that
+    the step *ends* there: separator or end of sequence. A finished solution's last step is
+    followed by the end of sequence in the policy's training data, not by a separator, so
+    the separator's own probability there is near 0 and noise from sample to sample; read
+    as is, that one token decides the score of every final step, and with it `min` and
+    `last` (the bug behind best-of-N below a random pick: README, "A PRM that verifies").
+    `eos_id` None reads the separator as is (only to measure that bug)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    token_lp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    if eos_id is None:
+        return token_lp
+    rows, _, ends = _flat_spans(spans)
+    rows, last = rows.to(ids.device), ends.to(ids.device) - 2  # the position that predicts the separator
+    ended = torch.logaddexp(token_lp[rows, last], logp[rows, last, eos_id])
+    return token_lp.index_put((rows, last), ended)
+
+
+class _Head(torch.nn.Module):
+    """Step logits from a batch: `forward(ids, mask, spans) -> one logit per step`, in row order."""
+
+    def __init__(self, kind: str, model, eos_id: int, scale: float = 1.0, bias: float = 0.0,
+                 read_at: str = "separator"):
+        super().__init__()
+        self.kind, self.model, self.eos_id, self.read_at = kind, model, eos_id, read_at
+        # generative: logit = exp(log_scale) * (sum of the step's token log-probabilities) + bias
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+        self.bias = torch.nn.Parameter(torch.tensor(float(bias)))
+
+    def step_logprobs(self, ids, mask, spans) -> torch.Tensor:
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        token_lp = token_logprobs(logits, ids, spans, self.eos_id)
+        cum = torch.nn.functional.pad(token_lp.cumsum(1), (1, 0))  # cum[:, t]: tokens 1..t
+        rows, starts, ends = _flat_spans(spans)
+        return cum[rows, ends - 1] - cum[rows, starts - 1]
+
+    def forward(self, ids, mask, spans) -> torch.Tensor:
+        if self.kind == "generative":
+            return self.log_scale.exp() * self.step_logprobs(ids, mask, spans) + self.bias
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
+        rows, _, ends = _flat_spans(spans)
+        return logits[rows, ends - 1 if self.read_at == "separator" else ends - 2]
+
+
+def _load_head(model_dir: str | Path, eos_id: int, kind: str | None = None, **kw) -> _Head:
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    model_dir = Path(model_dir)
+    saved = json.loads((model_dir / HEAD_FILE).read_text()) if (model_dir / HEAD_FILE).is_file() else None
+    if kind is None:  # a trained PRM; one without the file is a classifier from before the generative head
+        saved = saved or {"head": "classifier", "read_at": "separator"}
+        kind, kw = saved["head"], {k: saved[k] for k in ("scale", "bias", "read_at") if k in saved}
+    if kind == "generative":
+        return _Head(kind, AutoModelForCausalLM.from_pretrained(model_dir), eos_id, **kw)
+    return _Head(kind, AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=1), eos_id, **kw)
+
+
+def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: int) -> None:
+    """The generative head's starting bias: the logistic regression of the targets on the
+    untrained step log-likelihoods, at scale 1 (so training starts from the calibrated policy
+    likelihood). The scale is not fitted here: where the likelihood says little, a fit drives
+    it to ~0, and through a zero scale the labels would never reach the LM."""
+    feats, targets = [], []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            ids, mask = _pad([e["input_ids"] for e in chunk], pad_id)
+            feats.append(head.step_logprobs(ids, mask, [e["spans"] for e in chunk]))
+            targets += [t for e in chunk for t in e["targets"]]
+    x, y = torch.cat(feats), torch.tensor(targets)
+    bias = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([bias], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x + bias, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    head.bias.data.fill_(bias.item())
+
+
+def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: PRMTrainSpec = PRMTrainSpec()) -> dict:
+    """Train a PRM from `base_dir` (a causal LM checkpoint) on stepwise rows; save it with its
+    tokenizer and head file to `out_dir`."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    examples = training_examples(tok, rows, spec)
     if not examples:
         raise ValueError(f"no rows with {spec.target} labels to train a PRM on")
     torch.manual_seed(spec.seed)
-    model = AutoModelForTokenClassification.from_pretrained(base_dir, num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
-    args = TrainingArguments(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=n_steps(spec.steps, spec.epochs, len(examples), spec.batch_size),
-        per_device_train_batch_size=spec.batch_size,
-        learning_rate=spec.lr, warmup_steps=spec.warmup, lr_scheduler_type="cosine", logging_steps=25,
-        save_strategy="no", report_to=[], seed=spec.seed, use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0,
-    )
-    trainer = _trainer_class()(model=model, args=args, train_dataset=examples, data_collator=_Collator(tok.pad_token_id))
-    log_trainer_progress(trainer, "prm")
-    result = trainer.train()
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    model.save_pretrained(out_dir)
+    head = _load_head(base_dir, tok.eos_token_id, spec.head, read_at=spec.read_at)
+    head.model.config.pad_token_id = tok.pad_token_id
+    if spec.head == "generative":
+        _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)
+    elif spec.freeze_backbone:
+        for name, p in head.model.named_parameters():
+            p.requires_grad = name.startswith("score.")
+    total = 0 if spec.steps == 0 else n_steps(spec.steps, spec.epochs, len(examples), spec.batch_size)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / max(1, spec.warmup))
+                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
+    head.train()
+    batches = epoch_batches(len(examples), spec.batch_size, spec.seed)
+    started, losses = time.monotonic(), []
+    for step in range(1, total + 1):
+        batch = [examples[i] for i in next(batches)]
+        ids, mask = _pad([e["input_ids"] for e in batch], tok.pad_token_id)
+        z = head(ids, mask, [e["spans"] for e in batch])
+        y = torch.tensor([t for e in batch for t in e["targets"]])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == total:
+            log_progress("prm", step, total, sum(losses[-25:]) / len(losses[-25:]), started)
+    head.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    head.model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    return {"final_loss": losses[-1][1] if losses else result.training_loss, "train_seconds": result.metrics["train_runtime"],
-            "n_train_examples": len(examples), "n_labeled_steps": sum(len(e["targets"]) for e in examples),
-            "loss_curve": losses, "config": asdict(spec)}
+    saved = {"head": spec.head, "read_at": spec.read_at}
+    if spec.head == "generative":
+        saved |= {"scale": head.log_scale.exp().item(), "bias": head.bias.item()}
+    (out_dir / HEAD_FILE).write_text(json.dumps(saved))
+    curve = [(i, sum(losses[max(0, i - 25):i]) / len(losses[max(0, i - 25):i])) for i in range(25, total + 1, 25)]
+    return {"final_loss": sum(losses[-25:]) / len(losses[-25:]) if losses else None,
+            "train_seconds": time.monotonic() - started, "n_train_examples": len(examples),
+            "n_labeled_steps": sum(len(e["targets"]) for e in examples), "loss_curve": curve,
+            "head": saved, "config": asdict(spec)}
 
 
 class PRMScorer:
     """`score_steps(problem, steps)`: the PRM's probability that each step is good."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu"):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForTokenClassification.from_pretrained(model_dir).to(device).eval()
+        self.head = _load_head(model_dir, self.tok.eos_token_id).to(device).eval()
+        self.kind = self.head.kind
         self.device = device
 
     @torch.no_grad()
@@ -149,19 +283,46 @@ class PRMScorer:
         out = []
         for start in range(0, len(items), batch_size):
             encoded = [encode_steps(self.tok, p, s) for p, s in items[start:start + batch_size]]
-            width = max(len(ids) for ids, _ in encoded)
-            ids = torch.full((len(encoded), width), self.tok.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for i, (seq, _) in enumerate(encoded):  # right padding: positions stay as encoded
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.squeeze(-1)
-            probs = torch.sigmoid(logits.float()).cpu()
-            out += [[probs[i, p].item() for p in positions] for i, (_, positions) in enumerate(encoded)]
+            ids, mask = _pad([ids for ids, _ in encoded], self.tok.pad_token_id)
+            probs = torch.sigmoid(self.head(ids.to(self.device), mask.to(self.device),
+                                            [spans for _, spans in encoded])).cpu().tolist()
+            flat = iter(probs)
+            out += [[next(flat) for _ in spans] for _, spans in encoded]
         return out
 
     def score_steps(self, problem: str, steps: Sequence[str]) -> list[float]:
         return self.score_batch([(problem, steps)])[0]
+
+
+class LikelihoodScorer:
+    """A reference with no training: a step's score is the policy's geometric-mean token
+    probability over the step (`mean`) or its least likely token (`min`); the step's end is
+    read as `token_logprobs` reads it (`raw_separator`: as is, to measure that bug)."""
+
+    def __init__(self, model_dir: str | Path, reduce: str = "mean", device: str = "cpu", raw_separator: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if reduce not in ("mean", "min"):
+            raise ValueError(f"likelihood reduce must be mean or min, got {reduce!r}")
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+        self.reduce, self.device = reduce, device
+        self.eos_id = None if raw_separator else self.tok.eos_token_id
+
+    @torch.no_grad()
+    def score_batch(self, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64) -> list[list[float]]:
+        out = []
+        for start in range(0, len(items), batch_size):
+            encoded = [encode_steps(self.tok, p, s) for p, s in items[start:start + batch_size]]
+            ids, mask = _pad([ids for ids, _ in encoded], self.tok.pad_token_id)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            spans = [spans for _, spans in encoded]
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            token_lp = token_logprobs(logits, ids, spans, self.eos_id).cpu()
+            for i, step_spans in enumerate(spans):
+                lps = [token_lp[i, a - 1:b - 1] for a, b in step_spans]
+                out.append([math.exp(x.mean().item() if self.reduce == "mean" else x.min().item()) for x in lps])
+        return out
 
 
 def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> dict:

@@ -38,15 +38,20 @@ def encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int],
     return out
 
 
-def _batches(examples: list[tuple[list[int], int]], spec: FitSpec, pad_id: int):
-    """Seeded batches that go through the examples in a fresh order each epoch (not with
-    replacement), so a large training set is seen once before anything repeats."""
-    g = torch.Generator().manual_seed(spec.seed)
+def epoch_batches(n: int, batch_size: int, seed: int):
+    """Seeded batches of indices into `n` examples that go through them in a fresh order each
+    epoch (not with replacement), so a large training set is seen once before anything repeats."""
+    g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     while True:
-        if len(order) < spec.batch_size:
-            order += torch.randperm(len(examples), generator=g).tolist()
-        idx, order = order[: spec.batch_size], order[spec.batch_size:]
+        if len(order) < batch_size:
+            order += torch.randperm(n, generator=g).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        yield idx
+
+
+def _batches(examples: list[tuple[list[int], int]], spec: FitSpec, pad_id: int):
+    for idx in epoch_batches(len(examples), spec.batch_size, spec.seed):
         batch = [examples[i] for i in idx]
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad_id)
