@@ -16,7 +16,7 @@ how often positive); step accuracy against the oracle (with chance) and ProcessB
 first-error F1 on the held-out rollout; training seconds. Majority@N, pass@N and a random
 sample's accuracy are printed for scale; the last line is one JSON object.
 
-    python bench/prm.py [--threads 2] [--n 16] [--only NAME,...] [--quick]
+    python bench/prm.py [--threads 2] [--n 16] [--only "NAME|NAME"] [--quick]
 """
 
 from __future__ import annotations
@@ -41,12 +41,19 @@ from qstar_dagster.evaluation.evaluate import (
     within_problem_signal,
 )
 from qstar_dagster.generation.hf import TransformersGenerator
-from qstar_dagster.labeling.estimate import EstimatorSpec
+from qstar_dagster.labeling import binary_search
+from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
+from qstar_dagster.labeling.oracle import oracle_labels
 from qstar_dagster.labeling.pipeline import label_consensus, label_monte_carlo, label_oracle
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.resources import default_store_path
+from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.rollouts import held_out_rollout, load_trees
+from qstar_dagster.search.tree import Tree
+from qstar_dagster.search.value import NoValue
 from qstar_dagster.tasks.arith import judge_steps
+from qstar_dagster.tasks.steps import LINE
+from qstar_dagster.training.base_policy import policy_prompt
 from qstar_dagster.training.prm import (
     LikelihoodScorer,
     PRMScorer,
@@ -55,25 +62,49 @@ from qstar_dagster.training.prm import (
     train_prm,
 )
 
-CLASSIFIER = PRMTrainSpec(head="classifier", lr=1e-3, stop_at_first_error=False)  # the earlier design, as it was
-GENERATIVE = PRMTrainSpec()  # the default
-# name -> (labels it learns from, spec)
+CLASSIFIER = PRMTrainSpec(head="classifier", epochs=3.0, lr=1e-3,  # the earlier design, as it was
+                          stop_at_first_error=False, once_per_step=False)
+TUNED = PRMTrainSpec(epochs=3.0)  # the generative head fine-tuned on the labels (the default trains 0 steps)
+JOINT = {"lm_weight": 1.0, "lr": 1e-3}  # Cobbe et al.'s joint objective: an LM loss on reference solutions
+
+
+def _with(spec: PRMTrainSpec, **changes) -> PRMTrainSpec:
+    return PRMTrainSpec(**{**spec.__dict__, **changes})
+
+
+# name -> (labels it learns from, spec); the diagnosis variants learn from the oracle's labels
 VARIANTS = {
-    "classifier": ("oracle", CLASSIFIER),
-    "classifier, read at the step's last token": ("oracle", PRMTrainSpec(**{**CLASSIFIER.__dict__, "read_at": "step"})),
-    "classifier, lr 1e-4": ("oracle", PRMTrainSpec(**{**CLASSIFIER.__dict__, "lr": 1e-4})),
-    "classifier, frozen backbone (probe)": ("oracle", PRMTrainSpec(**{**CLASSIFIER.__dict__, "freeze_backbone": True})),
-    "classifier, up to the first error": ("oracle", PRMTrainSpec(**{**CLASSIFIER.__dict__,
-                                                                   "stop_at_first_error": True})),
-    "classifier, 3x steps": ("oracle", PRMTrainSpec(**{**CLASSIFIER.__dict__, "epochs": 9.0})),
-    "generative, untrained (calibrated likelihood)": ("oracle", PRMTrainSpec(steps=0)),
-    "generative": ("oracle", GENERATIVE),
-    "generative, 3x steps": ("oracle", PRMTrainSpec(epochs=9.0)),
-    "generative, lr 1e-3": ("oracle", PRMTrainSpec(lr=1e-3)),
-    **{f"classifier on {labeler}": (labeler, CLASSIFIER) for labeler in ("mc", "binary_search", "consensus")},
-    **{f"generative on {labeler}": (labeler, GENERATIVE) for labeler in ("mc", "binary_search", "consensus")},
+    "classifier (the earlier design)": ("oracle", CLASSIFIER),
+    "classifier on mc (the earlier demo PRM)": ("mc", CLASSIFIER),
+    "classifier, read at the step's last token": ("oracle", _with(CLASSIFIER, read_at="step")),
+    "classifier, frozen backbone (probe)": ("oracle", _with(CLASSIFIER, freeze_backbone=True)),
+    "classifier, lr 1e-4": ("oracle", _with(CLASSIFIER, lr=1e-4)),
+    "classifier, up to the first error": ("oracle", _with(CLASSIFIER, stop_at_first_error=True)),
+    **{f"generative, untrained, on {labeler} (the default)": (labeler, PRMTrainSpec())
+       for labeler in ("mc", "binary_search", "consensus", "oracle")},
+    "generative, fine-tuned (BCE)": ("oracle", TUNED),
+    "generative, fine-tuned, lr 1e-4": ("oracle", _with(TUNED, lr=1e-4)),
+    "generative, fine-tuned, lr 3e-5": ("oracle", _with(TUNED, lr=3e-5)),
+    "generative, fine-tuned, on mc": ("mc", TUNED),
+    "generative, fine-tuned, BCE + pairwise": ("oracle", _with(TUNED, pair_weight=1.0)),
+    "generative, fine-tuned, pairwise only": ("oracle", _with(TUNED, pair_weight=1.0, point_weight=0.0)),
+    # more, cheaper data: best-of-4 samples on EXTRA other training problems (~8 min of sampling and labels)
+    "generative, fine-tuned on more problems (binary search)": ("binary_search+", _with(TUNED, epochs=1.0)),
+    "generative, fine-tuned on more problems (oracle)": ("oracle+", _with(TUNED, epochs=1.0)),
+    "LM on references alone (no label loss, bias refit)": ("oracle", _with(TUNED, **JOINT, point_weight=0.0)),
+    "generative, fine-tuned, BCE + LM on references": ("oracle", _with(TUNED, **JOINT)),
+    "generative, fine-tuned, BCE x0.1 + LM on references": ("oracle", _with(TUNED, **JOINT, point_weight=0.1)),
+    "generative, fine-tuned, pairwise x0.1 + LM on references": ("oracle", _with(TUNED, **JOINT, point_weight=0.0,
+                                                                                   pair_weight=0.1)),
 }
-QUICK = ["classifier", "generative, untrained (calibrated likelihood)", "generative", "generative on mc"]
+DEFAULT = ["classifier (the earlier design)", "classifier on mc (the earlier demo PRM)",
+           "classifier, read at the step's last token", "classifier, frozen backbone (probe)",
+           "generative, untrained, on mc (the default)", "generative, untrained, on oracle (the default)",
+           "generative, fine-tuned (BCE)", "generative, fine-tuned, pairwise only",
+           "LM on references alone (no label loss, bias refit)", "generative, fine-tuned, BCE + LM on references"]
+QUICK = ["classifier (the earlier design)", "generative, untrained, on mc (the default)", "generative, fine-tuned (BCE)"]
+REFERENCES = 20000  # reference solutions the joint objective reads (training problems 10,000 on)
+EXTRA = 4000  # the "+" labelers' problems (the training set's 1,000th on, clear of the round's rollout)
 
 
 class OracleScorer:
@@ -117,6 +148,30 @@ def training_rows(store: LineageStore, rollout_id: str, policy: str, labeler: st
     return prm_rows(trees, *_labels(store, rollout_id, labeler))
 
 
+def label_tokens(store: LineageStore, rollout_id: str) -> dict[str, int]:
+    """What each labeler's labels on the rollout cost, in generated tokens."""
+    return {r["labeler"]: int(r["tokens"] or 0) for r in store.records(
+        "SELECT labeler, sum(cost_tokens) AS tokens FROM step_labels JOIN nodes USING (node_id) "
+        "JOIN trees USING (tree_id) WHERE rollout_id = ? GROUP BY 1", [rollout_id])}
+
+
+def more_rows(policy: str, problems: list, labeler: str) -> tuple[list[dict], float]:
+    """PRM rows from 4 samples on each of `problems` (best-of-N trees, not stored), labeled by
+    binary search or the oracle; and the seconds that took."""
+    started = time.monotonic()
+    gen = TransformersGenerator(policy)
+    spec = SearchSpec(algorithm="best_of_n", n=4, value="none")
+    trees = [Tree(f"extra{i}", p, policy_prompt(p.problem), LINE, spec.max_depth) for i, p in enumerate(problems)]
+    search(trees, spec, gen, NoValue(), seed=1)
+    if labeler == "oracle":
+        hard = {n: prefix_ok for n, (_, prefix_ok) in oracle_labels(trees).items()}
+    else:
+        solutions = [(t, leaf) for t in trees for leaf in t.terminals()]
+        found = binary_search.first_errors(solutions, PrefixEstimator(gen, EstimatorSpec(), seed=0))
+        hard = {r["node_id"]: r["value"] > 0.5 for r in binary_search.label_rows(found)}
+    return prm_rows(trees, hard, {}), time.monotonic() - started
+
+
 def measure(scorer, sampled, ns, held_out_trees, train_trees) -> dict:
     scores = score_samples(scorer, sampled)
     m = prm_metrics(sampled, scores, ns)
@@ -140,11 +195,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="samples per held-out problem (N = 4, 8 and this)")
     ap.add_argument("--train-set", default="arith-train")
     ap.add_argument("--test-set", default="arith-test")
-    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
+    ap.add_argument("--only", default=None, help="variant names separated by | (default: DEFAULT)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    ap.add_argument("--no-references", action="store_true", help="skip the untrained reference scorers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = QUICK if args.quick else args.only.split(",") if args.only else list(VARIANTS)
+    names = QUICK if args.quick else args.only.split("|") if args.only else DEFAULT
     if unknown := [n for n in names if n not in VARIANTS]:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     store, policy = LineageStore(default_store_path()), default_model()
@@ -165,24 +221,33 @@ def main() -> None:
           + f", pass@8 {alone[('pass', 8)]:.1%}, greedy {alone[('greedy', 1)]:.1%}, a random sample {random_pick:.1%}")
 
     results: dict[str, dict] = {}
-    for name, scorer in (("oracle", OracleScorer()), ("text-hash noise", TextNoiseScorer()),
+    for name, scorer in () if args.no_references else (("oracle", OracleScorer()), ("text-hash noise", TextNoiseScorer()),
                          ("policy likelihood (mean), separator read as is", LikelihoodScorer(policy, "mean",
                                                                                           raw_separator=True)),
                          ("policy likelihood (mean)", LikelihoodScorer(policy, "mean")),
                          ("policy likelihood (min token)", LikelihoodScorer(policy, "min"))):
         results[name] = {"labels": "–", **measure(scorer, sampled, ns, test_trees, train_trees), "train_seconds": 0}
     rows_by_labeler: dict[str, list[dict]] = {}
+    _, train_problems = store.prompt_set_problems(args.train_set)
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
             labeler, spec = VARIANTS[name]
+            data_seconds = 0.0
+            if labeler.endswith("+") and labeler not in rows_by_labeler:
+                rows_by_labeler[labeler], data_seconds = more_rows(policy, train_problems[1000:1000 + EXTRA],
+                                                                   labeler[:-1])
+                print(f"  {EXTRA} more problems labeled by {labeler[:-1]}: {len(rows_by_labeler[labeler])} paths "
+                      f"in {data_seconds:.0f}s", flush=True)
             if labeler not in rows_by_labeler:
                 rows_by_labeler[labeler] = training_rows(store, train_rollout, policy, labeler)
             rows = rows_by_labeler[labeler]
             started = time.monotonic()
             out = Path(tmp) / f"prm{i}"
-            summary = train_prm(policy, rows, out, spec)
+            refs = [(policy_prompt(p.problem), p.reference_solution) for p in train_problems[10000:10000 + REFERENCES]]
+            summary = train_prm(policy, rows, out, spec, lm_pairs=refs if spec.lm_weight else ())
             results[name] = {"labels": labeler, **measure(PRMScorer(out), sampled, ns, test_trees, train_trees),
-                             "train_seconds": time.monotonic() - started, "n_labeled_steps": summary["n_labeled_steps"]}
+                             "train_seconds": time.monotonic() - started, "data_seconds": data_seconds,
+                             "n_labeled_steps": summary["n_labeled_steps"]}
             r = results[name]
             print(f"  {name}: best-of-8 {pct(r['best_of_8'])}%, sibling {pct(r['sibling_accuracy'])}% "
                   f"({r['train_seconds']:.0f}s, {len(rows)} paths)", flush=True)

@@ -4,6 +4,8 @@ started from, its training metrics and its evaluation on a held-out prompt set.
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
+import random
+
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
@@ -18,7 +20,13 @@ from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.base_policy import evaluate_policy
 from qstar_dagster.training.checkpoints import build_checkpoint
 from qstar_dagster.training.policy import DPOSpec, RFTSpec, train_dpo, train_rft
-from qstar_dagster.training.prm import PRMScorer, PRMTrainSpec, evaluate_prm, train_prm
+from qstar_dagster.training.prm import (
+    PRM_SEPARATOR,
+    PRMScorer,
+    PRMTrainSpec,
+    evaluate_prm,
+    train_prm,
+)
 
 _PRM, _RFT, _DPO = PRMTrainSpec(), RFTSpec(), DPOSpec()
 
@@ -76,25 +84,52 @@ def _metadata(built, dataset, extra: dict) -> dict:
 
 class PRMConfig(TrainConfig):
     labeler: str = Field("mc", description="whose labels the PRM learns (the prm dataset's labeler)")
+    head: str = Field(_PRM.head, description="generative (the LM's own likelihood of each step, calibrated and "
+                      "fine-tuned on the labels) or classifier (a one-logit head at each step's separator)")
     target: str = Field(_PRM.target, description="hard (0/1 labels, cross-entropy) or soft (Monte Carlo "
                         "fractions, BCE)")
     epochs: float = _PRM.epochs
-    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
+    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset; 0 (generative): "
+                              "the calibrated policy likelihood, no fine-tuning")
     batch_size: int = _PRM.batch_size
     lr: float = _PRM.lr
+    stop_at_first_error: bool = Field(_PRM.stop_at_first_error, description="learn each path up to its first "
+                                      "wrong step only (PRM800K's convention)")
+    point_weight: float = Field(_PRM.point_weight, description="weight of the pointwise BCE on step labels")
+    pair_weight: float = Field(_PRM.pair_weight, description="weight of the Bradley-Terry loss on sibling pairs "
+                               "(one prefix, a right and a wrong next step)")
+    lm_weight: float = Field(_PRM.lm_weight, description="generative: weight of a language-model loss on "
+                             "reference solutions of the training prompt set (0: none)")
+    lm_references: int = Field(20000, description="with lm_weight: how many reference solutions (a seeded sample "
+                               "of the training prompt set's)")
 
 
 @asset(
     group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
-    description="A process reward model: the policy's backbone with a one-logit head read at the end of each step, "
-    "trained with transformers' Trainer on a prm dataset (hard or soft labels); measured against the oracle on "
-    "the held-out set's rollouts. Checkpoint kind prm; PRMScorer(path).score_steps(problem, steps).",
+    description="A process reward model from the policy: by default generative (a step's score is the LM's own "
+    "likelihood of it, calibrated and fine-tuned with BCE on a prm dataset's hard or soft labels), or a one-logit "
+    "classifier head; measured against the oracle on the held-out set's rollouts. Checkpoint kind prm; "
+    "PRMScorer(path).score_steps(problem, steps).",
 )
 def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageStoreResource,
               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
-    spec = PRMTrainSpec(target=config.target, epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
-                        lr=config.lr)
+    spec = PRMTrainSpec(head=config.head, target=config.target, epochs=config.epochs, steps=config.steps,
+                        batch_size=config.batch_size, lr=config.lr, stop_at_first_error=config.stop_at_first_error,
+                        point_weight=config.point_weight, pair_weight=config.pair_weight, lm_weight=config.lm_weight)
+
+    def train(lineage, base, rows, path):
+        references = []
+        if spec.lm_weight:
+            _, problems = lineage.prompt_set_problems(config.train_prompt_set)
+            solved = [p for p in problems if p.reference_solution]
+            if not solved:
+                raise ValueError(f"prm_model.lm_weight needs reference solutions, and prompt set "
+                                 f"{config.train_prompt_set!r} has none; set lm_weight to 0")
+            # the PRM's own input format: the problem, the separator, the steps
+            references = [(p.problem + PRM_SEPARATOR, p.reference_solution)
+                          for p in random.Random(spec.seed).sample(solved, min(config.lm_references, len(solved)))]
+        return train_prm(base["path"], rows, path, spec, lm_pairs=references)
 
     def evaluate(lineage, base):
         # the held-out set's rollout by the same starting policy (the steps the PRM will judge), else any
@@ -107,9 +142,10 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
 
     return _train_checkpoint(
         context, config, store, data_dir, kind="prm", dataset_kind="prm", labeler=config.labeler,
-        train_config={"trainer": "transformers.Trainer", **spec.__dict__},
-        train=lambda _, base, rows, path: train_prm(base["path"], rows, path, spec), evaluate=evaluate,
-        extra={"target": config.target})
+        train_config={"trainer": "qstar.prm", **spec.__dict__,
+                      **({"lm_references": config.lm_references} if spec.lm_weight else {})},
+        train=train, evaluate=evaluate,
+        extra={"head": config.head, "target": config.target})
 
 
 def _domain(lineage, prompt_set: str) -> str:

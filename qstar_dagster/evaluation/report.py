@@ -1,5 +1,5 @@
 """The summary a round ends with: the base policy against the round's trained policies on the
-held-out set (greedy, majority@8, PRM best-of-8), and label agreement with the oracle."""
+held-out set (greedy, majority@8, PRM best-of-8 and PRM vote@8), and label agreement with the oracle."""
 
 from __future__ import annotations
 
@@ -59,12 +59,13 @@ def render(r: dict) -> str:
         return "  –  " if v is None else f"{100 * v:5.1f}%"
 
     lines = [f"held-out set {r['prompt_set']}; PRM {r['prm'] or '(none yet)'}",
-             "| policy | checkpoint | greedy | majority@8 | PRM best-of-8 | pass@8 |", "|---|---|---|---|---|---|"]
+             "| policy | checkpoint | greedy | majority@8 | PRM best-of-8 | PRM vote@8 | pass@8 |",
+             "|---|---|---|---|---|---|---|"]
     for prefix, name in (("base", "base"), ("round1", "round 1 (RFT)"), ("round1_dpo", "round 1 (step-DPO)")):
         if r.get(f"{prefix}_checkpoint"):
             lines.append(f"| {name} | {r[f'{prefix}_checkpoint']} | {pct(r.get(f'{prefix}_greedy'))} | "
                          f"{pct(r.get(f'{prefix}_majority_at_8'))} | {pct(r.get(f'{prefix}_prm_best_of_8'))} | "
-                         f"{pct(r.get(f'{prefix}_pass_at_8'))} |")
+                         f"{pct(r.get(f'{prefix}_prm_vote_at_8'))} | {pct(r.get(f'{prefix}_pass_at_8'))} |")
     if r.get("prm_sibling_accuracy") is not None:
         verdict = (f"PRM against the oracle on held-out steps: step accuracy {pct(r['prm_step_accuracy']).strip()}, "
                    f"right-over-wrong sibling steps {pct(r['prm_sibling_accuracy']).strip()} (chance 50%)")

@@ -39,7 +39,13 @@ from pathlib import Path
 import torch
 
 from qstar_dagster.training.policy import n_steps
-from qstar_dagster.training.sft import epoch_batches, log_progress
+from qstar_dagster.training.sft import (
+    FitSpec,
+    encode_pairs,
+    epoch_batches,
+    lm_batches,
+    log_progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +58,33 @@ HEAD_FILE = "prm_head.json"  # which head a checkpoint has, and the generative h
 class PRMTrainSpec:
     head: str = "generative"
     target: str = "hard"  # hard (0/1 labels) or soft (Monte Carlo fractions)
-    epochs: float = 3.0
-    steps: int | None = None  # overrides epochs; 0 (generative): the calibrated likelihood, no fine-tuning
+    # 0 (the default): no fine-tuning; the generative head is then the policy's own step
+    # likelihood with a bias fitted to the labels. Every fine-tuning of the LM on one round's
+    # labels measured in bench/prm.py ranked held-out steps worse than that (README, "A PRM
+    # that verifies"); set epochs or steps to fine-tune (a classifier needs it).
+    epochs: float = 0.0
+    steps: int | None = None  # overrides epochs
     batch_size: int = 32
     lr: float = 3e-4
     warmup: int = 20
     seed: int = 0
     stop_at_first_error: bool = True  # learn each path up to its first wrong step only
+    # learn each distinct (prefix, step) once: a search tree's rows repeat their shared first
+    # steps in every path through them, which would weigh those few steps many times over
+    once_per_step: bool = True
     read_at: str = "separator"  # classifier: the logit at the step's separator, or at its last token ("step")
     freeze_backbone: bool = False  # classifier: train the head alone (a linear probe of the policy's features)
+    # generative: weight of a language-model loss on reference solutions beside the step
+    # labels (Cobbe et al.'s joint objective): it keeps, and adds to, the arithmetic that the
+    # step likelihoods read, which fine-tuning on one round's few hundred problems wears down
+    lm_weight: float = 0.0
+    # Weights of the two label losses: pointwise BCE on every step, and Bradley-Terry on sibling
+    # pairs (one prefix, a next step labeled right and one labeled wrong; rStar-Math's process
+    # preference loss). BCE alone asks for one threshold over all problems, which a model can
+    # meet by learning which problems are hard; the pairwise loss compares two steps in the
+    # same context, so what differs between them (a digit) is all that it can learn from.
+    point_weight: float = 1.0
+    pair_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.head not in PRM_HEADS:
@@ -69,6 +93,10 @@ class PRMTrainSpec:
             raise ValueError(f"PRM target must be hard or soft, got {self.target!r}")
         if self.read_at not in ("separator", "step"):
             raise ValueError(f"PRM read_at must be separator or step, got {self.read_at!r}")
+        if self.head == "classifier" and (self.steps == 0 or self.steps is None and self.epochs == 0):
+            raise ValueError("a classifier PRM must be trained: set epochs or steps (its head starts at random)")
+        if self.lm_weight and self.head != "generative":
+            raise ValueError("lm_weight needs the generative head (a classifier has no language-model head)")
 
 
 def encode_steps(tok, prompt: str, steps: Sequence[str],
@@ -94,8 +122,9 @@ def _targets(row: dict, target: str) -> list[float] | None:
 
 def training_examples(tok, rows: Sequence[dict], spec: PRMTrainSpec) -> list[dict]:
     """Encoded rows: ids, step spans and targets (cut after the first wrong step when
-    `spec.stop_at_first_error`)."""
-    examples = []
+    `spec.stop_at_first_error`; NaN for a step an earlier row already teaches when
+    `spec.once_per_step`)."""
+    examples, seen = [], set()
     for r in rows:
         targets = _targets(r, spec.target)
         if targets is None:
@@ -105,9 +134,32 @@ def training_examples(tok, rows: Sequence[dict], spec: PRMTrainSpec) -> list[dic
             first_wrong = next((i for i, ok in enumerate(r["labels"]) if not ok), None)
             if first_wrong is not None:
                 steps, targets = steps[: first_wrong + 1], targets[: first_wrong + 1]
+        if spec.once_per_step:
+            keys = [(r["prompt"], *steps[: i + 1]) for i in range(len(steps))]
+            targets = [math.nan if k in seen else t for k, t in zip(keys, targets)]
+            seen.update(keys)
+            if all(math.isnan(t) for t in targets):
+                continue
         ids, spans = encode_steps(tok, r["prompt"], steps)
         examples.append({"input_ids": ids, "spans": spans, "targets": targets})
     return examples
+
+
+def sibling_pairs(rows: Sequence[dict]) -> list[tuple[str, list[str], str, str]]:
+    """(prompt, prefix steps, a next step labeled right, one labeled wrong) from rows whose
+    paths share the prefix; prefixes past a path's first wrong step are not used (their
+    labels say nothing about the steps themselves)."""
+    children: dict[tuple, dict[str, bool]] = {}
+    for r in rows:
+        for i, (step, ok) in enumerate(zip(r["completions"], r["labels"])):
+            children.setdefault((r["prompt"], *r["completions"][:i]), {}).setdefault(step, bool(ok))
+            if not ok:
+                break
+    pairs = []
+    for (prompt, *prefix), kids in children.items():
+        right, wrong = [k for k, ok in kids.items() if ok], [k for k, ok in kids.items() if not ok]
+        pairs += [(prompt, prefix, a, b) for a in right for b in wrong]
+    return pairs
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +240,8 @@ def _load_head(model_dir: str | Path, eos_id: int, kind: str | None = None, **kw
 
 
 def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: int) -> None:
-    """The generative head's starting bias: the logistic regression of the targets on the
-    untrained step log-likelihoods, at scale 1 (so training starts from the calibrated policy
+    """The generative head's bias: the logistic regression of the targets on the scaled step
+    log-likelihoods (before training, at scale 1: training starts from the calibrated policy
     likelihood). The scale is not fitted here: where the likelihood says little, a fit drives
     it to ~0, and through a zero scale the labels would never reach the LM."""
     feats, targets = [], []
@@ -200,6 +252,7 @@ def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: in
             feats.append(head.step_logprobs(ids, mask, [e["spans"] for e in chunk]))
             targets += [t for e in chunk for t in e["targets"]]
     x, y = torch.cat(feats), torch.tensor(targets)
+    x, y = x[~y.isnan()] * head.log_scale.exp().item(), y[~y.isnan()]
     bias = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([bias], max_iter=100, line_search_fn="strong_wolfe")
 
@@ -213,15 +266,19 @@ def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: in
     head.bias.data.fill_(bias.item())
 
 
-def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: PRMTrainSpec = PRMTrainSpec()) -> dict:
-    """Train a PRM from `base_dir` (a causal LM checkpoint) on stepwise rows; save it with its
-    tokenizer and head file to `out_dir`."""
+def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: PRMTrainSpec = PRMTrainSpec(),
+              lm_pairs: Sequence[tuple[str, str]] = ()) -> dict:
+    """Train a PRM from `base_dir` (a causal LM checkpoint) on stepwise rows (and, with
+    `spec.lm_weight`, a language-model loss on `lm_pairs`: (prompt, reference solution));
+    save it with its tokenizer and head file to `out_dir`."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     examples = training_examples(tok, rows, spec)
     if not examples:
         raise ValueError(f"no rows with {spec.target} labels to train a PRM on")
+    if spec.lm_weight and not lm_pairs:
+        raise ValueError("lm_weight is set but no reference solutions (lm_pairs) were given")
     torch.manual_seed(spec.seed)
     head = _load_head(base_dir, tok.eos_token_id, spec.head, read_at=spec.read_at)
     head.model.config.pad_token_id = tok.pad_token_id
@@ -230,20 +287,39 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     elif spec.freeze_backbone:
         for name, p in head.model.named_parameters():
             p.requires_grad = name.startswith("score.")
-    total = 0 if spec.steps == 0 else n_steps(spec.steps, spec.epochs, len(examples), spec.batch_size)
+    no_tuning = spec.steps == 0 or (spec.steps is None and spec.epochs == 0)
+    total = 0 if no_tuning else n_steps(spec.steps, spec.epochs, len(examples), spec.batch_size)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / max(1, spec.warmup))
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
     head.train()
     batches = epoch_batches(len(examples), spec.batch_size, spec.seed)
+    pairs = [[encode_steps(tok, prompt, [*prefix, step]) for step in (a, b)]
+             for prompt, prefix, a, b in sibling_pairs(rows)] if spec.pair_weight else []
+    if spec.pair_weight and not pairs:
+        raise ValueError("pair_weight is set but the rows hold no sibling pair (one prefix, a right and a wrong "
+                         "next step); set pair_weight to 0")
+    pair_batches = epoch_batches(len(pairs), spec.batch_size, spec.seed) if pairs else None
+    lm = lm_batches(encode_pairs(tok, lm_pairs), FitSpec(steps=total, batch_size=spec.batch_size, seed=spec.seed),
+                    tok.pad_token_id) if spec.lm_weight else None
     started, losses = time.monotonic(), []
     for step in range(1, total + 1):
         batch = [examples[i] for i in next(batches)]
         ids, mask = _pad([e["input_ids"] for e in batch], tok.pad_token_id)
         z = head(ids, mask, [e["spans"] for e in batch])
         y = torch.tensor([t for e in batch for t in e["targets"]])
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+        taught = ~y.isnan()
+        loss = spec.point_weight * torch.nn.functional.binary_cross_entropy_with_logits(z[taught], y[taught])
+        if pair_batches is not None:
+            both = [side for i in next(pair_batches) for side in pairs[i]]  # right, wrong, right, wrong, ...
+            pair_ids, pair_mask = _pad([ids for ids, _ in both], tok.pad_token_id)
+            zp = head(pair_ids, pair_mask, [spans[-1:] for _, spans in both])
+            loss = loss - spec.pair_weight * torch.nn.functional.logsigmoid(zp[0::2] - zp[1::2]).mean()
+        if lm is not None:
+            lm_ids, lm_labels = next(lm)
+            loss = loss + spec.lm_weight * head.model(input_ids=lm_ids, attention_mask=(lm_ids != tok.pad_token_id).long(),
+                                                      labels=lm_labels).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -253,6 +329,8 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
         if step % 25 == 0 or step == total:
             log_progress("prm", step, total, sum(losses[-25:]) / len(losses[-25:]), started)
     head.eval()
+    if spec.head == "generative" and total and not spec.point_weight:
+        _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)  # nothing else kept it calibrated
     out_dir.mkdir(parents=True, exist_ok=True)
     head.model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -263,7 +341,7 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     curve = [(i, sum(losses[max(0, i - 25):i]) / len(losses[max(0, i - 25):i])) for i in range(25, total + 1, 25)]
     return {"final_loss": sum(losses[-25:]) / len(losses[-25:]) if losses else None,
             "train_seconds": time.monotonic() - started, "n_train_examples": len(examples),
-            "n_labeled_steps": sum(len(e["targets"]) for e in examples), "loss_curve": curve,
+            "n_labeled_steps": sum(not math.isnan(t) for e in examples for t in e["targets"]), "loss_curve": curve,
             "head": saved, "config": asdict(spec)}
 
 

@@ -50,7 +50,8 @@ def epoch_batches(n: int, batch_size: int, seed: int):
         yield idx
 
 
-def _batches(examples: list[tuple[list[int], int]], spec: FitSpec, pad_id: int):
+def lm_batches(examples: list[tuple[list[int], int]], spec: FitSpec, pad_id: int):
+    """Padded (ids, labels) batches of `encode_pairs` examples, loss on the targets only."""
     for idx in epoch_batches(len(examples), spec.batch_size, spec.seed):
         batch = [examples[i] for i in idx]
         width = max(len(ids) for ids, _ in batch)
@@ -80,7 +81,7 @@ def fit_causal_lm(model, tok, examples: list[tuple[list[int], int]], spec: FitSp
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / max(1, spec.warmup))
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.steps))))
-    batches = _batches(examples, spec, tok.pad_token_id)
+    batches = lm_batches(examples, spec, tok.pad_token_id)
     started, losses, curve = time.monotonic(), [], []
     for step in range(1, spec.steps + 1):
         ids, labels = next(batches)

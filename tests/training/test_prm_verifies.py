@@ -2,8 +2,9 @@
 small policy's own search trees, it ranks the right next step above the wrong one on the
 rows it learned from, and on held-out problems its best-of-8 beats a sample picked at random.
 
-Both failed on the earlier design (the one-logit classifier head at the step's separator,
-lr 1e-3): `HEAD = "classifier"` below makes them fail (see README, "A PRM that verifies")."""
+Both fail on the earlier design (the one-logit classifier head at the step's separator,
+lr 1e-3, every labeled step of every path): `SPEC = OLD_DESIGN` below makes them fail (see
+README, "A PRM that verifies")."""
 
 import pytest
 
@@ -27,7 +28,8 @@ from qstar_dagster.training.prm import PRMScorer, PRMTrainSpec, evaluate_prm, tr
 
 from ..conftest import EASY_ARITH
 
-HEAD = "generative"
+OLD_DESIGN = PRMTrainSpec(head="classifier", epochs=3.0, lr=1e-3, stop_at_first_error=False, once_per_step=False, batch_size=16)
+SPEC = PRMTrainSpec(batch_size=16)  # the default design
 SEARCH = SearchSpec(algorithm="beam", k=4, beam_width=4, value="none")
 
 
@@ -39,12 +41,11 @@ def beam_trees(gen, problems, tag):
 @pytest.fixture(scope="module")
 def trained(arith_policy_dir, tmp_path_factory):
     gen = TransformersGenerator(str(arith_policy_dir))
-    trees = beam_trees(gen, generate_problems(160, seed=21, spec=EASY_ARITH), "train")
+    trees = beam_trees(gen, generate_problems(120, seed=21, spec=EASY_ARITH), "train")
     truth = oracle_labels(trees)
     rows = prm_rows(trees, {n: prefix_ok for n, (_, prefix_ok) in truth.items()}, {})
     out = tmp_path_factory.mktemp("prm")
-    train_prm(arith_policy_dir, rows, out, PRMTrainSpec(head=HEAD, epochs=3, batch_size=16,
-                                                        lr=3e-4 if HEAD == "generative" else 1e-3))
+    train_prm(arith_policy_dir, rows, out, SPEC)
     return gen, trees, PRMScorer(out)
 
 
@@ -57,7 +58,7 @@ def test_the_prm_fits_the_siblings_it_learned_from(trained):
 
 def test_the_prm_picks_better_than_a_random_sample_on_held_out_problems(trained):
     gen, _, scorer = trained
-    held_out = generate_problems(120, seed=22, spec=EASY_ARITH)
+    held_out = generate_problems(100, seed=22, spec=EASY_ARITH)
     sampled = sample(gen, held_out, EvalSpec(ns=(8,)))
     scores = score_samples(scorer, sampled)
     random_pick = sum(sum(s.correct) / len(s.correct) for s in sampled) / len(sampled)
