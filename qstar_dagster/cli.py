@@ -183,7 +183,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
         if "skipped" in t:
             click.echo(f"{asset}: {t['skipped']}")
             continue
-        line = f"{asset} {t['checkpoint_id']} (loss {t['final_loss']:.3f}, {t['train_seconds']:.0f}s)"
+        line = f"{asset} {t['checkpoint_id']} (loss {_fmt(t['final_loss'], '.3f')}, {t['train_seconds']:.0f}s)"
         if t.get("step_accuracy") is not None:
             line += (f": on {DEMO_TEST_SET} steps vs the oracle, accuracy {_fmt(t['step_accuracy'], '.1%')} (chance "
                      f"{_fmt(t['chance_accuracy'], '.1%')}), first-error F1 {_fmt(t['first_error_f1'], '.3f')}, "

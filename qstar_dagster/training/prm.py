@@ -239,7 +239,7 @@ def _load_head(model_dir: str | Path, eos_id: int, kind: str | None = None, **kw
     return _Head(kind, AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=1), eos_id, **kw)
 
 
-def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: int) -> None:
+def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: int) -> float:
     """The generative head's bias: the logistic regression of the targets on the scaled step
     log-likelihoods (before training, at scale 1: training starts from the calibrated policy
     likelihood). The scale is not fitted here: where the likelihood says little, a fit drives
@@ -264,6 +264,8 @@ def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: in
 
     opt.step(closure)
     head.bias.data.fill_(bias.item())
+    with torch.no_grad():
+        return torch.nn.functional.binary_cross_entropy_with_logits(x + bias, y).item()
 
 
 def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: PRMTrainSpec = PRMTrainSpec(),
@@ -282,8 +284,9 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     torch.manual_seed(spec.seed)
     head = _load_head(base_dir, tok.eos_token_id, spec.head, read_at=spec.read_at)
     head.model.config.pad_token_id = tok.pad_token_id
+    calibration_loss = None
     if spec.head == "generative":
-        _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)
+        calibration_loss = _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)
     elif spec.freeze_backbone:
         for name, p in head.model.named_parameters():
             p.requires_grad = name.startswith("score.")
@@ -330,7 +333,7 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
             log_progress("prm", step, total, sum(losses[-25:]) / len(losses[-25:]), started)
     head.eval()
     if spec.head == "generative" and total and not spec.point_weight:
-        _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)  # nothing else kept it calibrated
+        calibration_loss = _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)  # nothing else did
     out_dir.mkdir(parents=True, exist_ok=True)
     head.model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -339,7 +342,9 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
         saved |= {"scale": head.log_scale.exp().item(), "bias": head.bias.item()}
     (out_dir / HEAD_FILE).write_text(json.dumps(saved))
     curve = [(i, sum(losses[max(0, i - 25):i]) / len(losses[max(0, i - 25):i])) for i in range(25, total + 1, 25)]
-    return {"final_loss": sum(losses[-25:]) / len(losses[-25:]) if losses else None,
+    # with no fine-tuning, the loss is the calibration's (BCE of the fitted bias on the labels)
+    return {"final_loss": sum(losses[-25:]) / len(losses[-25:]) if losses else calibration_loss,
+            "calibration_loss": calibration_loss,
             "train_seconds": time.monotonic() - started, "n_train_examples": len(examples),
             "n_labeled_steps": sum(not math.isnan(t) for e in examples for t in e["targets"]), "loss_curve": curve,
             "head": saved, "config": asdict(spec)}

@@ -1,0 +1,94 @@
+"""The PRM's pieces: where a step ends, which rows teach what, and the checkpoint round trip."""
+
+import math
+
+import pytest
+import torch
+
+from qstar_dagster.tasks.arith import generate_problems
+from qstar_dagster.training.charlm import char_tokenizer
+from qstar_dagster.training.prm import (
+    LikelihoodScorer,
+    PRMScorer,
+    PRMTrainSpec,
+    encode_steps,
+    sibling_pairs,
+    token_logprobs,
+    train_prm,
+    training_examples,
+)
+
+from ..conftest import EASY_ARITH
+
+
+def test_a_step_end_is_scored_as_separator_or_end_of_sequence():
+    tok = char_tokenizer()
+    ids, spans = encode_steps(tok, "Compute left to right: 1 + 2", ["1 + 2 = 3", "The answer is 3"])
+    assert [tok.decode(ids[a:b]) for a, b in spans] == ["1 + 2 = 3\n", "The answer is 3\n"]
+    logits = torch.zeros(1, len(ids), len(tok))
+    sep, eos = ids[-1], tok.eos_token_id
+    logits[0, -2, eos] = 8.0  # after the final step, the policy expects the end of sequence, not a separator
+    raw = token_logprobs(logits, torch.tensor([ids]), [spans], None)
+    ended = token_logprobs(logits, torch.tensor([ids]), [spans], eos)
+    p = logits[0, -2].softmax(-1)
+    assert raw[0, -1].item() == pytest.approx(math.log(p[sep]), rel=1e-5)  # what the earlier code scored: ~e^-8
+    assert ended[0, -1].item() == pytest.approx(math.log(p[sep] + p[eos]), rel=1e-5)
+    assert torch.equal(raw[0, :-1], ended[0, :-1])  # every other token is read as it is
+
+
+def test_a_trained_policy_scores_its_own_right_final_step_high_only_when_the_end_is_read_as_an_end(arith_policy_dir):
+    [problem] = generate_problems(1, seed=4, spec=EASY_ARITH)
+    steps = problem.reference_solution.split("\n")
+    fixed = LikelihoodScorer(arith_policy_dir).score_steps(problem.problem, steps)
+    raw = LikelihoodScorer(arith_policy_dir, raw_separator=True).score_steps(problem.problem, steps)
+    assert fixed[-1] > 0.9 and raw[-1] < fixed[-1] - 0.2, (fixed, raw)
+    assert fixed[:-1] == pytest.approx(raw[:-1])
+
+
+ROWS = [  # one problem's paths: two share "1 + 2 = 3", then go right and wrong; one goes wrong at once
+    {"prompt": "P", "completions": ["1 + 2 = 3", "3 + 4 = 7", "The answer is 7"], "labels": [True, True, True]},
+    {"prompt": "P", "completions": ["1 + 2 = 3", "3 + 4 = 8", "8 + 1 = 9"], "labels": [True, False, False]},
+    {"prompt": "P", "completions": ["1 + 2 = 4", "4 + 4 = 8"], "labels": [False, False]},
+]
+
+
+def test_sibling_pairs_are_right_and_wrong_next_steps_of_one_prefix_up_to_the_first_error():
+    assert sorted(sibling_pairs(ROWS)) == [("P", [], "1 + 2 = 3", "1 + 2 = 4"),
+                                           ("P", ["1 + 2 = 3"], "3 + 4 = 7", "3 + 4 = 8")]
+
+
+def test_training_rows_stop_at_the_first_error_and_teach_each_step_once():
+    tok = char_tokenizer()
+    examples = training_examples(tok, ROWS, PRMTrainSpec())
+    targets = [e["targets"] for e in examples]
+    assert targets[0] == [1.0, 1.0, 1.0]
+    assert math.isnan(targets[1][0]) and targets[1][1:] == [0.0]  # "1 + 2 = 3" already taught; cut after 3 + 4 = 8
+    assert targets[2] == [0.0]
+    every = training_examples(tok, ROWS, PRMTrainSpec(stop_at_first_error=False, once_per_step=False))
+    assert [e["targets"] for e in every] == [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0]]
+
+
+def test_the_default_prm_is_the_calibrated_likelihood_and_round_trips_through_its_checkpoint(arith_policy_dir,
+                                                                                               tmp_path):
+    problems = generate_problems(6, seed=8, spec=EASY_ARITH)
+    rows = [{"prompt": p.problem, "completions": p.reference_solution.split("\n"),
+             "labels": [True] * len(p.reference_solution.split("\n"))} for p in problems]
+    rows[0]["completions"][0] = rows[0]["completions"][0][:-1] + "0"  # a wrong result
+    rows[0]["labels"][0] = False
+    summary = train_prm(arith_policy_dir, rows, tmp_path / "prm", PRMTrainSpec())
+    assert summary["loss_curve"] == [] and summary["head"]["head"] == "generative"  # nothing fine-tuned
+    assert summary["final_loss"] == summary["calibration_loss"] > 0
+    scorer = PRMScorer(tmp_path / "prm")
+    likelihood = LikelihoodScorer(arith_policy_dir)
+    items = [(r["prompt"], r["completions"]) for r in rows]
+    scores, means = scorer.score_batch(items), likelihood.score_batch(items)
+    assert all(0 < s < 1 for path in scores for s in path)
+    flat = [s for path in scores for s in path]
+    order = sorted(range(len(flat)), key=flat.__getitem__)
+    # σ(Σ log p + b) is monotone in a step's summed log-likelihood (mean x tokens): the same order
+    tok = char_tokenizer()
+    sums = [math.log(m) * (b - a) for path, (p, st) in zip(means, items)
+            for m, (a, b) in zip(path, encode_steps(tok, p, st)[1])]
+    assert order == sorted(range(len(sums)), key=sums.__getitem__)
+    with pytest.raises(ValueError, match="must be trained"):
+        PRMTrainSpec(head="classifier")
