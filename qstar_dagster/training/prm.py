@@ -3,16 +3,17 @@
 Two heads, one interface (`PRMScorer.score_batch(items) -> step scores`):
 
 - `generative` (the default): the step's score is the LM's own log-likelihood of the step's
-  tokens, mapped to a probability by a learned scale and bias, σ(a · Σ log p(token) + b),
-  and the LM is fine-tuned on the step labels through that score. A wrong step in this domain
-  is a wrong digit, and the place where an LM "knows" the digit is its next-token
-  distribution just before it; a classifier must instead recompute the arithmetic from the
-  hidden state after the digit was read. At zero training steps it is the policy's own
-  likelihood, calibrated; training moves probability off the digits the labels call wrong.
-  (The idea is the generative verifiers' and implicit PRMs': read the score off the LM.)
+  tokens, mapped to a probability by a scale and a bias, σ(a · Σ log p(token) + b). A wrong
+  step in this domain is a wrong digit, and the place where an LM "knows" the digit is its
+  next-token distribution just before it; a classifier must instead recompute the arithmetic
+  from the hidden state after the digit was read. By default only the bias is fitted to the
+  labels (the calibrated policy likelihood); `epochs` / `steps` fine-tune the LM through the
+  score (pointwise BCE, pairwise Bradley-Terry on sibling steps, a joint LM loss), which on
+  the built-in domain made held-out ranking worse (README, "A PRM that verifies"). (The idea
+  is the generative verifiers' and implicit PRMs': read the score off the LM.)
 - `classifier` (the earlier design): transformers' token-classification head with one logit,
-  read at the step's separator (or its last token), trained with BCE. See README, "Why the
-  classifier PRM could not rank": it learns which problems are hard, not which step is wrong.
+  read at the step's separator (or its last token), trained with BCE. It learns which
+  problems are hard, not which step is wrong (same README section).
 
 Each step is tokenized on its own (prompt, then step + separator), so spans are exact for
 any tokenizer, including ones that would merge a separator with its neighbours. Targets are
@@ -406,6 +407,9 @@ class LikelihoodScorer:
                 lps = [token_lp[i, a - 1:b - 1] for a, b in step_spans]
                 out.append([math.exp(x.mean().item() if self.reduce == "mean" else x.min().item()) for x in lps])
         return out
+
+    def score_steps(self, problem: str, steps: Sequence[str]) -> list[float]:
+        return self.score_batch([(problem, steps)])[0]
 
 
 def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> dict:

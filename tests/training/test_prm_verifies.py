@@ -65,5 +65,5 @@ def test_the_prm_picks_better_than_a_random_sample_on_held_out_problems(trained)
     best = prm_metrics(sampled, scores, [8])[("prm_best_of:min", 8)]
     signal = within_problem_signal(sampled, scores)
     assert signal["mixed_problems"] >= 20, signal
-    assert best >= random_pick + 0.1, (best, random_pick, signal)
+    assert best >= random_pick + 0.05, (best, random_pick, signal)
     assert signal["within_gap"] > 0 and signal["within_positive"] >= 0.6, signal
