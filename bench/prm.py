@@ -264,7 +264,11 @@ def main() -> None:
               f"{pct(r['sibling_accuracy'])} | {pct(r['train_sibling_accuracy'])} | {gap} | "
               f"{pct(r['within_positive'])} | {pct(r['step_accuracy'])} ({pct(r['chance_accuracy'])}) | {f1} | "
               f"{r['train_seconds']:.0f} |")
-    print(json.dumps({"majority": {n: alone[("majority", n)] for n in ns}, "pass": {n: alone[("pass", n)] for n in ns},
+    costs = label_tokens(store, train_rollout)
+    costs["consensus"] = costs.get("mc", 0) + costs.get("binary_search", 0)  # needs both labelers' labels
+    print("what the labels on the training rollout cost (generated tokens): "
+          + ", ".join(f"{k} {v:,}" for k, v in sorted(costs.items())))
+    print(json.dumps({"label_tokens": costs, "majority": {n: alone[("majority", n)] for n in ns}, "pass": {n: alone[("pass", n)] for n in ns},
                       "greedy": alone[("greedy", 1)], "random_sample": random_pick, "scorers": results}))
 
 
