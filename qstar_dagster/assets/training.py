@@ -84,13 +84,14 @@ def _metadata(built, dataset, extra: dict) -> dict:
 
 class PRMConfig(TrainConfig):
     labeler: str = Field("mc", description="whose labels the PRM learns (the prm dataset's labeler)")
-    head: str = Field(_PRM.head, description="generative (the LM's own likelihood of each step, calibrated and "
-                      "fine-tuned on the labels) or classifier (a one-logit head at each step's separator)")
+    head: str = Field(_PRM.head, description="generative (the LM's own likelihood of each step, with a bias fitted "
+                      "to the labels; epochs / steps fine-tune the LM too) or classifier (a one-logit head at each "
+                      "step's separator; must be trained)")
     target: str = Field(_PRM.target, description="hard (0/1 labels, cross-entropy) or soft (Monte Carlo "
                         "fractions, BCE)")
-    epochs: float = _PRM.epochs
-    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset; 0 (generative): "
-                              "the calibrated policy likelihood, no fine-tuning")
+    epochs: float = Field(_PRM.epochs, description="passes over the dataset; 0 (default): no fine-tuning, the "
+                          "calibrated policy likelihood (fine-tuning ranked held-out steps worse: bench/prm.py)")
+    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
     batch_size: int = _PRM.batch_size
     lr: float = _PRM.lr
     stop_at_first_error: bool = Field(_PRM.stop_at_first_error, description="learn each path up to its first "
@@ -108,9 +109,9 @@ class PRMConfig(TrainConfig):
     group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="A process reward model from the policy: by default generative (a step's score is the LM's own "
-    "likelihood of it, calibrated and fine-tuned with BCE on a prm dataset's hard or soft labels), or a one-logit "
-    "classifier head; measured against the oracle on the held-out set's rollouts. Checkpoint kind prm; "
-    "PRMScorer(path).score_steps(problem, steps).",
+    "likelihood of it, with a bias fitted to a prm dataset's hard or soft labels; optionally fine-tuned with BCE, "
+    "pairwise and LM losses), or a one-logit classifier head; measured against the oracle on the held-out set's "
+    "rollouts. Checkpoint kind prm; PRMScorer(path).score_steps(problem, steps).",
 )
 def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageStoreResource,
               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:

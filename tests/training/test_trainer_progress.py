@@ -1,4 +1,4 @@
-"""The transformers / TRL trainers (PRM, DPO) report progress in the log, not as dicts on stdout."""
+"""The PRM's training loop and TRL's DPO trainer report progress in the log, not as dicts on stdout."""
 
 import logging
 
