@@ -133,7 +133,9 @@ class TextNoiseScorer:
 
 def training_rows(store: LineageStore, rollout_id: str, policy: str, labeler: str) -> list[dict]:
     """The PRM rows of one labeler on the rollout, labeling it first where needed (binary
-    search and consensus are cheap; mc comes from the demo's round 1)."""
+    search and consensus are cheap; mc comes from the demo's round 1). The oracle's are its
+    step-correct labels: the same as prefix-correct up to each path's first error, where the
+    default cuts the rows; past it (the classifier rows learn every step) they rate the step."""
     have = {r["labeler"] for r in store.records(
         "SELECT DISTINCT labeler FROM step_labels JOIN nodes USING (node_id) JOIN trees USING (tree_id) "
         "WHERE rollout_id = ?", [rollout_id])}
