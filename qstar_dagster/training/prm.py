@@ -46,6 +46,7 @@ from qstar_dagster.training.sft import (
     epoch_batches,
     lm_batches,
     log_progress,
+    warmup_cosine,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class PRMTrainSpec:
     point_weight: float = 1.0
     pair_weight: float = 0.0
 
+    @property
+    def fine_tunes(self) -> bool:
+        return self.steps != 0 and not (self.steps is None and self.epochs == 0)
+
     def __post_init__(self) -> None:
         if self.head not in PRM_HEADS:
             raise ValueError(f"PRM head must be one of {', '.join(PRM_HEADS)}, got {self.head!r}")
@@ -94,7 +99,7 @@ class PRMTrainSpec:
             raise ValueError(f"PRM target must be hard or soft, got {self.target!r}")
         if self.read_at not in ("separator", "step"):
             raise ValueError(f"PRM read_at must be separator or step, got {self.read_at!r}")
-        if self.head == "classifier" and (self.steps == 0 or self.steps is None and self.epochs == 0):
+        if self.head == "classifier" and not self.fine_tunes:
             raise ValueError("a classifier PRM must be trained: set epochs or steps (its head starts at random)")
         if self.lm_weight and self.head != "generative":
             raise ValueError("lm_weight needs the generative head (a classifier has no language-model head)")
@@ -291,12 +296,10 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     elif spec.freeze_backbone:
         for name, p in head.model.named_parameters():
             p.requires_grad = name.startswith("score.")
-    no_tuning = spec.steps == 0 or (spec.steps is None and spec.epochs == 0)
-    total = 0 if no_tuning else n_steps(spec.steps, spec.epochs, len(examples), spec.batch_size)
+    total = n_steps(spec.steps, spec.epochs, len(examples), spec.batch_size) if spec.fine_tunes else 0
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / max(1, spec.warmup))
-                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
+    sched = warmup_cosine(opt, spec.warmup, total)
     head.train()
     batches = epoch_batches(len(examples), spec.batch_size, spec.seed)
     pairs = [[encode_steps(tok, prompt, [*prefix, step]) for step in (a, b)]
@@ -351,7 +354,24 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
             "head": saved, "config": asdict(spec)}
 
 
-class PRMScorer:
+class _StepScorer:
+    """What the two scorers share: items go in batches of (ids, mask, step spans) on the
+    device; `_score(ids, mask, spans)` gives each path's step scores."""
+
+    @torch.no_grad()
+    def score_batch(self, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64) -> list[list[float]]:
+        out = []
+        for start in range(0, len(items), batch_size):
+            encoded = [encode_steps(self.tok, p, s) for p, s in items[start:start + batch_size]]
+            ids, mask = _pad([ids for ids, _ in encoded], self.tok.pad_token_id)
+            out += self._score(ids.to(self.device), mask.to(self.device), [spans for _, spans in encoded])
+        return out
+
+    def score_steps(self, problem: str, steps: Sequence[str]) -> list[float]:
+        return self.score_batch([(problem, steps)])[0]
+
+
+class PRMScorer(_StepScorer):
     """`score_steps(problem, steps)`: the PRM's probability that each step is good."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu"):
@@ -362,23 +382,12 @@ class PRMScorer:
         self.kind = self.head.kind
         self.device = device
 
-    @torch.no_grad()
-    def score_batch(self, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64) -> list[list[float]]:
-        out = []
-        for start in range(0, len(items), batch_size):
-            encoded = [encode_steps(self.tok, p, s) for p, s in items[start:start + batch_size]]
-            ids, mask = _pad([ids for ids, _ in encoded], self.tok.pad_token_id)
-            probs = torch.sigmoid(self.head(ids.to(self.device), mask.to(self.device),
-                                            [spans for _, spans in encoded])).cpu().tolist()
-            flat = iter(probs)
-            out += [[next(flat) for _ in spans] for _, spans in encoded]
-        return out
-
-    def score_steps(self, problem: str, steps: Sequence[str]) -> list[float]:
-        return self.score_batch([(problem, steps)])[0]
+    def _score(self, ids, mask, spans) -> list[list[float]]:
+        flat = iter(torch.sigmoid(self.head(ids, mask, spans)).cpu().tolist())
+        return [[next(flat) for _ in step_spans] for step_spans in spans]
 
 
-class LikelihoodScorer:
+class LikelihoodScorer(_StepScorer):
     """A reference with no training: a step's score is the policy's geometric-mean token
     probability over the step (`mean`) or its least likely token (`min`); the step's end is
     read as `token_logprobs` reads it (`raw_separator`: as is, to measure that bug)."""
@@ -393,23 +402,12 @@ class LikelihoodScorer:
         self.reduce, self.device = reduce, device
         self.eos_id = None if raw_separator else self.tok.eos_token_id
 
-    @torch.no_grad()
-    def score_batch(self, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64) -> list[list[float]]:
-        out = []
-        for start in range(0, len(items), batch_size):
-            encoded = [encode_steps(self.tok, p, s) for p, s in items[start:start + batch_size]]
-            ids, mask = _pad([ids for ids, _ in encoded], self.tok.pad_token_id)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            spans = [spans for _, spans in encoded]
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-            token_lp = token_logprobs(logits, ids, spans, self.eos_id).cpu()
-            for i, step_spans in enumerate(spans):
-                lps = [token_lp[i, a - 1:b - 1] for a, b in step_spans]
-                out.append([math.exp(x.mean().item() if self.reduce == "mean" else x.min().item()) for x in lps])
-        return out
-
-    def score_steps(self, problem: str, steps: Sequence[str]) -> list[float]:
-        return self.score_batch([(problem, steps)])[0]
+    def _score(self, ids, mask, spans) -> list[list[float]]:
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        token_lp = token_logprobs(logits, ids, spans, self.eos_id).cpu()
+        reduce = torch.mean if self.reduce == "mean" else torch.min
+        return [[math.exp(reduce(token_lp[i, a - 1:b - 1]).item()) for a, b in step_spans]
+                for i, step_spans in enumerate(spans)]
 
 
 def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> dict:

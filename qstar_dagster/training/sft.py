@@ -70,6 +70,12 @@ def log_progress(name: str, step: int, steps: int, loss: float, started: float, 
              (steps - step) / rate, extra)
 
 
+def warmup_cosine(opt, warmup: int, steps: int):
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / max(1, warmup))
+                                             * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+
+
 def fit_causal_lm(model, tok, examples: list[tuple[list[int], int]], spec: FitSpec, name: str,
                   on_eval: Callable[[object, object], float] | None = None) -> dict:
     """Train `model` in place with AdamW, linear warm-up then cosine decay; log progress every
@@ -79,8 +85,7 @@ def fit_causal_lm(model, tok, examples: list[tuple[list[int], int]], spec: FitSp
     torch.manual_seed(spec.seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / max(1, spec.warmup))
-                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.steps))))
+    sched = warmup_cosine(opt, spec.warmup, spec.steps)
     batches = lm_batches(examples, spec, tok.pad_token_id)
     started, losses, curve = time.monotonic(), [], []
     for step in range(1, spec.steps + 1):
