@@ -23,8 +23,8 @@ from bench_common import default_model  # bench/ is on sys.path when a benchmark
 
 from qstar_dagster.generation.base import SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, load_causal_lm
+from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
-from qstar_dagster.training.base_policy import policy_prompt
 
 
 def step_prompts(k: int) -> list[str]:

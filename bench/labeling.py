@@ -32,15 +32,15 @@ from bench_common import default_model  # bench/ is on sys.path when a benchmark
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.labeling import binary_search, montecarlo
 from qstar_dagster.labeling.agreement import agreement
-from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.labeling.oracle import oracle_labels
 from qstar_dagster.labeling.pipeline import oracle_region, solutions_of
 from qstar_dagster.search.algorithms import SearchSpec, search
+from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import make_value_function
+from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
-from qstar_dagster.training.base_policy import policy_prompt
 
 
 def measure(name: str, trees, labels: dict[str, bool], tokens: int, seconds: float, truth, region,

@@ -42,18 +42,18 @@ from qstar_dagster.evaluation.evaluate import (
 )
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.labeling import binary_search
-from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.labeling.oracle import oracle_labels
 from qstar_dagster.labeling.pipeline import label_consensus, label_monte_carlo, label_oracle
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.resources import default_store_path
 from qstar_dagster.search.algorithms import SearchSpec, search
+from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.rollouts import held_out_rollout, load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import NoValue
 from qstar_dagster.tasks.arith import judge_steps
+from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.steps import LINE
-from qstar_dagster.training.base_policy import policy_prompt
 from qstar_dagster.training.prm import (
     LikelihoodScorer,
     PRMScorer,

@@ -31,7 +31,8 @@ from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.resources import default_store_path
 from qstar_dagster.tasks.grading import answers_match, extract_answer
-from qstar_dagster.training.base_policy import greedy_accuracy, policy_prompt
+from qstar_dagster.tasks.problem import policy_prompt
+from qstar_dagster.training.base_policy import greedy_accuracy
 from qstar_dagster.training.policy import RFTSpec, train_rft
 
 

@@ -26,9 +26,9 @@ from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import make_value_function
+from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
-from qstar_dagster.training.base_policy import policy_prompt
 
 # One budget for all three: at most 33 nodes per tree.
 SPECS = [

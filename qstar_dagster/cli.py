@@ -92,7 +92,7 @@ def _executor(home: Path):
     from qstar_dagster.definitions import make_definitions
     from qstar_dagster.rounds import make_executor
 
-    return make_executor(make_definitions(str(home)), prepare_instance(home), click.echo)
+    return make_executor(make_definitions(str(home)).resolve_job_def, prepare_instance(home), click.echo)
 
 
 @main.command()

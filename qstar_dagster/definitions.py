@@ -1,6 +1,15 @@
 """The Dagster code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import (
+    AssetSelection,
+    Config,
+    Definitions,
+    OpExecutionContext,
+    define_asset_job,
+    job,
+    op,
+)
+from pydantic import Field
 
 from qstar_dagster.assets.datasets import step_datasets
 from qstar_dagster.assets.evaluation import evaluation
@@ -16,15 +25,11 @@ from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set, prompt_set_partitions
 from qstar_dagster.assets.rollouts import tot_rollouts
 from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
-from qstar_dagster.jobs import (
-    expert_iteration_round,
-    prompt_set_refresh_sensor,
-    refresh_job,
-    refresh_schedule,
-)
+from qstar_dagster.jobs import prompt_set_refresh_sensor, refresh_job, refresh_schedule
 from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 from qstar_dagster.resources.compute import ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
+from qstar_dagster.rounds import ROUND_LABELERS, RoundSpec, make_executor, run_round
 
 # The embedded pipeline's stages per prompt set (one partition each). A Dagster job has one
 # partitioning, so the unpartitioned models (base policy, judge) have their own jobs; `qstar
@@ -52,6 +57,33 @@ judge_model_job = define_asset_job(
     "judge_model_job", selection=AssetSelection.assets(judge_model),
     description="Train the built-in step judge on a training prompt set's rollouts.",
 )
+
+
+_ROUND = RoundSpec()
+
+
+class RoundConfig(Config):
+    round: int = Field(1, description="round to run; round k uses round k-1's policy and PRM")
+    train_set: str = _ROUND.train_set
+    test_set: str = _ROUND.test_set
+    train_problems: int = Field(_ROUND.train_problems, description="rollouts on the first n training problems")
+    labeler: str = Field(_ROUND.labeler, description=f"{' or '.join(ROUND_LABELERS)}: whose step labels the PRM "
+                         "and the step pairs learn from")
+
+
+@op(description="Run one expert-iteration round: rollouts, labels, datasets, training, evaluation.")
+def run_round_op(context: OpExecutionContext, config: RoundConfig, store: LineageStoreResource) -> dict:
+    # each stage runs as its own run of this code location's jobs, against this instance
+    execute = make_executor(make_definitions().resolve_job_def, context.instance, context.log.info)
+    out = run_round(store.store(), execute,
+                    RoundSpec(round=config.round, train_set=config.train_set, test_set=config.test_set,
+                              train_problems=config.train_problems, labeler=config.labeler))
+    return {"round": out["round"], "policy": out["policy"], "prm": out["prm"]}
+
+
+@job(description="One full expert-iteration round (each stage runs as its own run of this instance).")
+def expert_iteration_round():
+    run_round_op()
 
 
 def make_definitions(data_dir: str | None = None) -> Definitions:

@@ -1,4 +1,5 @@
-"""Orchestration: the refresh job with its schedule and sensor, and the expert-iteration round.
+"""Orchestration: the refresh job with its schedule and sensor (the expert-iteration round's
+job is in `definitions.py`: its op runs the code location's other jobs).
 
 - `refresh` re-materializes a prompt set's rollouts, Monte Carlo and oracle labels, label
   agreement and datasets, retrying transient failures; GPU assets keep their `gpu` pool.
@@ -6,7 +7,6 @@
   prompt_set materialization is newer than its rollouts'.
 - `prompt_set_refresh_sensor` does the same as soon as a prompt set is materialized, so a
   file dropped in the inbox flows through `prompt_inbox_sensor` -> prompt_set -> refresh.
-- `expert_iteration_round` runs one full round (`qstar_dagster/rounds.py`).
 """
 
 from dagster import (
@@ -14,27 +14,19 @@ from dagster import (
     AssetRecordsFilter,
     AssetSelection,
     Backoff,
-    Config,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     EventLogEntry,
-    OpExecutionContext,
     RetryPolicy,
     RunRequest,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
     asset_sensor,
     define_asset_job,
-    job,
-    op,
     schedule,
 )
-from pydantic import Field
 
 from qstar_dagster.assets.prompts import prompt_set_partitions
-from qstar_dagster.rounds import ROUND_LABELERS, RoundSpec
-
-_ROUND = RoundSpec()
 
 REFRESH_ASSETS = ("tot_rollouts", "mc_labels", "oracle_labels", "label_agreement", "step_datasets")
 
@@ -77,32 +69,3 @@ def prompt_set_refresh_sensor(context: SensorEvaluationContext, asset_event: Eve
     key = asset_event.dagster_event.partition if asset_event.dagster_event else None
     if key:
         yield RunRequest(run_key=f"refresh:{key}:{asset_event.run_id}", partition_key=key)
-
-
-class RoundConfig(Config):
-    round: int = Field(1, description="round to run; round k uses round k-1's policy and PRM")
-    train_set: str = _ROUND.train_set
-    test_set: str = _ROUND.test_set
-    train_problems: int = Field(_ROUND.train_problems, description="rollouts on the first n training problems")
-    labeler: str = Field(_ROUND.labeler, description=f"{' or '.join(ROUND_LABELERS)}: whose step labels the PRM "
-                         "and the step pairs learn from")
-
-
-@op(description="Run one expert-iteration round: rollouts, labels, datasets, training, evaluation.")
-def run_round_op(context: OpExecutionContext, config: RoundConfig) -> dict:
-    from qstar_dagster.definitions import make_definitions
-    from qstar_dagster.lineage import LineageStore
-    from qstar_dagster.resources import default_store_path
-    from qstar_dagster.rounds import make_executor, run_round
-
-    defs = make_definitions()
-    execute = make_executor(defs, context.instance, context.log.info)
-    out = run_round(LineageStore(default_store_path()), execute,
-                    RoundSpec(round=config.round, train_set=config.train_set, test_set=config.test_set,
-                              train_problems=config.train_problems, labeler=config.labeler))
-    return {"round": out["round"], "policy": out["policy"], "prm": out["prm"]}
-
-
-@job(description="One full expert-iteration round (each stage runs as its own run of this instance).")
-def expert_iteration_round():
-    run_round_op()

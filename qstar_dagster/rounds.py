@@ -100,14 +100,17 @@ class StageFailed(RuntimeError):
     pass
 
 
-def make_executor(defs, instance, echo: Callable[[str], None] = print, log_level: str = "INFO") -> Execute:
-    """An `Execute` that runs each stage in process against `instance`, as its own run."""
+def make_executor(job_def: Callable[[str], object], instance, echo: Callable[[str], None] = print,
+                  log_level: str = "INFO") -> Execute:
+    """An `Execute` that runs each stage in process against `instance`, as its own run.
+    `job_def(name)`: the job of that name (`Definitions.resolve_job_def`, or an op's
+    `context.repository_def.get_job`: the code location's jobs with its resources)."""
     from dagster import AssetKey
 
     def execute(job_name: str, what: str, partition_key: str | None, asset: str, config: dict | None) -> dict:
         echo(f"== {what}")
         ops = {asset: {"config": config}} if config else {}
-        result = defs.resolve_job_def(job_name).execute_in_process(
+        result = job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition_key, raise_on_error=False, asset_selection=[AssetKey(asset)],
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, "ops": ops})
         if not result.success:

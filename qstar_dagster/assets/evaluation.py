@@ -23,8 +23,7 @@ from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import held_out_rollout, load_trees
-from qstar_dagster.tasks.problem import content_id
-from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, content_id
 from qstar_dagster.training.prm import PRMScorer, evaluate_prm
 
 _SPEC = EvalSpec()

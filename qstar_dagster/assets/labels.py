@@ -27,12 +27,12 @@ from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.labeling import pipeline
-from qstar_dagster.labeling.estimate import EstimatorSpec
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.plots import bar_plots_markdown, heatmaps_markdown, line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
+from qstar_dagster.search.estimate import EstimatorSpec
 from qstar_dagster.search.rollouts import resolve_rollout
 from qstar_dagster.training.judge import JudgeTrainSpec, build_judge
 

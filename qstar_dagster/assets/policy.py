@@ -6,11 +6,13 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.evaluation.evaluate import evaluate_policy
+from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
 from qstar_dagster.training.base_policy import (
-    DEFAULT_PROMPT_TEMPLATE,
     BasePolicyConfig,
     EvalSpec,
     build_base_policy,
@@ -58,13 +60,19 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
     train_cfg = BasePolicyConfig(hidden=config.hidden, layers=config.layers, heads=config.heads, steps=config.steps,
                                  batch_size=config.batch_size, lr=config.lr, warmup=config.warmup, seed=config.seed,
                                  eval_every=config.eval_every)
+    check_backend(config.backend)
+    spec = EvalSpec(config.eval_prompt_set, config.eval_k, config.eval_max_new_tokens,
+                    temperature=config.eval_temperature)
+
+    def evaluate(path, problems) -> dict:
+        gen = make_generator(config.backend, str(path), compute.torch_device(), compute.torch_dtype())
+        return evaluate_policy(gen, problems, k=spec.k, seed=spec.seed, max_new_tokens=spec.max_new_tokens,
+                               template=config.prompt_template, temperature=spec.temperature)
+
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         result = build_base_policy(
             lineage, data_dir.subdir("checkpoints"), cfg=train_cfg, train_prompt_set=config.train_prompt_set,
-            evaluation=EvalSpec(config.eval_prompt_set, config.eval_k, config.eval_max_new_tokens,
-                                temperature=config.eval_temperature),
-            model_path=config.model_path, template=config.prompt_template,
-            device=compute.torch_device(), dtype=compute.torch_dtype(), backend=config.backend,
+            evaluation=spec, evaluate=evaluate, model_path=config.model_path, template=config.prompt_template,
             run_id=context.run_id,
         )
         with lineage.transaction() as con:

@@ -29,7 +29,8 @@ from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.algorithms import ALGORITHMS, SearchSpec
 from qstar_dagster.search.rollouts import plan_rollout, rollout_summary, run_rollout, tree_shape
 from qstar_dagster.search.value import VALUE_FUNCTIONS
-from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
+from qstar_dagster.training.prm import PRMScorer
 
 _SPEC = SearchSpec()
 
@@ -111,7 +112,7 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
                             config.batch_size, template)
         result = run_rollout(lineage, plan, lambda: make_generator(config.backend, policy["path"],
                                                                    compute.torch_device(), compute.torch_dtype()),
-                             context.run_id)
+                             context.run_id, load_prm=lambda path: PRMScorer(path, compute.torch_device()))
         with lineage.transaction() as con:
             run.finish(con)
     summary = rollout_summary(lineage, plan.rollout_id)

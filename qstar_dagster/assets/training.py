@@ -11,13 +11,13 @@ from pydantic import Field
 
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.datasets.build import latest_dataset, read_rows
+from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.backends import make_generator
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import held_out_rollout, load_trees
 from qstar_dagster.tasks.steps import step_format
-from qstar_dagster.training.base_policy import evaluate_policy
 from qstar_dagster.training.checkpoints import build_checkpoint
 from qstar_dagster.training.policy import DPOSpec, RFTSpec, train_dpo, train_rft
 from qstar_dagster.training.prm import (

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.tasks.grading import answers_match, extract_answer
-from qstar_dagster.tasks.problem import Problem
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.tasks.steps import step_format
-from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE, policy_prompt
 
 AGGREGATIONS = {"min": min, "prod": math.prod, "last": lambda s: s[-1]}
 
@@ -55,6 +54,17 @@ def sample(gen: Generator, problems: Sequence[Problem], spec: EvalSpec,
                            [a is not None and answers_match(a, p.reference_answer) for a in answers],
                            [step_format(p.domain).split(c.text) for c in cs]))
     return out
+
+
+def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
+                    max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE,
+                    temperature: float = 0.7) -> dict:
+    """Greedy accuracy, pass@k and majority@k (k samples at `temperature`) on `problems`:
+    the figures every policy checkpoint records (base_policy, rft_policy, dpo_policy)."""
+    spec = EvalSpec(ns=(k,), temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    m = policy_metrics(sample(gen, problems, spec, template), [k])
+    return {"greedy": m[("greedy", 1)], f"pass_at_{k}": m[("pass", k)], f"majority_at_{k}": m[("majority", k)],
+            "n": len(problems)}
 
 
 def _vote(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:

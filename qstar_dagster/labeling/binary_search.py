@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qstar_dagster.labeling.estimate import PrefixEstimator
+from qstar_dagster.search.estimate import PrefixEstimator
 from qstar_dagster.search.tree import Node, Tree
 
 LABELER = "binary_search"

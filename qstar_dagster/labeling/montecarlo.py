@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qstar_dagster.labeling.estimate import Estimate, PrefixEstimator
+from qstar_dagster.search.estimate import Estimate, PrefixEstimator
 from qstar_dagster.search.tree import Tree
 
 LABELER = "mc"

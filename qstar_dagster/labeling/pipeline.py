@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from qstar_dagster.generation.base import Generator
 from qstar_dagster.labeling import binary_search, judge, montecarlo, oracle
 from qstar_dagster.labeling.agreement import agreement
-from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 

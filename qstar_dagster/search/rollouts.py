@@ -22,9 +22,8 @@ from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.algorithms import SearchSpec, SearchStats, search
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import make_value_function
-from qstar_dagster.tasks.problem import Problem, content_id
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
 from qstar_dagster.tasks.steps import step_format
-from qstar_dagster.training.base_policy import DEFAULT_PROMPT_TEMPLATE, policy_prompt
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,11 @@ class RolloutResult:
 
 
 def run_rollout(store: LineageStore, plan: RolloutPlan, load_generator: Callable[[], Generator],
-                run_id: str | None = None, on_batch: Callable[[int, int], None] | None = None) -> RolloutResult:
+                run_id: str | None = None, on_batch: Callable[[int, int], None] | None = None,
+                load_prm: Callable[[str], object] | None = None) -> RolloutResult:
     """Search every batch of `plan` not yet in the store and write its trees and nodes.
-    The policy is loaded (`load_generator()`) only if some batch is missing. `on_batch(done,
+    The policy is loaded (`load_generator()`) only if some batch is missing, and so is the
+    PRM of a PRM-guided plan (`load_prm(checkpoint path)`, a step scorer). `on_batch(done,
     total)` is called after each batch (progress; tests use it to stop a run)."""
     done = {r["tree_id"] for r in store.records("SELECT tree_id FROM trees WHERE rollout_id = ?", [plan.rollout_id])}
     todo = [b for b in plan.batches if not set(b.tree_ids) <= done]
@@ -98,8 +99,12 @@ def run_rollout(store: LineageStore, plan: RolloutPlan, load_generator: Callable
     if not todo:
         return result
     generator = load_generator()
-    prm_path = store.checkpoint(plan.spec.prm_checkpoint, "prm")["path"] if plan.spec.value == "prm" else None
-    value = make_value_function(plan.spec.value, generator, plan.spec.mc_rollouts, prm_path)
+    prm = None
+    if plan.spec.value == "prm":
+        if load_prm is None:
+            raise ValueError(f"rollout {plan.rollout_id} is guided by a PRM: pass load_prm to run_rollout")
+        prm = load_prm(store.checkpoint(plan.spec.prm_checkpoint, "prm")["path"])
+    value = make_value_function(plan.spec.value, generator, plan.spec.mc_rollouts, prm)
     started = time.monotonic()
     for i, batch in enumerate(todo, 1):
         trees = [Tree(tree_id, p, policy_prompt(p.problem, plan.template), step_format(p.domain), plan.spec.max_depth)

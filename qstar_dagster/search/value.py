@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from qstar_dagster.generation.base import Generator
-from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
+from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.tree import Node, Tree
 
 
@@ -96,8 +96,9 @@ class PRMValue:
 VALUE_FUNCTIONS = ("none", "likelihood", "mc", "prm")
 
 
-def make_value_function(name: str, generator: Generator, mc_rollouts: int = 4, prm_path: str | None = None,
-                        device: str = "cpu") -> ValueFunction:
+def make_value_function(name: str, generator: Generator, mc_rollouts: int = 4, prm=None) -> ValueFunction:
+    """`prm`: a step scorer (`score_batch`, e.g. training.prm.PRMScorer) for value "prm"; the
+    caller loads it, so that search does not depend on how PRMs are trained."""
     if name == "none":
         return NoValue()
     if name == "likelihood":
@@ -105,9 +106,7 @@ def make_value_function(name: str, generator: Generator, mc_rollouts: int = 4, p
     if name == "mc":
         return MonteCarloValue(generator, mc_rollouts)
     if name == "prm":
-        if not prm_path:
+        if prm is None:
             raise ValueError("value function prm needs a PRM checkpoint (prm_checkpoint; materialize prm_model)")
-        from qstar_dagster.training.prm import PRMScorer
-
-        return PRMValue(PRMScorer(prm_path, device))
+        return PRMValue(prm)
     raise ValueError(f"value function must be one of {', '.join(VALUE_FUNCTIONS)}, got {name!r}")

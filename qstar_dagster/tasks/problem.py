@@ -1,4 +1,4 @@
-"""The unit every prompt set is made of."""
+"""The unit every prompt set is made of, and how a policy is prompted with it."""
 
 from __future__ import annotations
 
@@ -27,3 +27,13 @@ class Problem:
         # Content-addressed: the same problem with the same reference is the same prompt,
         # whichever set or file it came from.
         return content_id("p", self.problem, self.reference_answer)
+
+
+# What the built-in policy is conditioned on; its steps follow, one per line. A checkpoint
+# records its template (config "template"), so that search and evaluation prompt it the way
+# it was trained.
+DEFAULT_PROMPT_TEMPLATE = "{problem}\n"
+
+
+def policy_prompt(problem: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
+    return template.format(problem=problem)

@@ -5,36 +5,21 @@ Pure core: plain torch over `Problem`s; `assets/policy.py` wraps it for Dagster.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.grading import answers_match, extract_answer
-from qstar_dagster.tasks.problem import Problem, content_id
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
+from qstar_dagster.training.checkpoints import read_summary, train_atomically, weights_sha256
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
 
 log = logging.getLogger(__name__)
-
-
-# What the built-in policy is conditioned on; its steps follow, one per line. A checkpoint
-# records its template, so that search and evaluation prompt it the way it was trained.
-DEFAULT_PROMPT_TEMPLATE = "{problem}\n"
-
-
-def policy_prompt(problem: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
-    return template.format(problem=problem)
 
 
 @dataclass(frozen=True)
@@ -71,23 +56,6 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
     return {**summary, "config": asdict(cfg)}
 
 
-def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
-                    max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE,
-                    temperature: float = 0.7) -> dict:
-    """Greedy accuracy, pass@k and majority@k (k samples at `temperature`) on `problems`:
-    the evaluation stage's sampling and metrics at the one N = k."""
-    from qstar_dagster.evaluation.evaluate import (  # it imports this module
-        EvalSpec,
-        policy_metrics,
-        sample,
-    )
-
-    spec = EvalSpec(ns=(k,), temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    m = policy_metrics(sample(gen, problems, spec, template), [k])
-    return {"greedy": m[("greedy", 1)], f"pass_at_{k}": m[("pass", k)], f"majority_at_{k}": m[("majority", k)],
-            "n": len(problems)}
-
-
 def greedy_accuracy(gen: Generator, problems: Sequence[Problem], max_new_tokens: int = 96,
                     template: str = DEFAULT_PROMPT_TEMPLATE) -> float:
     out = gen.generate([policy_prompt(p.problem, template) for p in problems],
@@ -118,31 +86,17 @@ class BasePolicyResult:
     evaluation_rows: list[dict]
 
 
-TRAINING_SUMMARY = "training.json"
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """One hash over a checkpoint's weight files, to tell two checkpoints at one path apart."""
-    h = hashlib.sha256()
-    files = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePolicyConfig = BasePolicyConfig(),
                       train_prompt_set: str = "arith-train", evaluation: EvalSpec = EvalSpec(),
+                      evaluate: Callable[[Path, Sequence[Problem]], dict],
                       model_path: str | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
-                      device: str = "cpu", dtype: torch.dtype | None = None, backend: str = "transformers",
                       run_id: str | None = None) -> BasePolicyResult:
     """Train the built-in policy on `train_prompt_set` (or take `model_path`), evaluate it on
-    `evaluation.prompt_set`, and return the rows to record. Idempotent: a checkpoint is named
-    by what made it (config, training-set version, template), so asking again for one that is
-    recorded and still on disk trains and evaluates nothing."""
-    check_backend(backend)
+    `evaluation.prompt_set`, and return the rows to record. `evaluate(path, problems)` returns
+    greedy, pass_at_k, majority_at_k and n (the evaluation stage's `evaluate_policy`, sampling
+    as `evaluation` says). Idempotent: a checkpoint is named by what made it (config,
+    training-set version, template), so asking again for one that is recorded and still on
+    disk trains and evaluates nothing."""
     eval_version, eval_problems = store.prompt_set_problems(evaluation.prompt_set)
     if model_path:
         path = resolve_model_dir(model_path)
@@ -164,23 +118,26 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         [[r["eval_id"] for r in eval_rows]],
     )
     if recorded and path.is_dir() and len(have_evals) == len(eval_rows):
-        training = _read_summary(path) if not model_path else None
+        training = read_summary(path) if not model_path else None
         return BasePolicyResult(checkpoint_id, path, True, training, _metrics_from_rows(have_evals, evaluation.k),
                                 recorded[0], [])
 
     training = None
     if not model_path:
-        training = _read_summary(path) if path.is_dir() else None  # finished by a run killed before recording
-        if training is None:
-            training = _train_atomically(train_problems, path, cfg, evaluation, eval_problems, template)
+        curve_problems = list(eval_problems[:100])  # a fixed slice keeps the curve cheap
+
+        def on_eval(model, tok) -> float:
+            return greedy_accuracy(TransformersGenerator(model, tok), curve_problems, evaluation.max_new_tokens,
+                                   template)
+
+        # a summary on disk: finished by a run killed before recording
+        training = read_summary(path) or train_atomically(
+            path, lambda d: train_base_policy(train_problems, d, cfg, on_eval=on_eval if cfg.eval_every else None))
         sha = weights_sha256(path)
 
     log.info("base policy %s: evaluating on %s (%d problems, k=%d)", checkpoint_id, evaluation.prompt_set,
              len(eval_problems), evaluation.k)
-    gen = make_generator(backend, str(path), device, dtype)
-    metrics = evaluate_policy(gen, eval_problems, k=evaluation.k, seed=evaluation.seed,
-                              max_new_tokens=evaluation.max_new_tokens, template=template,
-                              temperature=evaluation.temperature)
+    metrics = evaluate(path, eval_problems)
     summary = {k: v for k, v in (training or {}).items() if k not in {"loss_curve", "config"}}
     checkpoint_row = {
         "checkpoint_id": checkpoint_id, "kind": "policy", "base": model_path, "path": str(path), "sha256": sha,
@@ -210,28 +167,3 @@ def _evaluation_rows(checkpoint_id: str, eval_key: dict, metrics: dict | None, r
             "created_run": run_id, "created_at": utcnow(),
         })
     return rows
-
-
-def _read_summary(path: Path) -> dict | None:
-    f = path / TRAINING_SUMMARY
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def _train_atomically(train: Sequence[Problem], path: Path, cfg: BasePolicyConfig, evaluation: EvalSpec,
-                      eval_problems: Sequence[Problem], template: str) -> dict:
-    """Train into a scratch directory and rename it into place when complete, so a killed run
-    never leaves a half-written checkpoint under the checkpoint's name."""
-    scratch = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    curve_problems = list(eval_problems[:100])  # a fixed slice keeps the curve cheap
-
-    def on_eval(model, tok) -> float:
-        return greedy_accuracy(TransformersGenerator(model, tok), curve_problems, evaluation.max_new_tokens, template)
-
-    training = train_base_policy(train, scratch, cfg, on_eval=on_eval if cfg.eval_every else None)
-    (scratch / TRAINING_SUMMARY).write_text(json.dumps(training))
-    try:
-        os.replace(scratch, path)
-    except OSError:  # another run finished the same checkpoint first; theirs is identical in kind
-        shutil.rmtree(scratch, ignore_errors=True)
-    return training

@@ -4,6 +4,7 @@ renamed into place when complete, reused when recorded and still on disk."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -14,11 +15,42 @@ from pathlib import Path
 
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.problem import content_id
-from qstar_dagster.training.base_policy import weights_sha256
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "training.json"
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """One hash over a checkpoint's weight files, to tell two checkpoints at one path apart."""
+    h = hashlib.sha256()
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_summary(path: Path) -> dict | None:
+    """The trainer's summary saved with a finished checkpoint; None when there is none."""
+    f = path / SUMMARY
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def train_atomically(path: Path, train: Callable[[Path], dict]) -> dict:
+    """`train(dir)` into a scratch directory, save its summary there and rename it to `path`
+    when complete, so a killed run never leaves a half-written checkpoint under the name."""
+    scratch = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    summary = train(scratch)
+    (scratch / SUMMARY).write_text(json.dumps(summary))
+    try:
+        os.replace(scratch, path)
+    except OSError:  # a concurrent run finished the same checkpoint first; theirs is identical in kind
+        shutil.rmtree(scratch, ignore_errors=True)
+    return summary
 
 
 @dataclass
@@ -41,18 +73,8 @@ def build_checkpoint(store: LineageStore, checkpoints_dir: Path, kind: str, base
     recorded = store.records("SELECT metrics FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
     if recorded and path.is_dir():
         metrics = json.loads(recorded[0]["metrics"] or "{}")
-        summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).is_file() else {}
-        return CheckpointBuild(checkpoint_id, path, True, summary, metrics.get("evaluation", {}))
-    if not path.is_dir():
-        scratch = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        summary = train(scratch)
-        (scratch / SUMMARY).write_text(json.dumps(summary))
-        try:
-            os.replace(scratch, path)
-        except OSError:  # a concurrent run finished the same checkpoint first
-            shutil.rmtree(scratch, ignore_errors=True)
-    summary = json.loads((path / SUMMARY).read_text())
+        return CheckpointBuild(checkpoint_id, path, True, read_summary(path) or {}, metrics.get("evaluation", {}))
+    summary = read_summary(path) or train_atomically(path, train)
     metrics = evaluate(path)
     log.info("%s %s: %s", kind, checkpoint_id, ", ".join(f"{k} {v}" for k, v in metrics.items()
                                                           if isinstance(v, (int, float))))

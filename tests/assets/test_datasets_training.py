@@ -200,7 +200,7 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
     from qstar_dagster.rounds import RoundSpec, make_executor, round_policy, run_round
 
     instance, home, store = env
-    execute = make_executor(make_definitions(str(home)), instance, lambda _: None, log_level="WARNING")
+    execute = make_executor(make_definitions(str(home)).resolve_job_def, instance, lambda _: None, log_level="WARNING")
     small = {"rollouts": ROLLOUTS, "labels": {"n": 4, "max_new_tokens": 32}, "train_problems": 40,
              "training": {"prm_model": {"steps": 20}, "rft_policy": {"steps": 10}, "dpo_policy": {"steps": 4}},
              "evaluation": {"ns": [1, 2], "max_new_tokens": 32}}

@@ -9,14 +9,13 @@ from qstar_dagster.generation.base import Completion
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.labeling import binary_search, montecarlo, oracle
 from qstar_dagster.labeling.agreement import agreement, first_error, step_agreement
-from qstar_dagster.labeling.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.algorithms import SearchSpec, search
+from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import NoValue
 from qstar_dagster.tasks.arith import generate_problems
-from qstar_dagster.tasks.problem import Problem
+from qstar_dagster.tasks.problem import Problem, policy_prompt
 from qstar_dagster.tasks.steps import LINE
-from qstar_dagster.training.base_policy import policy_prompt
 
 from ..conftest import EASY_ARITH
 

@@ -15,8 +15,8 @@ from qstar_dagster.search.value import (
     make_value_function,
 )
 from qstar_dagster.tasks.arith import generate_problems
+from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.steps import LINE
-from qstar_dagster.training.base_policy import policy_prompt
 
 from ..conftest import EASY_ARITH
 

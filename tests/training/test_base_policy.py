@@ -2,13 +2,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.base import Completion, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.training.base_policy import (
     BasePolicyConfig,
-    evaluate_policy,
-    policy_prompt,
     train_base_policy,
 )
 

@@ -22,8 +22,8 @@ from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import NoValue
 from qstar_dagster.tasks.arith import generate_problems
+from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.steps import LINE
-from qstar_dagster.training.base_policy import policy_prompt
 from qstar_dagster.training.prm import PRMScorer, PRMTrainSpec, evaluate_prm, train_prm
 
 from ..conftest import EASY_ARITH
