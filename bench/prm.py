@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from bench_common import default_model  # bench/ is on sys.path when a benchmark runs as a script
 
-from qstar_dagster.datasets.build import _labels, prm_rows
+from qstar_dagster.datasets.build import dataset_labels, prm_rows
 from qstar_dagster.evaluation.evaluate import (
     EvalSpec,
     policy_metrics,
@@ -45,10 +45,12 @@ from qstar_dagster.labeling import binary_search
 from qstar_dagster.labeling.oracle import oracle_labels
 from qstar_dagster.labeling.pipeline import label_consensus, label_monte_carlo, label_oracle
 from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage.labels import label_costs
+from qstar_dagster.lineage.rollouts import held_out_rollout
 from qstar_dagster.resources import default_store_path
 from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
-from qstar_dagster.search.rollouts import held_out_rollout, load_trees
+from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import NoValue
 from qstar_dagster.tasks.arith import judge_steps
@@ -136,9 +138,7 @@ def training_rows(store: LineageStore, rollout_id: str, policy: str, labeler: st
     search and consensus are cheap; mc comes from the demo's round 1). The oracle's are its
     step-correct labels: the same as prefix-correct up to each path's first error, where the
     default cuts the rows; past it (the classifier rows learn every step) they rate the step."""
-    have = {r["labeler"] for r in store.records(
-        "SELECT DISTINCT labeler FROM step_labels JOIN nodes USING (node_id) JOIN trees USING (tree_id) "
-        "WHERE rollout_id = ?", [rollout_id])}
+    have = set(label_costs(store, rollout_id))
     if labeler == "oracle" and "oracle" not in have:
         label_oracle(store, rollout_id)
     if labeler in ("binary_search", "consensus") and "binary_search" not in have:
@@ -147,14 +147,12 @@ def training_rows(store: LineageStore, rollout_id: str, policy: str, labeler: st
     if labeler == "consensus":
         label_consensus(store, rollout_id, first="mc", second="binary_search")
     trees = load_trees(store, rollout_id)
-    return prm_rows(trees, *_labels(store, rollout_id, labeler))
+    return prm_rows(trees, *dataset_labels(store, rollout_id, labeler))
 
 
 def label_tokens(store: LineageStore, rollout_id: str) -> dict[str, int]:
     """What each labeler's labels on the rollout cost, in generated tokens."""
-    return {r["labeler"]: int(r["tokens"] or 0) for r in store.records(
-        "SELECT labeler, sum(cost_tokens) AS tokens FROM step_labels JOIN nodes USING (node_id) "
-        "JOIN trees USING (tree_id) WHERE rollout_id = ? GROUP BY 1", [rollout_id])}
+    return {name: int(c["tokens"] or 0) for name, c in label_costs(store, rollout_id).items()}
 
 
 def more_rows(policy: str, problems: list, labeler: str) -> tuple[list[dict], float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from qstar_dagster.lineage import queries
 from qstar_dagster.resources import default_home, default_store_path
 from qstar_dagster.rounds import ROUND_LABELERS
 
@@ -155,7 +156,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     except StageFailed as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
-    _print_sql("SELECT prompt_set, domain, count(*) AS prompts FROM prompts GROUP BY ALL ORDER BY 1", as_json=False)
+    _print_sql(queries.PROMPT_SET_SIZES, as_json=False)
     k = next(key.removeprefix("pass_at_") for key in meta if key.startswith("pass_at_"))
     how = (f"trained in {meta['train_seconds']:.0f}s, {meta['n_parameters']:,} parameters"
            if "train_seconds" in meta else "given model")
@@ -170,11 +171,8 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
         click.echo(f"judge {judged['checkpoint_id']}: on held-out training paths, step accuracy "
                    f"{_fmt(judged['heldout_step_accuracy'], '.1%')}, first-error F1 "
                    f"{_fmt(judged['heldout_first_error_f1'], '.3f')}")
-    click.echo(f"step labels on {DEMO_TEST_SET} against the oracle (qstar sql \"SELECT * FROM label_agreement\"):")
-    _print_sql(f"""SELECT labeler, n_steps, accuracy, negative_precision, negative_recall, kappa, first_error_f1,
-                          labeled_steps, tokens_per_step
-                   FROM label_agreement WHERE reference = 'oracle'
-                     AND rollout_id = '{searched[DEMO_TEST_SET]['rollout_id']}' ORDER BY labeler""", as_json=False)
+    click.echo(f"step labels on {DEMO_TEST_SET} against the oracle (qstar sql \"{queries.LABEL_AGREEMENT}\"):")
+    _print_sql(queries.agreement_with_oracle(searched[DEMO_TEST_SET]["rollout_id"]), as_json=False)
     data = done["datasets"]
     click.echo(f"round 1 datasets from {DEMO_TRAIN_SET}: " + ", ".join(
         f"{kind} {data[f'{kind}_rows']} rows" for kind in ("rft", "prm", "step_pairs", "pairs")))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qstar_dagster.labeling import binary_search, montecarlo
+from qstar_dagster.lineage.artifacts import trained_from
 from qstar_dagster.lineage.store import LineageStore
 
 # execute(job name, what (for the log), partition key, asset, config) -> the asset's metadata
@@ -58,13 +59,10 @@ def round_policy(store: LineageStore, k: int) -> tuple[str, str | None]:
     if k == 0:
         return store.checkpoint(None, "policy")["checkpoint_id"], None
     previous, _ = round_policy(store, k - 1)
-    found = {r["kind"]: r["id"] for r in store.records("""
-        SELECT kind, arg_max(checkpoint_id, created_at) AS id FROM checkpoints
-        WHERE base = ? AND (kind = 'prm' OR kind = 'policy' AND config->>'trainer' = 'rft') GROUP BY 1""",
-                                                        [previous])}
-    if "policy" not in found:
+    found = trained_from(store, previous)
+    if "rft" not in found:
         raise LookupError(f"round {k} has no RFT policy yet; run round {k} first (qstar round --round {k})")
-    return found["policy"], found.get("prm")
+    return found["rft"], found.get("prm")
 
 
 def run_round(store: LineageStore, execute: Execute, spec: RoundSpec) -> dict:

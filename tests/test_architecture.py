@@ -3,6 +3,7 @@ no module is part of an import cycle, function-level (lazy) imports included. Re
 source, so a cycle that happens not to break at import time is still caught."""
 
 import ast
+import re
 from pathlib import Path
 
 import qstar_dagster
@@ -131,3 +132,25 @@ def test_the_checks_catch_what_they_look_for():
     bad = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(bad) == [["a", "b", "c"]]
     assert layer("qstar_dagster.search.value") < layer("qstar_dagster.training.prm")
+
+
+SQL = re.compile(r"\b(SELECT\b.*\bFROM|INSERT INTO|DELETE FROM|UPDATE \w+ SET|CREATE (OR REPLACE )?(TABLE|VIEW))\b",
+                 re.DOTALL)
+
+
+def sql_outside_lineage() -> list[str]:
+    out = []
+    for name, path in modules().items():
+        if name.startswith("qstar_dagster.lineage"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
+                out.append(f"{name}:{node.lineno}")
+    return out
+
+
+def test_sql_lives_in_lineage():
+    """Stages read and write the store through lineage/'s typed readers and writers (the
+    `qstar sql` command runs the user's own query, which is no literal)."""
+    assert sql_outside_lineage() == []
+    assert SQL.search('f"""SELECT a\n FROM t WHERE x"""') and not SQL.search("qstar sql \"select * from trees\"")

@@ -3,7 +3,6 @@ prompt set; results in the store's evaluations table. Core: `qstar_dagster/evalu
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
-import json
 
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
@@ -18,12 +17,14 @@ from qstar_dagster.evaluation.evaluate import (
     score_samples,
 )
 from qstar_dagster.generation.backends import check_backend, make_generator
+from qstar_dagster.lineage import artifacts
+from qstar_dagster.lineage.rollouts import held_out_rollout
 from qstar_dagster.lineage.store import utcnow
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
-from qstar_dagster.search.rollouts import held_out_rollout, load_trees
-from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, content_id
+from qstar_dagster.search.rollouts import load_trees
+from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.training.prm import PRMScorer, evaluate_prm
 
 _SPEC = EvalSpec()
@@ -75,13 +76,12 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
         version, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         key = {"prompt_set": config.eval_prompt_set, "version": version, "spec": spec.__dict__}
         policies = [lineage.checkpoint(c, "policy") for c in config.policies] if config.policies else \
-            lineage.records("SELECT * FROM checkpoints WHERE kind = 'policy' ORDER BY created_at")
+            artifacts.checkpoints_of_kind(lineage, "policy")
         prms = [lineage.checkpoint(c, "prm") for c in config.prms] if config.prms else \
-            lineage.records("SELECT * FROM checkpoints WHERE kind = 'prm' ORDER BY created_at")
+            artifacts.checkpoints_of_kind(lineage, "prm")
         scorers = {p["checkpoint_id"]: PRMScorer(p["path"], compute.torch_device()) for p in prms}
         for prm in prms:  # the PRM against the oracle on the held-out rollout of the policy it started from
-            [start] = lineage.records("SELECT base FROM checkpoints WHERE checkpoint_id = ?", [prm["checkpoint_id"]])
-            rollout = held_out_rollout(lineage, config.eval_prompt_set, start["base"])
+            rollout = held_out_rollout(lineage, config.eval_prompt_set, prm["base"])
             trees = load_trees(lineage, rollout) if rollout else []
             if trees and all(t.problem.domain == "arith" for t in trees):
                 m = evaluate_prm(scorers[prm["checkpoint_id"]], trees)
@@ -100,12 +100,11 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
             wanted += [r for prm in prms for r in _rows([pid, prm["checkpoint_id"]], {
                 (m, n): 0 for m in [f"prm_best_of:{a}" for a in AGGREGATIONS] + ["prm_vote"] for n in spec.ns},
                 key, 0, "")]
-            have = {r["eval_id"] for r in lineage.records(
-                "SELECT eval_id FROM evaluations WHERE eval_id IN (SELECT unnest(?))", [[r["eval_id"] for r in wanted]])}
+            have = {r["eval_id"] for r in artifacts.evaluations_by_id(lineage, [r["eval_id"] for r in wanted])}
             if len(have) == len(wanted):
                 context.log.info(f"{pid}: already evaluated on {config.eval_prompt_set}")
                 continue
-            template = json.loads(policy["config"] or "{}").get("template", DEFAULT_PROMPT_TEMPLATE)
+            template = artifacts.checkpoint_template(policy)
             gen = make_generator(config.backend, policy["path"], compute.torch_device(), compute.torch_dtype())
             sampled = sample(gen, problems, spec, template)
             rows = _rows([pid], policy_metrics(sampled, spec.ns), key, len(problems), context.run_id)
@@ -131,18 +130,10 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
     })
 
 
-def _latest(store, prompt_set: str, version: str):
-    return store.records("""
-        SELECT checkpoint_ids, method, accuracy FROM (
-            SELECT *, row_number() OVER (PARTITION BY checkpoint_ids, method ORDER BY created_at DESC) AS k
-            FROM evaluations WHERE prompt_set = ? AND prompt_set_version = ? AND details->>'N' IS NOT NULL) WHERE k = 1
-        """, [prompt_set, version])
-
-
 def accuracy_curves(store, prompt_set: str, version: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """policy id -> method (with the PRM's id) -> [(N, accuracy)]."""
     out: dict[str, dict[str, list]] = {}
-    for r in _latest(store, prompt_set, version):
+    for r in artifacts.latest_sweep(store, prompt_set, version):
         ids, method = r["checkpoint_ids"], r["method"]
         if method == "greedy" or "@" not in method and "_of_" not in method:
             continue
@@ -159,7 +150,7 @@ def accuracy_curves(store, prompt_set: str, version: str) -> dict[str, dict[str,
 
 def results_table(store, prompt_set: str, version: str, n: int = 8) -> str:
     figures: dict[str, dict[str, float]] = {}
-    for r in _latest(store, prompt_set, version):
+    for r in artifacts.latest_sweep(store, prompt_set, version):
         figures.setdefault(r["checkpoint_ids"][0], {})[r["method"] if len(r["checkpoint_ids"]) == 1 else
                                                        f"{r['method']}|{r['checkpoint_ids'][1]}"] = r["accuracy"]
     lines = [f"| policy | greedy | majority@{n} | PRM best-of-{n} (min) | PRM vote@{n} | pass@{n} |", "|---|---|---|---|---|---|"]

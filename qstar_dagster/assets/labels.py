@@ -28,12 +28,13 @@ from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.labeling import pipeline
 from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage import labels as labels_db
+from qstar_dagster.lineage.rollouts import resolve_rollout, rollout_policy, step_counts
 from qstar_dagster.plots import bar_plots_markdown, heatmaps_markdown, line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
 from qstar_dagster.search.estimate import EstimatorSpec
-from qstar_dagster.search.rollouts import resolve_rollout
 from qstar_dagster.training.judge import JudgeTrainSpec, build_judge
 
 _EST = EstimatorSpec()
@@ -41,29 +42,12 @@ _JUDGE = JudgeTrainSpec()
 
 
 def _label_stats(store: LineageStore, rollout_id: str, labeler: str) -> dict:
-    [row] = store.records(f"""
-        SELECT count(DISTINCT node_id) AS labeled_steps,
-               avg(CASE WHEN value > 0.5 THEN 1.0 ELSE 0.0 END) FILTER (WHERE kind = 'hard') AS positive_rate,
-               count(*) FILTER (WHERE kind = 'unparsed') AS unparsed,
-               coalesce(sum(cost_tokens), 0) AS cost_tokens
-        FROM step_labels WHERE labeler = ? AND {pipeline._rollout_filter()}""", [labeler, rollout_id])
-    # paths: root-to-leaf paths, the unit a judge rates
-    [steps] = store.records("""SELECT count(*) AS steps,
-                                      count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM nodes c
-                                                                         WHERE c.parent_id = n.node_id)) AS paths
-                               FROM nodes n JOIN trees t USING (tree_id)
-                               WHERE t.rollout_id = ? AND n.parent_id IS NOT NULL""", [rollout_id])
+    row = labels_db.label_stats(store, rollout_id, labeler)
+    steps = step_counts(store, rollout_id)
     row["step_nodes"] = steps["steps"]
     row["paths"] = steps["paths"]
     row["tokens_per_labeled_step"] = row["cost_tokens"] / row["labeled_steps"] if row["labeled_steps"] else None
     return row
-
-
-def _by_depth(store: LineageStore, rollout_id: str, labeler: str) -> list[tuple[float, float]]:
-    return [tuple(r) for r in store.query(f"""
-        SELECT n.depth, avg(CASE WHEN l.value > 0.5 THEN 1.0 ELSE 0.0 END) FROM step_labels l JOIN nodes n USING (node_id)
-        WHERE l.labeler = ? AND l.kind = 'hard' AND l.{pipeline._rollout_filter()} GROUP BY 1 ORDER BY 1""",
-        [labeler, rollout_id])[1]]
 
 
 # --- Monte Carlo and binary search ---------------------------------------------------------
@@ -110,18 +94,15 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
                          reuse_tree=config.reuse_tree)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
-        [policy] = lineage.records("SELECT any_value(policy_checkpoint) AS p FROM trees WHERE rollout_id = ?",
-                                   [rollout_id])
+        policy, _ = rollout_policy(lineage, rollout_id)
         results = pipeline.label_monte_carlo(
-            lineage, rollout_id, lambda: make_generator(config.backend, lineage.checkpoint(policy["p"], "policy")["path"],
+            lineage, rollout_id, lambda: make_generator(config.backend, lineage.checkpoint(policy, "policy")["path"],
                                                         compute.torch_device(), compute.torch_dtype()),
             spec, config.methods, config.batch_trees, config.seed, config.replace, context.run_id)
         with lineage.transaction() as con:
             run.finish(con)
     stats = {r.labeler: _label_stats(lineage, rollout_id, r.labeler) for r in results}
-    soft = lineage.query(f"""SELECT floor(value * 8) / 8 AS bin, count(*) FROM step_labels
-                             WHERE labeler = 'mc' AND kind = 'soft' AND {pipeline._rollout_filter()}
-                             GROUP BY 1 ORDER BY 1""", [rollout_id])[1]
+    soft = labels_db.value_histogram(lineage, rollout_id, "mc", "soft", bins=8)
     metadata = {"rollout_id": rollout_id, "n": config.n, "reuse_tree": config.reuse_tree}
     for name, s in stats.items():
         metadata |= {f"{name}_labeled_steps": s["labeled_steps"], f"{name}_positive_rate": s["positive_rate"],
@@ -133,7 +114,7 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
     metadata["label_distribution"] = MetadataValue.md(bar_plots_markdown([
         ("Monte Carlo soft labels", "steps", {"steps": [(b, n) for b, n in soft]}),
         ("positive (hard) label rate per depth", "share positive",
-         {name: _by_depth(lineage, rollout_id, name) for name in stats}),
+         {name: labels_db.positive_rate_by_depth(lineage, rollout_id, name) for name in stats}),
     ]))
     yield MaterializeResult(metadata=metadata)
     problems = []
@@ -245,7 +226,7 @@ def judge_labels(context: AssetExecutionContext, config: JudgeLabelsConfig, stor
         "unparsed_rate": unparsed_rate, "cost_tokens": s["cost_tokens"],
         "positive_rate_by_depth": MetadataValue.md(bar_plots_markdown([
             ("judge: positive rate per depth", "share positive",
-             {config.labeler: _by_depth(lineage, rollout_id, config.labeler)})])),
+             {config.labeler: labels_db.positive_rate_by_depth(lineage, rollout_id, config.labeler)})])),
     })
     yield AssetCheckResult(check_name=CHECK_UNPARSED, passed=unparsed_rate <= config.max_unparsed_rate,
                            severity=AssetCheckSeverity.WARN,
@@ -344,7 +325,7 @@ def label_agreement(context: AssetExecutionContext, config: RolloutRefConfig,
     with recorded_run(context, lineage, config.model_dump()) as run:
         rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
         rows = pipeline.agreement_rows(lineage, rollout_id, context.run_id)
-        pipeline.write_agreement(lineage, rollout_id, rows)
+        labels_db.replace_agreements(lineage, rollout_id, rows)
         with lineage.transaction() as con:
             run.finish(con)
     vs_oracle = [r for r in rows if r["reference"] == "oracle"]

@@ -28,7 +28,7 @@ from dagster import (
 from pydantic import Field
 
 from qstar_dagster.assets._runs import recorded_run
-from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage import LineageStore, artifacts
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.tasks.grading import is_parseable_answer
 from qstar_dagster.tasks.loaders import JsonlFields
@@ -62,14 +62,8 @@ class CheckOutcome:
 
 def check_prompt_set(store: LineageStore, prompt_set: str) -> list[CheckOutcome]:
     """The prompt-set checks, read back from the store (what later stages will see)."""
-    rows = store.records(
-        "SELECT prompt_id, reference_answer FROM prompts WHERE prompt_set = ? ORDER BY idx", [prompt_set]
-    )
-    dup = store.records(
-        "SELECT s.n_duplicates FROM prompt_sets s JOIN prompt_set_heads h USING (prompt_set, version) "
-        "WHERE prompt_set = ?", [prompt_set],
-    )
-    n_dup = dup[0]["n_duplicates"] if dup else 0
+    rows = artifacts.prompt_answers(store, prompt_set)
+    n_dup = artifacts.prompt_set_duplicates(store, prompt_set)
     unparseable = [r for r in rows if not is_parseable_answer(r["reference_answer"])]
     return [
         CheckOutcome(CHECK_NOT_EMPTY, len(rows) > 0, AssetCheckSeverity.ERROR,

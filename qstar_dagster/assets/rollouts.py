@@ -2,7 +2,6 @@
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
-import json
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -22,14 +21,14 @@ from pydantic import Field
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.generation.backends import check_backend, make_generator
-from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage.artifacts import checkpoint_template
+from qstar_dagster.lineage.rollouts import rollout_summary, tree_shape, tree_violations
 from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.algorithms import ALGORITHMS, SearchSpec
-from qstar_dagster.search.rollouts import plan_rollout, rollout_summary, run_rollout, tree_shape
+from qstar_dagster.search.rollouts import plan_rollout, run_rollout
 from qstar_dagster.search.value import VALUE_FUNCTIONS
-from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
 from qstar_dagster.training.prm import PRMScorer
 
 _SPEC = SearchSpec()
@@ -67,20 +66,6 @@ class RolloutsConfig(Config):
 CHECK_TREES_SOUND = "trees_sound"
 
 
-def tree_violations(store: LineageStore, rollout_id: str) -> dict[str, int]:
-    """Tree invariants over the stored rows: each count should be 0."""
-    [row] = store.records("""
-        WITH n AS (SELECT n.* FROM nodes n JOIN trees t USING (tree_id) WHERE t.rollout_id = ?)
-        SELECT
-          count(*) FILTER (WHERE c.parent_id IS NOT NULL AND p.node_id IS NULL) AS missing_parent,
-          count(*) FILTER (WHERE p.node_id IS NOT NULL AND c.depth <> p.depth + 1) AS bad_depth,
-          count(*) FILTER (WHERE p.node_id IS NOT NULL AND p.is_terminal) AS child_of_terminal,
-          count(*) FILTER (WHERE c.is_terminal AND c.is_correct IS NULL) AS ungraded_terminal,
-          count(*) FILTER (WHERE c.parent_id IS NULL AND c.depth <> 0) AS bad_root
-        FROM n c LEFT JOIN nodes p ON p.node_id = c.parent_id""", [rollout_id])
-    return row
-
-
 @asset(
     partitions_def=prompt_set_partitions,
     group_name="rollouts",
@@ -107,7 +92,7 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
         policy = lineage.checkpoint(config.policy_checkpoint, "policy")
         if spec.value == "prm":  # record which PRM guided the search, not "the latest"
             spec = replace(spec, prm_checkpoint=lineage.checkpoint(config.prm_checkpoint, "prm")["checkpoint_id"])
-        template = json.loads(policy["config"] or "{}").get("template", DEFAULT_PROMPT_TEMPLATE)
+        template = checkpoint_template(policy)
         plan = plan_rollout(name, version, problems[: config.max_problems], policy["checkpoint_id"], spec,
                             config.batch_size, template)
         result = run_rollout(lineage, plan, lambda: make_generator(config.backend, policy["path"],

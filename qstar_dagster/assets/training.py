@@ -10,13 +10,15 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from qstar_dagster.assets._runs import forward_logs, recorded_run
-from qstar_dagster.datasets.build import latest_dataset, read_rows
+from qstar_dagster.datasets.build import read_rows
 from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.backends import make_generator
+from qstar_dagster.lineage import artifacts
+from qstar_dagster.lineage.rollouts import held_out_rollout
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
-from qstar_dagster.search.rollouts import held_out_rollout, load_trees
+from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.checkpoints import build_checkpoint
 from qstar_dagster.training.policy import DPOSpec, RFTSpec, train_dpo, train_rft
@@ -58,7 +60,7 @@ def _train_checkpoint(context, config, store, data_dir, *, kind: str, dataset_ki
     `train(lineage, base, rows, out_dir)` trains; `evaluate(lineage, base)` returns `path -> metrics`."""
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = latest_dataset(lineage, config.train_prompt_set, dataset_kind, labeler, config.rollout_id)
+        dataset = artifacts.latest_dataset(lineage, config.train_prompt_set, dataset_kind, labeler, config.rollout_id)
         if skipped := _nothing_to_learn(context, lineage, run, dataset):
             return skipped
         base = lineage.checkpoint(config.base_checkpoint, "policy")
@@ -149,11 +151,6 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
         extra={"head": config.head, "target": config.target})
 
 
-def _domain(lineage, prompt_set: str) -> str:
-    [row] = lineage.records("SELECT any_value(domain) AS d FROM prompts WHERE prompt_set = ?", [prompt_set])
-    return row["d"]
-
-
 def _policy_eval(lineage, prompt_set: str, compute):
     """path -> greedy, pass_at_8, majority_at_8 and n on the held-out problems."""
     _, problems = lineage.prompt_set_problems(prompt_set)
@@ -213,7 +210,7 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
     step_pairs = config.pairs == "step_pairs"
 
     def train(lineage, base, rows, path):
-        separator = step_format(_domain(lineage, config.train_prompt_set)).separator
+        separator = step_format(artifacts.prompt_set_domain(lineage, config.train_prompt_set)).separator
         return train_dpo(base["path"], rows, path, spec, completion_end=separator if step_pairs else None)
 
     return _train_checkpoint(

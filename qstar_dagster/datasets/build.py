@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qstar_dagster.lineage import artifacts
+from qstar_dagster.lineage.labels import label_values
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
@@ -50,17 +52,11 @@ class DatasetSpec:
             raise ValueError(f"max_per_problem must be >= 1 or unset, got {self.max_per_problem}")
 
 
-def _labels(store: LineageStore, rollout_id: str, labeler: str) -> tuple[dict[str, bool], dict[str, float]]:
-    hard, soft = {}, {}
-    for r in store.records("""
-            SELECT l.node_id, l.kind, l.value FROM step_labels l JOIN nodes n USING (node_id) JOIN trees t USING (tree_id)
-            WHERE t.rollout_id = ? AND l.labeler = ? AND l.kind IN ('hard', 'soft') AND l.value IS NOT NULL""",
-                           [rollout_id, labeler]):
-        if r["kind"] == "hard":
-            hard[r["node_id"]] = r["value"] > 0.5
-        else:
-            soft[r["node_id"]] = r["value"]
-    return hard, soft
+def dataset_labels(store: LineageStore, rollout_id: str, labeler: str) -> tuple[dict[str, bool], dict[str, float]]:
+    """A labeler's (hard, soft) labels on the rollout: node id -> good step, node id -> share."""
+    values = label_values(store, rollout_id, ("hard", "soft"), labeler)
+    return ({n: v > 0.5 for n, v in values.get((labeler, "hard"), {}).items()},
+            values.get((labeler, "soft"), {}))
 
 
 def _cap(items: list, k: int | None) -> list:
@@ -191,14 +187,14 @@ def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_d
                   run_id: str | None = None) -> BuiltDataset:
     """Rows of `spec.kind` from `rollout_id`, exported under `out_dir`. The dataset id names the
     rollout, the spec and the labels it read, so rebuilding from unchanged inputs is a no-op."""
-    hard, soft = _labels(store, rollout_id, spec.labeler) if spec.kind in ("prm", "step_pairs") else ({}, {})
+    hard, soft = dataset_labels(store, rollout_id, spec.labeler) if spec.kind in ("prm", "step_pairs") else ({}, {})
     if spec.kind in ("prm", "step_pairs") and not hard:
         raise LookupError(f"rollout {rollout_id} has no {spec.labeler!r} labels; materialize the labeler's asset "
                           f"first or pick another labeler (mc, binary_search, judge, consensus, oracle)")
     fingerprint = hashlib.sha256(json.dumps(sorted(hard.items())).encode()).hexdigest()[:16]
     dataset_id = content_id("ds", spec.kind, rollout_id, asdict(spec), fingerprint, ROW_FORMAT)
     base = out_dir / dataset_id
-    recorded = store.records("SELECT path FROM datasets WHERE dataset_id = ?", [dataset_id])
+    recorded = artifacts.dataset_row(store, dataset_id)
     files = {"jsonl": base.with_suffix(".jsonl"), "parquet": base.with_suffix(".parquet")}
     if spec.kind == "prm":
         files["math_shepherd"] = out_dir / f"{dataset_id}.math_shepherd.jsonl"
@@ -238,21 +234,6 @@ def label_balance(rows: Sequence[dict]) -> dict[int, tuple[int, int]]:
         for i, ok in enumerate(r["labels"]):
             out[i + 1][0 if ok else 1] += 1
     return {k: tuple(v) for k, v in sorted(out.items())}
-
-
-def latest_dataset(store: LineageStore, prompt_set: str, kind: str, labeler: str | None = None,
-                   rollout_id: str | None = None) -> dict:
-    """The most recent dataset of `kind` built from a rollout of `prompt_set` (that rollout,
-    when given; for label-based kinds, from `labeler`'s labels); a clear error when none."""
-    rows = store.records("""
-        SELECT d.* FROM datasets d
-        WHERE d.kind = ? AND d.spec->>'rollout_id' IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?)
-          AND (? IS NULL OR d.spec->>'labeler' = ?) AND (? IS NULL OR d.spec->>'rollout_id' = ?)
-        ORDER BY d.created_at DESC LIMIT 1""", [kind, prompt_set, labeler, labeler, rollout_id, rollout_id])
-    if not rows:
-        raise LookupError(f"no {kind} dataset{f' from {labeler} labels' if labeler else ''} of prompt set "
-                          f"{prompt_set!r}; materialize step_datasets for partition {prompt_set!r} first")
-    return rows[0]
 
 
 def read_rows(dataset: dict) -> list[dict]:

@@ -3,15 +3,13 @@ held-out set (greedy, majority@8, PRM best-of-8 and PRM vote@8), and label agree
 
 from __future__ import annotations
 
+from qstar_dagster.lineage import artifacts
+from qstar_dagster.lineage.labels import latest_agreements
 from qstar_dagster.lineage.store import LineageStore
 
 
 def _figures(store: LineageStore, policy: str, prm: str | None, prompt_set: str) -> dict:
-    rows = store.records("""
-        SELECT method, checkpoint_ids, accuracy FROM (
-            SELECT *, row_number() OVER (PARTITION BY checkpoint_ids, method ORDER BY created_at DESC) AS k
-            FROM evaluations WHERE prompt_set = ? AND details->>'N' IS NOT NULL AND checkpoint_ids[1] = ?) WHERE k = 1
-        """, [prompt_set, policy])
+    rows = artifacts.latest_sweep(store, prompt_set, policy=policy)
     alone = {r["method"]: r["accuracy"] for r in rows if len(r["checkpoint_ids"]) == 1}
     with_prm = {r["method"]: r["accuracy"] for r in rows if len(r["checkpoint_ids"]) == 2 and r["checkpoint_ids"][1] == prm}
     return {"greedy": alone.get("greedy"), "majority_at_8": alone.get("majority@8"), "pass_at_8": alone.get("pass@8"),
@@ -20,37 +18,25 @@ def _figures(store: LineageStore, policy: str, prm: str | None, prompt_set: str)
 
 def report(store: LineageStore, prompt_set: str = "arith-test") -> dict:
     """Figures for `qstar report`; None where a stage has not run yet."""
-    base = store.records("""SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' AND trained_on_dataset IS NULL
-                            ORDER BY created_at DESC LIMIT 1""")
-    if not base:
+    base_id = artifacts.latest_base_policy_id(store)
+    if base_id is None:
         raise LookupError(f"no base policy in {store.path}; run `make demo` first")
-    base_id = base[0]["checkpoint_id"]
     prm = store.latest_checkpoint("prm")
     prm_id = prm and prm["checkpoint_id"]
-    trained = {r["trainer"]: r["checkpoint_id"] for r in store.records("""
-        SELECT config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS checkpoint_id FROM checkpoints
-        WHERE kind = 'policy' AND base = ? GROUP BY 1""", [base_id])}
+    trained = artifacts.trained_from(store, base_id)
     out = {"prompt_set": prompt_set, "base_policy": base_id, "prm": prm_id}
     # the PRM against the oracle on held-out steps: is it a verifier or a difficulty estimate?
     methods = ["prm_step_accuracy", "prm_first_error_f1", "prm_sibling_accuracy"]
-    judged = {r["method"]: r["accuracy"] for r in store.records("""
-        SELECT method, arg_max(accuracy, created_at) AS accuracy FROM evaluations
-        WHERE prompt_set = ? AND checkpoint_ids = [?] AND method IN (SELECT unnest(?)) GROUP BY 1""",
-                                                               [prompt_set, prm_id, methods])} if prm_id else {}
+    judged = artifacts.latest_accuracies(store, prompt_set, prm_id, methods) if prm_id else {}
     for method in methods:
         out[method] = judged.get(method)
     for prefix, ck in (("base", base_id), ("round1", trained.get("rft")), ("round1_dpo", trained.get("trl.DPOTrainer"))):
         out[f"{prefix}_checkpoint"] = ck
         for k, v in (_figures(store, ck, prm_id, prompt_set) if ck else {}).items():
             out[f"{prefix}_{k}"] = v
-    rollout = store.records("""SELECT a.rollout_id FROM label_agreements a JOIN trees t USING (rollout_id)
-                               WHERE t.prompt_set = ? GROUP BY 1 ORDER BY max(a.created_at) DESC LIMIT 1""",
-                            [prompt_set])
-    agreement = store.records("""SELECT labeler, accuracy, first_error_f1, tokens_per_step FROM label_agreement
-                                 WHERE reference = 'oracle' AND rollout_id = ? ORDER BY labeler""",
-                              [rollout[0]["rollout_id"]]) if rollout else []
     out["label_agreement"] = {r["labeler"]: {"accuracy": r["accuracy"], "first_error_f1": r["first_error_f1"],
-                                             "tokens_per_step": r["tokens_per_step"]} for r in agreement}
+                                             "tokens_per_step": r["tokens_per_step"]}
+                              for r in latest_agreements(store, prompt_set, "oracle")}
     return out
 
 

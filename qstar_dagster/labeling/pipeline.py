@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from qstar_dagster.generation.base import Generator
 from qstar_dagster.labeling import binary_search, judge, montecarlo, oracle
 from qstar_dagster.labeling.agreement import agreement
+from qstar_dagster.lineage import labels as labels_db
+from qstar_dagster.lineage.rollouts import rollout_policy
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.rollouts import load_trees
@@ -39,41 +41,17 @@ class LabelResult:
     extra: dict = field(default_factory=dict)
 
 
-def _rollout_filter() -> str:
-    return "node_id IN (SELECT node_id FROM nodes JOIN trees USING (tree_id) WHERE rollout_id = ?)"
-
-
-def existing_settings(store: LineageStore, rollout_id: str, labeler: str) -> list[dict]:
-    """The distinct (n_rollouts, labeler_checkpoint) a labeler's rows on this rollout carry."""
-    # Finished steps are their own single rollout whatever N is: they say nothing about N.
-    return store.records(f"""SELECT DISTINCT l.n_rollouts, l.labeler_checkpoint FROM step_labels l
-                             JOIN nodes n USING (node_id)
-                             WHERE l.labeler = ? AND NOT n.is_terminal AND l.{_rollout_filter()}""",
-                         [labeler, rollout_id])
-
-
-def clear_labels(store: LineageStore, rollout_id: str, labeler: str) -> int:
-    with store.transaction() as con:
-        return con.execute(f"DELETE FROM step_labels WHERE labeler = ? AND {_rollout_filter()}",
-                           [labeler, rollout_id]).fetchone()[0]
-
-
 def _guard(store: LineageStore, rollout_id: str, labeler: str, want: dict, replace: bool) -> None:
     """Refuse to add labels made with other settings to a labeler's rows unless `replace`."""
-    have = existing_settings(store, rollout_id, labeler)
+    have = labels_db.labeler_settings(store, rollout_id, labeler)
     other = [h for h in have if any(h[k] != v for k, v in want.items())]
     if other and not replace:
         raise ValueError(
             f"rollout {rollout_id} already has {labeler!r} labels made with {other[0]}, not {want}. Set "
             f"replace: true to relabel, or give these labels another labeler name to keep both")
     if replace and have:
-        log.info("%s: replacing %d labels on rollout %s", labeler, clear_labels(store, rollout_id, labeler), rollout_id)
-
-
-def _done_trees(store: LineageStore, rollout_id: str, labeler: str) -> set[str]:
-    return {r["tree_id"] for r in store.records("""
-        SELECT DISTINCT n.tree_id FROM step_labels l JOIN nodes n USING (node_id) JOIN trees t USING (tree_id)
-        WHERE t.rollout_id = ? AND l.labeler = ?""", [rollout_id, labeler])}
+        log.info("%s: replacing %d labels on rollout %s", labeler, labels_db.clear_labels(store, rollout_id, labeler),
+                 rollout_id)
 
 
 def _batches(trees: Sequence[Tree], size: int) -> list[list[Tree]]:
@@ -93,7 +71,7 @@ OnBatch = Callable[[int, int], None] | None  # (batches done, batches to do): pr
 def _run_batches(store: LineageStore, rollout_id: str, labeler: str, batch_trees: int,
                  label_batch: Callable[[list[Tree]], list[dict]], progress: str, on_batch: OnBatch) -> LabelResult:
     trees = load_trees(store, rollout_id)
-    done = _done_trees(store, rollout_id, labeler)
+    done = labels_db.labeled_tree_ids(store, rollout_id, labeler)
     batches = _batches(trees, batch_trees)
     todo = [b for b in batches if not all(t.tree_id in done for t in b)]
     result = LabelResult(labeler, len(batches))
@@ -122,8 +100,7 @@ def label_monte_carlo(store: LineageStore, rollout_id: str, load_generator: Call
     bad = set(methods) - set(MC_METHODS)
     if bad or not methods:
         raise ValueError(f"methods must be a non-empty subset of {list(MC_METHODS)}, got {list(methods)}")
-    [policy] = {r["policy_checkpoint"] for r in store.records(
-        "SELECT DISTINCT policy_checkpoint FROM trees WHERE rollout_id = ?", [rollout_id])} or {None}
+    policy, _ = rollout_policy(store, rollout_id)
     generator: Generator | None = None
 
     def gen() -> Generator:
@@ -184,15 +161,7 @@ def label_consensus(store: LineageStore, rollout_id: str, first: str = montecarl
                     second: str = judge.LABELER, run_id: str | None = None) -> LabelResult:
     """Consensus filtering: a hard label of `first` kept where `second` gives the same one.
     Recomputed whole each time (one statement; cheap), so it follows its inputs."""
-    with store.transaction() as con:
-        con.execute(f"DELETE FROM step_labels WHERE labeler = ? AND {_rollout_filter()}", [CONSENSUS, rollout_id])
-        n = con.execute(f"""
-            INSERT INTO step_labels (node_id, labeler, kind, value, n_rollouts, n_correct, cost_tokens, raw,
-                                     labeler_checkpoint, created_run)
-            SELECT a.node_id, ?, 'hard', a.value, a.n_rollouts, a.n_correct, 0, ?, NULL, ?
-            FROM step_labels a JOIN step_labels b ON b.node_id = a.node_id AND b.kind = 'hard' AND b.labeler = ?
-            WHERE a.labeler = ? AND a.kind = 'hard' AND a.value = b.value AND a.{_rollout_filter()}""",
-                        [CONSENSUS, f"{first}+{second}", run_id, second, first, rollout_id]).fetchone()[0]
+    n = labels_db.write_consensus(store, rollout_id, CONSENSUS, first, second, run_id)
     return LabelResult(CONSENSUS, 1, 1, n)
 
 
@@ -203,13 +172,10 @@ def hard_labels(store: LineageStore, rollout_id: str) -> dict[str, dict[str, boo
     """labeler -> node_id -> positive, from every labeler's `hard` rows on the rollout; the
     oracle's prefix-correct labels appear as `oracle_prefix`."""
     out: dict[str, dict[str, bool]] = {}
-    for r in store.records(f"""SELECT labeler, kind, node_id, value FROM step_labels
-                               WHERE kind IN ('hard', 'prefix') AND value IS NOT NULL AND {_rollout_filter()}""",
-                           [rollout_id]):
-        if r["kind"] == "prefix" and r["labeler"] != oracle.LABELER:
+    for (labeler, kind), values in labels_db.label_values(store, rollout_id, ("hard", "prefix")).items():
+        if kind == "prefix" and labeler != oracle.LABELER:
             continue
-        name = f"{oracle.LABELER}_prefix" if r["kind"] == "prefix" else r["labeler"]
-        out.setdefault(name, {})[r["node_id"]] = r["value"] > 0.5
+        out[f"{oracle.LABELER}_prefix" if kind == "prefix" else labeler] = {n: v > 0.5 for n, v in values.items()}
     return out
 
 
@@ -237,9 +203,7 @@ def agreement_rows(store: LineageStore, rollout_id: str, run_id: str | None = No
     prefix_ok = labels.pop(f"{oracle.LABELER}_prefix", {})
     reference = labels.pop(oracle.LABELER, None)
     region = oracle_region(trees, prefix_ok) if reference is not None else set()
-    cost = {r["labeler"]: r for r in store.records(f"""
-        SELECT labeler, sum(cost_tokens) AS tokens, count(DISTINCT node_id) AS steps FROM step_labels
-        WHERE {_rollout_filter()} GROUP BY 1""", [rollout_id])}
+    cost = labels_db.label_costs(store, rollout_id)
     names = sorted(labels)
     pairs = []
     if reference is not None:
@@ -255,9 +219,3 @@ def agreement_rows(store: LineageStore, rollout_id: str, run_id: str | None = No
                      "labeled_steps": c.get("steps", 0), "cost_tokens": int(c.get("tokens") or 0),
                      "created_run": run_id, "created_at": utcnow()})
     return rows
-
-
-def write_agreement(store: LineageStore, rollout_id: str, rows: list[dict]) -> None:
-    with store.transaction() as con:
-        con.execute("DELETE FROM label_agreements WHERE rollout_id = ?", [rollout_id])
-        store.insert(con, "label_agreements", rows)

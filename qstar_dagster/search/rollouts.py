@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from qstar_dagster.generation.base import Generator
+from qstar_dagster.lineage.artifacts import checkpoint_template
+from qstar_dagster.lineage.rollouts import tree_ids, tree_records
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.algorithms import SearchSpec, SearchStats, search
 from qstar_dagster.search.tree import Tree
@@ -91,7 +93,7 @@ def run_rollout(store: LineageStore, plan: RolloutPlan, load_generator: Callable
     The policy is loaded (`load_generator()`) only if some batch is missing, and so is the
     PRM of a PRM-guided plan (`load_prm(checkpoint path)`, a step scorer). `on_batch(done,
     total)` is called after each batch (progress; tests use it to stop a run)."""
-    done = {r["tree_id"] for r in store.records("SELECT tree_id FROM trees WHERE rollout_id = ?", [plan.rollout_id])}
+    done = tree_ids(store, plan.rollout_id)
     todo = [b for b in plan.batches if not set(b.tree_ids) <= done]
     log.info("rollout %s: %s on %s (%d problems, %d batches; %d already in the store)", plan.rollout_id,
              plan.spec.algorithm, plan.prompt_set, plan.n_problems, len(plan.batches), len(plan.batches) - len(todo))
@@ -139,88 +141,15 @@ def _tree_row(plan: RolloutPlan, tree: Tree, seconds: float, run_id: str | None)
     }
 
 
-def rollout_summary(store: LineageStore, rollout_id: str) -> dict:
-    """Figures of a rollout as recorded (whichever runs wrote its batches)."""
-    [row] = store.records("""
-        SELECT count(*) AS trees, coalesce(sum(n_nodes), 0) AS nodes,
-               coalesce(sum(generated_tokens), 0) AS generated_tokens, coalesce(sum(value_tokens), 0) AS value_tokens,
-               coalesce(sum(seconds), 0) AS seconds,
-               avg(CASE WHEN selected_correct THEN 1.0 ELSE 0.0 END) AS selected_accuracy,
-               avg(CASE WHEN any_correct THEN 1.0 ELSE 0.0 END) AS pass_at_k
-        FROM trees WHERE rollout_id = ?""", [rollout_id])
-    tokens = row["generated_tokens"] + row["value_tokens"]
-    row["tokens_per_second"] = tokens / row["seconds"] if row["seconds"] else 0.0
-    return row
-
-
-def tree_shape(store: LineageStore, rollout_id: str) -> dict[str, list[tuple[float, float]]]:
-    """Series for the rollout's plot: nodes per depth, how many nodes have b children, and
-    the share of correct terminal nodes per depth."""
-    per_depth = store.query("""
-        SELECT n.depth, count(*), count(*) FILTER (WHERE n.is_terminal),
-               avg(CASE WHEN n.is_correct THEN 1.0 ELSE 0.0 END) FILTER (WHERE n.is_terminal)
-        FROM nodes n JOIN trees t USING (tree_id) WHERE t.rollout_id = ? GROUP BY 1 ORDER BY 1""", [rollout_id])[1]
-    branching = store.query("""
-        WITH kids AS (
-            SELECT p.node_id, count(c.node_id) AS b FROM nodes p JOIN trees t USING (tree_id)
-            LEFT JOIN nodes c ON c.parent_id = p.node_id
-            WHERE t.rollout_id = ? AND NOT p.is_terminal GROUP BY 1)
-        SELECT b, count(*) FROM kids GROUP BY 1 ORDER BY 1""", [rollout_id])[1]
-    return {
-        "nodes": [(d, n) for d, n, _, _ in per_depth],
-        "terminals": [(d, t) for d, _, t, _ in per_depth if t],
-        "correct_share": [(d, c) for d, _, t, c in per_depth if t],
-        "branching": [(b, n) for b, n in branching],
-    }
-
-
 def load_trees(store: LineageStore, rollout_id: str) -> list[Tree]:
     """The trees of a rollout, rebuilt from the store (nodes in the order they were made)."""
-    meta = store.records("""
-        SELECT t.tree_id, t.spec, t.policy_checkpoint, p.problem, p.reference_answer, p.reference_solution, p.domain,
-               c.config AS policy_config
-        FROM trees t JOIN prompt_texts p USING (prompt_id) LEFT JOIN checkpoints c ON c.checkpoint_id = t.policy_checkpoint
-        WHERE t.rollout_id = ? ORDER BY t.tree_id""", [rollout_id])
-    if not meta:
+    records = tree_records(store, rollout_id)
+    if not records:
         raise LookupError(f"rollout {rollout_id!r} has no trees in {store.path}; materialize tot_rollouts first")
-    rows: dict[str, list[dict]] = {}
-    for r in store.records("""
-            SELECT n.* FROM nodes n JOIN trees t USING (tree_id) WHERE t.rollout_id = ?
-            ORDER BY n.tree_id, n.depth, n.node_id""", [rollout_id]):
-        rows.setdefault(r["tree_id"], []).append(r)
     trees = []
-    for m in meta:
-        template = json.loads(m["policy_config"] or "{}").get("template", DEFAULT_PROMPT_TEMPLATE)
+    for m, rows in records:
+        template = checkpoint_template({"config": m["policy_config"]})
         problem = Problem(m["problem"], m["reference_answer"], m["reference_solution"], m["domain"])
         trees.append(Tree.from_rows(m["tree_id"], problem, policy_prompt(problem.problem, template),
-                                    step_format(problem.domain), json.loads(m["spec"])["max_depth"], rows[m["tree_id"]]))
+                                    step_format(problem.domain), json.loads(m["spec"])["max_depth"], rows))
     return trees
-
-
-def resolve_rollout(store: LineageStore, prompt_set: str, rollout_id: str | None = None,
-                    policy: str | None = None) -> str:
-    """The rollout named, checked to be of `prompt_set`; else the prompt set's latest one
-    (sampled by `policy`, when given)."""
-    rows = store.records("""SELECT rollout_id, max(created_at) AS last_at FROM trees
-                            WHERE prompt_set = ? AND (? IS NULL OR policy_checkpoint = ?)
-                            GROUP BY 1 ORDER BY last_at DESC""", [prompt_set, policy, policy])
-    if rollout_id is None:
-        if not rows:
-            raise LookupError(f"prompt set {prompt_set!r} has no rollouts{f' by {policy}' if policy else ''} in "
-                              f"{store.path}; materialize tot_rollouts for partition {prompt_set!r} first")
-        return rows[0]["rollout_id"]
-    if rollout_id not in {r["rollout_id"] for r in rows}:
-        raise LookupError(f"rollout {rollout_id!r} is not a rollout of prompt set {prompt_set!r}; list them with "
-                          f"qstar sql \"select distinct rollout_id from trees where prompt_set = '{prompt_set}'\"")
-    return rollout_id
-
-
-def held_out_rollout(store: LineageStore, prompt_set: str, policy: str | None) -> str | None:
-    """The rollout to measure a verifier on: the held-out set's latest rollout by `policy`,
-    else by any policy, else None."""
-    for by in (policy, None):
-        try:
-            return resolve_rollout(store, prompt_set, policy=by)
-        except LookupError:
-            continue
-    return None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
+from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.grading import answers_match, extract_answer
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
@@ -112,15 +113,12 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
 
     eval_key = asdict(evaluation) | {"version": eval_version}
     eval_rows = _evaluation_rows(checkpoint_id, eval_key, metrics=None, run_id=run_id)
-    recorded = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
-    have_evals = store.records(
-        "SELECT method, n, accuracy FROM evaluations WHERE eval_id IN (SELECT unnest(?))",
-        [[r["eval_id"] for r in eval_rows]],
-    )
+    recorded = artifacts.checkpoint_row(store, checkpoint_id)
+    have_evals = artifacts.evaluations_by_id(store, [r["eval_id"] for r in eval_rows])
     if recorded and path.is_dir() and len(have_evals) == len(eval_rows):
         training = read_summary(path) if not model_path else None
         return BasePolicyResult(checkpoint_id, path, True, training, _metrics_from_rows(have_evals, evaluation.k),
-                                recorded[0], [])
+                                recorded, [])
 
     training = None
     if not model_path:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qstar_dagster.lineage.artifacts import checkpoint_row
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.problem import content_id
 
@@ -70,9 +71,9 @@ def build_checkpoint(store: LineageStore, checkpoints_dir: Path, kind: str, base
     summary; `evaluate(dir)` returns metrics."""
     checkpoint_id = content_id("ck", kind, base["checkpoint_id"], dataset_id, config)
     path = checkpoints_dir / checkpoint_id
-    recorded = store.records("SELECT metrics FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+    recorded = checkpoint_row(store, checkpoint_id)
     if recorded and path.is_dir():
-        metrics = json.loads(recorded[0]["metrics"] or "{}")
+        metrics = json.loads(recorded["metrics"] or "{}")
         return CheckpointBuild(checkpoint_id, path, True, read_summary(path) or {}, metrics.get("evaluation", {}))
     summary = read_summary(path) or train_atomically(path, train)
     metrics = evaluate(path)

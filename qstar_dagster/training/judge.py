@@ -30,6 +30,7 @@ from qstar_dagster.labeling.judge import (
     judge_prompt,
     truncate_at_first_negative,
 )
+from qstar_dagster.lineage.rollouts import rollout_policy
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
@@ -155,12 +156,11 @@ def build_judge(store: LineageStore, checkpoints_dir: Path, datasets_dir: Path, 
     """Train the built-in judge on the oracle-rated paths of `rollout_id`, starting from the
     policy that sampled them, and evaluate it on held-out problems, through the shared
     checkpoint build (named by its inputs; one recorded and on disk is reused)."""
-    [meta] = store.records("SELECT any_value(policy_checkpoint) AS policy, count(*) AS trees FROM trees "
-                           "WHERE rollout_id = ?", [rollout_id])
-    if not meta["trees"]:
+    policy_id, n_trees = rollout_policy(store, rollout_id)
+    if not n_trees:
         raise LookupError(f"rollout {rollout_id!r} is not in {store.path}; materialize tot_rollouts on the judge's "
                           "training prompt set first")
-    policy = store.checkpoint(meta["policy"], "policy")
+    policy = store.checkpoint(policy_id, "policy")
     dataset_id = content_id("ds", "judge_sft", rollout_id, asdict(spec), JUDGE_TEMPLATE)
     @functools.cache  # read and split once, and only when something is trained or measured
     def split() -> tuple[list[JudgeExample], list[JudgeExample]]:

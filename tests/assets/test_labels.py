@@ -21,11 +21,11 @@ from qstar_dagster.assets.rollouts import tot_rollouts
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.labeling import pipeline
 from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage.rollouts import resolve_rollout
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
 from qstar_dagster.search.estimate import EstimatorSpec
-from qstar_dagster.search.rollouts import resolve_rollout
 from qstar_dagster.tasks.arith import generate_problems
 
 from ..conftest import EASY_ARITH, copied_env, serve_model

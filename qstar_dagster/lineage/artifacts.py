@@ -1,0 +1,121 @@
+"""Readers of what the stages record besides trees and labels: prompt-set figures, datasets,
+checkpoints and evaluations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from qstar_dagster.lineage.store import LineageStore
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
+
+# --- prompt sets ------------------------------------------------------------------------------
+
+
+def prompt_answers(store: LineageStore, prompt_set: str) -> list[dict]:
+    """(prompt_id, reference_answer) of the current version, in source order."""
+    return store.records("SELECT prompt_id, reference_answer FROM prompts WHERE prompt_set = ? ORDER BY idx",
+                         [prompt_set])
+
+
+def prompt_set_duplicates(store: LineageStore, prompt_set: str) -> int:
+    """Rows of the current version's source that repeated an earlier problem."""
+    rows = store.records("SELECT s.n_duplicates FROM prompt_sets s JOIN prompt_set_heads h USING (prompt_set, version) "
+                         "WHERE prompt_set = ?", [prompt_set])
+    return rows[0]["n_duplicates"] if rows else 0
+
+
+def prompt_set_domain(store: LineageStore, prompt_set: str) -> str | None:
+    [row] = store.records("SELECT any_value(domain) AS d FROM prompts WHERE prompt_set = ?", [prompt_set])
+    return row["d"]
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+
+def dataset_row(store: LineageStore, dataset_id: str) -> dict | None:
+    rows = store.records("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id])
+    return rows[0] if rows else None
+
+
+def latest_dataset(store: LineageStore, prompt_set: str, kind: str, labeler: str | None = None,
+                   rollout_id: str | None = None) -> dict:
+    """The most recent dataset of `kind` built from a rollout of `prompt_set` (that rollout,
+    when given; for label-based kinds, from `labeler`'s labels); a clear error when none."""
+    rows = store.records("""
+        SELECT d.* FROM datasets d
+        WHERE d.kind = ? AND d.spec->>'rollout_id' IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?)
+          AND (? IS NULL OR d.spec->>'labeler' = ?) AND (? IS NULL OR d.spec->>'rollout_id' = ?)
+        ORDER BY d.created_at DESC LIMIT 1""", [kind, prompt_set, labeler, labeler, rollout_id, rollout_id])
+    if not rows:
+        raise LookupError(f"no {kind} dataset{f' from {labeler} labels' if labeler else ''} of prompt set "
+                          f"{prompt_set!r}; materialize step_datasets for partition {prompt_set!r} first")
+    return rows[0]
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def checkpoint_row(store: LineageStore, checkpoint_id: str) -> dict | None:
+    """The recorded row, whether or not its files are still on disk (`store.checkpoint`
+    checks both)."""
+    rows = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+    return rows[0] if rows else None
+
+
+def checkpoint_template(row: dict) -> str:
+    """How a policy checkpoint is prompted (its config's template)."""
+    config = row.get("config")
+    return (json.loads(config) if isinstance(config, str) else config or {}).get("template") or DEFAULT_PROMPT_TEMPLATE
+
+
+def checkpoints_of_kind(store: LineageStore, kind: str) -> list[dict]:
+    """Every recorded checkpoint of `kind`, oldest first."""
+    return store.records("SELECT * FROM checkpoints WHERE kind = ? ORDER BY created_at", [kind])
+
+
+def latest_base_policy_id(store: LineageStore) -> str | None:
+    """The most recently recorded base policy (not trained on a dataset), files or not."""
+    rows = store.records("""SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' AND trained_on_dataset IS NULL
+                            ORDER BY created_at DESC LIMIT 1""")
+    return rows[0]["checkpoint_id"] if rows else None
+
+
+def trained_from(store: LineageStore, base: str) -> dict[str, str]:
+    """For each (kind, trainer) of checkpoint trained from `base`, the latest one's id, keyed
+    "prm", "judge", or the policy trainer ("rft", "trl.DPOTrainer")."""
+    rows = store.records("""
+        SELECT kind, config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS checkpoint_id
+        FROM checkpoints WHERE base = ? GROUP BY 1, 2""", [base])
+    return {(r["trainer"] if r["kind"] == "policy" else r["kind"]): r["checkpoint_id"] for r in rows}
+
+
+# --- evaluations --------------------------------------------------------------------------------
+
+
+def evaluations_by_id(store: LineageStore, eval_ids: Sequence[str]) -> list[dict]:
+    """(eval_id, method, n, accuracy) of the recorded ones among `eval_ids`."""
+    return store.records("SELECT eval_id, method, n, accuracy FROM evaluations WHERE eval_id IN (SELECT unnest(?))",
+                         [list(eval_ids)])
+
+
+def latest_sweep(store: LineageStore, prompt_set: str, version: str | None = None,
+                 policy: str | None = None) -> list[dict[str, Any]]:
+    """The evaluation stage's rows (those with an N) on `prompt_set`, the latest per
+    (checkpoints, method); of one prompt-set version and of one policy, when given."""
+    return store.records("""
+        SELECT checkpoint_ids, method, accuracy FROM (
+            SELECT *, row_number() OVER (PARTITION BY checkpoint_ids, method ORDER BY created_at DESC) AS k
+            FROM evaluations WHERE prompt_set = ? AND details->>'N' IS NOT NULL
+              AND (? IS NULL OR prompt_set_version = ?) AND (? IS NULL OR checkpoint_ids[1] = ?)) WHERE k = 1
+        """, [prompt_set, version, version, policy, policy])
+
+
+def latest_accuracies(store: LineageStore, prompt_set: str, checkpoint_id: str,
+                      methods: Sequence[str]) -> dict[str, float]:
+    """method -> the latest accuracy recorded for `checkpoint_id` alone on `prompt_set`."""
+    return {r["method"]: r["accuracy"] for r in store.records("""
+        SELECT method, arg_max(accuracy, created_at) AS accuracy FROM evaluations
+        WHERE prompt_set = ? AND checkpoint_ids = [?] AND method IN (SELECT unnest(?)) GROUP BY 1""",
+                                                               [prompt_set, checkpoint_id, list(methods)])}
