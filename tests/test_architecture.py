@@ -154,3 +154,22 @@ def test_sql_lives_in_lineage():
     `qstar sql` command runs the user's own query, which is no literal)."""
     assert sql_outside_lineage() == []
     assert SQL.search('f"""SELECT a\n FROM t WHERE x"""') and not SQL.search("qstar sql \"select * from trees\"")
+
+
+def test_every_module_imports_and_every_imported_name_exists():
+    """A name moved between modules leaves no stale import behind, lazy (function-level)
+    imports and the bench scripts included: each `from qstar_dagster.x import name` names
+    something x has."""
+    import importlib
+
+    missing = []
+    bench = {f"bench/{p.name}": p for p in sorted((ROOT.parent / "bench").glob("*.py"))}  # scripts: read, not run
+    for name, path in sorted(modules().items()) + list(bench.items()):
+        if name in modules():
+            importlib.import_module(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("qstar_dagster"):
+                module = importlib.import_module(node.module)
+                missing += [f"{name}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and f"{node.module}.{a.name}" not in modules()]
+    assert missing == []

@@ -12,7 +12,7 @@ from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.datasets.build import KINDS, DatasetSpec, build_dataset, label_balance, record
 from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
-from qstar_dagster.search.rollouts import resolve_rollout
+from qstar_dagster.lineage.rollouts import resolve_rollout
 
 
 class DatasetsConfig(Config):
