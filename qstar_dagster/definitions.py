@@ -25,7 +25,8 @@ from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set, prompt_set_partitions
 from qstar_dagster.assets.rollouts import tot_rollouts
 from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
-from qstar_dagster.jobs import prompt_set_refresh_sensor, refresh_job, refresh_schedule
+from qstar_dagster.automation import refresh_automation
+from qstar_dagster.jobs import refresh_job
 from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 from qstar_dagster.resources.compute import ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
@@ -95,8 +96,7 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
                 consensus_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy, evaluation],
         jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job, evaluation_job, refresh_job,
               expert_iteration_round],
-        schedules=[refresh_schedule],
-        sensors=[prompt_inbox_sensor, prompt_set_refresh_sensor],
+        sensors=[prompt_inbox_sensor, refresh_automation],
         resources={"data_dir": data, "store": store, "compute": ComputeResource(),
                    "judge": JudgeResource()},
     )

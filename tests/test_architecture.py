@@ -22,7 +22,7 @@ LAYERS = [
     ("datasets", ("qstar_dagster.datasets",)),
     ("training", ("qstar_dagster.training",)),
     ("evaluation", ("qstar_dagster.evaluation",)),
-    ("orchestration", ("qstar_dagster.plots", "qstar_dagster.resources", "qstar_dagster.assets",
+    ("orchestration", ("qstar_dagster.plots", "qstar_dagster.resources", "qstar_dagster.automation", "qstar_dagster.assets",
                        "qstar_dagster.jobs", "qstar_dagster.rounds", "qstar_dagster.definitions",
                        "qstar_dagster.cli")),
 ]

@@ -1,49 +1,60 @@
-"""The refresh schedule and sensor decide from a real instance's event log."""
+"""The refresh job, and the automation conditions that refresh a prompt set's rollouts,
+labels and datasets, evaluated tick by tick against a real instance's event log."""
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
-    DefaultScheduleStatus,
-    build_schedule_context,
-    build_sensor_context,
+    DefaultSensorStatus,
+    evaluate_automation_conditions,
     instance_for_test,
     materialize,
 )
 
 from qstar_dagster.assets.prompts import prompt_set, prompt_set_partitions
+from qstar_dagster.automation import REFRESH_ASSETS, refresh_automation
 from qstar_dagster.definitions import make_definitions
-from qstar_dagster.jobs import (
-    REFRESH_ASSETS,
-    prompt_set_refresh_sensor,
-    refresh_schedule,
-    stale_prompt_sets,
-)
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 
 
-def test_refresh_runs_for_prompt_sets_newer_than_their_rollouts(tmp_path):
-    with instance_for_test() as instance:
-        _check_refresh(instance, tmp_path)
+def _requested(result, asset: str) -> set[str]:
+    return set(result.get_requested_partitions(AssetKey(asset)))
 
 
-def _check_refresh(instance, tmp_path):
-    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
+def test_rollouts_follow_a_prompt_set_whose_content_changed_and_labels_follow_rollouts(tmp_path):
+    defs = make_definitions(str(tmp_path))
     resources = {"data_dir": DataDirResource(path=str(tmp_path)),
                  "store": LineageStoreResource(path=str(tmp_path / "lineage.duckdb"))}
-    materialize([prompt_set], instance=instance, resources=resources, partition_key="arith-test",
-                run_config={"ops": {"prompt_set": {"config": {"n": 5}}}})
-    assert [k for k, _ in stale_prompt_sets(instance)] == ["arith-test"]  # arith-train was never materialized
 
-    requests = list(refresh_schedule(build_schedule_context(instance=instance)))
-    assert [(r.partition_key, r.job_name or "refresh") for r in requests] == [("arith-test", "refresh")]
+    def prompts(instance, n: int) -> None:
+        materialize([prompt_set], instance=instance, resources=resources, partition_key="arith-test",
+                    run_config={"ops": {"prompt_set": {"config": {"n": n}}}})
 
-    sensor_requests = list(prompt_set_refresh_sensor(build_sensor_context(instance=instance)))
-    assert [r.partition_key for r in sensor_requests] == ["arith-test"]
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
+        tick = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert tick.total_requested == 0  # nothing materialized yet
 
-    instance.report_runless_asset_event(AssetMaterialization("tot_rollouts", partition="arith-test"))
-    assert stale_prompt_sets(instance) == []
-    materialize([prompt_set], instance=instance, resources=resources, partition_key="arith-test",
-                run_config={"ops": {"prompt_set": {"config": {"n": 6}}}})  # the prompts changed
-    assert [k for k, _ in stale_prompt_sets(instance)] == ["arith-test"]
+        prompts(instance, 5)
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert _requested(tick, "tot_rollouts") == set()  # no base policy yet: wait for it
+        instance.report_runless_asset_event(AssetMaterialization("base_policy"))
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        # one request for the whole Monte Carlo path (arith-train has no prompts); the judge
+        # stages wait for an explicit run
+        for asset in REFRESH_ASSETS:
+            assert _requested(tick, asset) == {"arith-test"}, asset
+        assert _requested(tick, "judge_labels") == _requested(tick, "consensus_labels") == set()
+
+        for asset in REFRESH_ASSETS:  # that run done
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition="arith-test"))
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.total_requested == 0
+        prompts(instance, 5)  # the same prompts again: same content hash, no new GPU work
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert tick.total_requested == 0
+        prompts(instance, 6)  # the prompts changed
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert _requested(tick, "tot_rollouts") == _requested(tick, "step_datasets") == {"arith-test"}
 
 
 def test_orchestration_is_registered_and_ships_turned_off():
@@ -51,8 +62,10 @@ def test_orchestration_is_registered_and_ships_turned_off():
     job = defs.resolve_job_def("refresh")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(REFRESH_ASSETS)
     assert job.op_retry_policy is not None and job.op_retry_policy.max_retries == 2
-    assert refresh_schedule.default_status == DefaultScheduleStatus.STOPPED and refresh_schedule.cron_schedule
+    assert refresh_automation.default_status == DefaultSensorStatus.STOPPED
     assert defs.resolve_job_def("expert_iteration_round")
     graph = defs.resolve_asset_graph()
     gpu_assets = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).pools == {"gpu"}}
     assert {"tot_rollouts", "mc_labels", "judge_labels", "prm_model", "rft_policy", "dpo_policy"} <= gpu_assets
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    assert automated == set(REFRESH_ASSETS)

@@ -9,10 +9,18 @@ from pydantic import Field
 
 from qstar_dagster.assets._runs import recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
-from qstar_dagster.datasets.build import KINDS, DatasetSpec, build_dataset, label_balance, record
+from qstar_dagster.automation import follows_inputs
+from qstar_dagster.datasets.build import (
+    KINDS,
+    ROW_FORMAT,
+    DatasetSpec,
+    build_dataset,
+    label_balance,
+    record,
+)
+from qstar_dagster.lineage.rollouts import resolve_rollout
 from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
-from qstar_dagster.lineage.rollouts import resolve_rollout
 
 
 class DatasetsConfig(Config):
@@ -27,10 +35,11 @@ class DatasetsConfig(Config):
 @asset(
     partitions_def=prompt_set_partitions,
     group_name="datasets",
-    code_version="1",
+    code_version=str(ROW_FORMAT),  # the rows change with the format, and so do dataset ids
     kinds={"duckdb", "parquet"},
     deps=[AssetKey("tot_rollouts"), AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("consensus_labels"),
           AssetKey("oracle_labels")],
+    automation_condition=follows_inputs(),
     description="Training data from a labeled rollout: RFT (right, deduplicated solutions), PRM stepwise "
     "supervision (TRL's format, soft labels kept, plus Math-Shepherd's ки export), step-DPO pairs and DPO pairs. "
     "Each dataset is a datasets row with its member nodes, exported as JSONL and Parquet.",

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.automation import follows_inputs
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.labeling import pipeline
 from qstar_dagster.lineage import LineageStore
@@ -80,6 +81,7 @@ CHECK_MC_RATES = "mc_label_rates_sane"
     pool=GPU_POOL,
     kinds={"pytorch", "duckdb"},
     deps=[AssetKey("tot_rollouts")],
+    automation_condition=follows_inputs(),
     check_specs=[AssetCheckSpec(CHECK_MC_RATES, asset="mc_labels", description="every step node has an mc label "
                                 "and the positive rates are neither ~0 nor ~1 (which would teach a PRM nothing)")],
     description="Math-Shepherd Monte Carlo labels (hard: some completion from the step reaches the reference "
@@ -249,6 +251,7 @@ class RolloutRefConfig(Config):
     code_version="1",
     kinds={"duckdb"},
     deps=[AssetKey("tot_rollouts")],
+    automation_condition=follows_inputs(),
     description="Ground-truth step labels from the built-in domain's step checker: hard (step-correct, PRM800K's "
     "sense) and prefix (prefix-correct). Other domains have no oracle: nothing is written for them.",
 )
@@ -315,6 +318,7 @@ def agreement_markdown(rows: list[dict]) -> str:
     code_version="1",
     kinds={"duckdb"},
     deps=[AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("oracle_labels"), AssetKey("consensus_labels")],
+    automation_condition=follows_inputs(),
     description="Every labeler against the oracle (up to each solution's first error) and against each other: "
     "accuracy, precision and recall of negative steps, Cohen's kappa, ProcessBench first-error F1, with "
     "confusion matrices. Query it with: qstar sql \"select * from label_agreement\".",

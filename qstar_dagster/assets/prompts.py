@@ -15,6 +15,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
+    DataVersion,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
     MaterializeResult,
@@ -93,7 +94,7 @@ def _preview(problems, k: int = 5) -> str:
     code_version="1",
     kinds={"duckdb"},
     check_specs=[
-        AssetCheckSpec(CHECK_NOT_EMPTY, asset="prompt_set", description="the set has prompts"),
+        AssetCheckSpec(CHECK_NOT_EMPTY, asset="prompt_set", blocking=True, description="the set has prompts"),
         AssetCheckSpec(CHECK_NO_DUPLICATES, asset="prompt_set", description="no problem appears twice"),
         AssetCheckSpec(CHECK_ANSWERS_PARSEABLE, asset="prompt_set",
                        description="every reference answer parses as a number or as math"),
@@ -118,7 +119,8 @@ def prompt_set(context: AssetExecutionContext, config: PromptSetConfig, store: L
     n_unparseable = next(o.metadata["n_unparseable"] for o in outcomes if o.name == CHECK_ANSWERS_PARSEABLE)
     context.log.info(f"prompt set {name}: {written.n} prompts from {source}, version {written.version}"
                      f"{' (new)' if written.new_version else ' (unchanged)'}")
-    yield MaterializeResult(metadata={
+    # the content hash: automation and staleness see an unchanged set as unchanged
+    yield MaterializeResult(data_version=DataVersion(written.version), metadata={
         "n": written.n,
         "version": written.version,
         "new_version": written.new_version,

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.automation import prompts_changed
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.lineage.artifacts import checkpoint_template
 from qstar_dagster.lineage.rollouts import rollout_summary, tree_shape, tree_violations
@@ -73,7 +74,8 @@ CHECK_TREES_SOUND = "trees_sound"
     pool=GPU_POOL,
     kinds={"pytorch", "duckdb"},
     deps=[AssetKey("prompt_set"), AssetKey("base_policy")],
-    check_specs=[AssetCheckSpec(CHECK_TREES_SOUND, asset="tot_rollouts",
+    automation_condition=prompts_changed(),
+    check_specs=[AssetCheckSpec(CHECK_TREES_SOUND, asset="tot_rollouts", blocking=True,
                                 description="every non-root node's parent exists one level up, no terminal "
                                 "node has children, every terminal node is graded")],
     description="Trees of reasoning steps sampled from a policy for every problem of a prompt set: best-of-N, "

@@ -21,7 +21,7 @@ from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.checkpoints import build_checkpoint
-from qstar_dagster.training.policy import DPOSpec, RFTSpec, train_dpo, train_rft
+from qstar_dagster.training.policy import DPO_REVISION, DPOSpec, RFTSpec, train_dpo, train_rft
 from qstar_dagster.training.prm import (
     PRM_SEPARATOR,
     PRMScorer,
@@ -196,7 +196,7 @@ class DPOConfig(TrainConfig):
 
 
 @asset(
-    group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
+    group_name="training", code_version=str(DPO_REVISION), pool=GPU_POOL, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="DPO (whole-solution pairs) or step-DPO (step pairs) with TRL's DPOTrainer, the starting policy "
     "as reference. Checkpoint kind policy; greedy / pass@8 / majority@8 on the held-out set.",
@@ -216,7 +216,6 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
     return _train_checkpoint(
         context, config, store, data_dir, kind="policy", dataset_kind=config.pairs,
         labeler=config.labeler if step_pairs else None,  # whole-solution pairs come from answers, not labels
-        # revision 2: the trainer's stand-in end of sequence no longer leaks into the checkpoint
-        train_config={"trainer": "trl.DPOTrainer", "revision": 2, "pairs": config.pairs, **spec.__dict__},
+        train_config={"trainer": "trl.DPOTrainer", "revision": DPO_REVISION, "pairs": config.pairs, **spec.__dict__},
         train=train, evaluate=lambda lineage, _: _policy_eval(lineage, config.eval_prompt_set, compute),
         extra={"pairs": config.pairs})

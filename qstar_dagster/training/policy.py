@@ -19,6 +19,11 @@ import torch
 
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm, log_trainer_progress
 
+# Bumped when the DPO trainer's output changes for the same inputs; part of the checkpoint's
+# id and the dpo_policy asset's code version. 2: the trainer's stand-in end of sequence no
+# longer leaks into the checkpoint.
+DPO_REVISION = 2
+
 
 def n_steps(steps: int | None, epochs: float, n_rows: int, batch_size: int) -> int:
     """Optimizer steps: `steps` when given, else `epochs` passes over the rows (datasets from
