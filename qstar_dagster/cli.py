@@ -11,7 +11,8 @@ import click
 
 from qstar_dagster.lineage import queries
 from qstar_dagster.resources import default_home, default_store_path
-from qstar_dagster.rounds import ROUND_LABELERS
+from qstar_dagster.rounds import ROUND_LABELERS, RoundSpec
+from qstar_dagster.spec import help_of
 
 DAGSTER_YAML = """\
 # Written by `qstar init`: the Dagster instance of this data directory.
@@ -115,7 +116,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     (labels, datasets, PRM / RFT / DPO checkpoints, evaluation) and the summary."""
     from qstar_dagster.assets.prompts import builtin_partition_keys
     from qstar_dagster.evaluation.report import render, report
-    from qstar_dagster.rounds import RoundSpec, StageFailed, run_round
+    from qstar_dagster.rounds import StageFailed, run_round
 
     home = _home()
     policy = _json_option(policy_config, "--policy-config")
@@ -194,16 +195,17 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
 
 
 @main.command("round")
-@click.option("--round", "k", type=int, required=True, help="round to run: round k uses round k-1's policy and PRM")
-@click.option("--train-set", default=DEMO_TRAIN_SET, show_default=True)
-@click.option("--test-set", default=DEMO_TEST_SET, show_default=True)
-@click.option("--train-problems", default=DEMO_TRAIN_PROBLEMS, show_default=True)
+@click.option("--round", "k", type=int, required=True, help=help_of(RoundSpec, "round"))
+@click.option("--train-set", default=DEMO_TRAIN_SET, show_default=True, help=help_of(RoundSpec, "train_set"))
+@click.option("--test-set", default=DEMO_TEST_SET, show_default=True, help=help_of(RoundSpec, "test_set"))
+@click.option("--train-problems", default=DEMO_TRAIN_PROBLEMS, show_default=True,
+              help=help_of(RoundSpec, "train_problems"))
 @click.option("--labeler", type=click.Choice(ROUND_LABELERS), default=ROUND_LABELERS[0], show_default=True,
-              help="whose step labels the PRM and the step pairs learn from")
+              help=help_of(RoundSpec, "labeler"))
 def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str) -> None:
     """Run one expert-iteration round (the `expert_iteration_round` job does the same from the UI)."""
     from qstar_dagster.evaluation.report import render, report
-    from qstar_dagster.rounds import RoundSpec, StageFailed, run_round
+    from qstar_dagster.rounds import StageFailed, run_round
 
     try:
         done = run_round(_require_store(), _executor(_home()),

@@ -2,15 +2,14 @@
 
 from dagster import (
     AssetSelection,
-    Config,
     Definitions,
     OpExecutionContext,
     define_asset_job,
     job,
     op,
 )
-from pydantic import Field
 
+from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets.datasets import step_datasets
 from qstar_dagster.assets.evaluation import evaluation
 from qstar_dagster.assets.labels import (
@@ -30,7 +29,7 @@ from qstar_dagster.jobs import refresh_job
 from qstar_dagster.resources import DataDirResource, LineageStoreResource, default_store_path
 from qstar_dagster.resources.compute import ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
-from qstar_dagster.rounds import ROUND_LABELERS, RoundSpec, make_executor, run_round
+from qstar_dagster.rounds import RoundSpec, make_executor, run_round
 
 # The embedded pipeline's stages per prompt set (one partition each). A Dagster job has one
 # partitioning, so the unpartitioned models (base policy, judge) have their own jobs; `qstar
@@ -60,25 +59,15 @@ judge_model_job = define_asset_job(
 )
 
 
-_ROUND = RoundSpec()
-
-
-class RoundConfig(Config):
-    round: int = Field(1, description="round to run; round k uses round k-1's policy and PRM")
-    train_set: str = _ROUND.train_set
-    test_set: str = _ROUND.test_set
-    train_problems: int = Field(_ROUND.train_problems, description="rollouts on the first n training problems")
-    labeler: str = Field(_ROUND.labeler, description=f"{' or '.join(ROUND_LABELERS)}: whose step labels the PRM "
-                         "and the step pairs learn from")
+class RoundConfig(spec_config(RoundSpec, exclude=("rollouts", "labels", "training", "evaluation"))):
+    pass
 
 
 @op(description="Run one expert-iteration round: rollouts, labels, datasets, training, evaluation.")
 def run_round_op(context: OpExecutionContext, config: RoundConfig, store: LineageStoreResource) -> dict:
     # each stage runs as its own run of this code location's jobs, against this instance
     execute = make_executor(make_definitions().resolve_job_def, context.instance, context.log.info)
-    out = run_round(store.store(), execute,
-                    RoundSpec(round=config.round, train_set=config.train_set, test_set=config.test_set,
-                              train_problems=config.train_problems, labeler=config.labeler))
+    out = run_round(store.store(), execute, to_spec(config, RoundSpec))
     return {"round": out["round"], "policy": out["policy"], "prm": out["prm"]}
 
 

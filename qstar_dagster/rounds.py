@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from qstar_dagster.labeling import binary_search, montecarlo
 from qstar_dagster.lineage.artifacts import trained_from
 from qstar_dagster.lineage.store import LineageStore
+from qstar_dagster.spec import option
 
 # execute(job name, what (for the log), partition key, asset, config) -> the asset's metadata
 Execute = Callable[[str, str, str | None, str, dict | None], dict]
@@ -36,13 +37,13 @@ ROUND_LABELERS = (montecarlo.LABELER, binary_search.LABELER)
 
 @dataclass(frozen=True)
 class RoundSpec:
-    round: int = 1
-    train_set: str = "arith-train"
-    test_set: str = "arith-test"
-    train_problems: int = 384  # rollouts on the first n training problems
+    round: int = option(1, "round to run; round k uses round k-1's policy and PRM")
+    train_set: str = option("arith-train", "prompt set the round samples, labels and trains on")
+    test_set: str = option("arith-test", "held-out prompt set the round is evaluated on")
+    train_problems: int = option(384, "rollouts on the first n training problems")
     rollouts: dict = field(default_factory=dict)  # tot_rollouts config overrides
-    # mc or binary_search: the mc_labels method whose labels the PRM and step pairs learn from
-    labeler: str = "mc"
+    labeler: str = option("mc", f"{' or '.join(ROUND_LABELERS)}: whose step labels the PRM and the step pairs "
+                          "learn from")
     labels: dict = field(default_factory=dict)  # mc_labels config overrides
     training: dict = field(default_factory=dict)  # asset name -> config overrides
     evaluation: dict | None = field(default_factory=dict)  # evaluation config overrides; None: no evaluation

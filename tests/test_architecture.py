@@ -13,7 +13,7 @@ ROOT = Path(qstar_dagster.__file__).parent
 # Lowest first. A module belongs to the first layer whose prefix it has; `lineage` (the store,
 # its schema, and its typed readers and writers) sits under every stage, which all record.
 LAYERS = [
-    ("core", ("qstar_dagster",)),  # the package root: only sets the environment
+    ("core", ("qstar_dagster", "qstar_dagster.spec")),  # the root (sets the environment), the spec helper
     ("tasks", ("qstar_dagster.tasks",)),
     ("lineage", ("qstar_dagster.lineage",)),
     ("generation", ("qstar_dagster.generation",)),
@@ -62,7 +62,8 @@ def layer(module: str) -> int:
     best = None
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            matches = module == prefix or module.startswith(prefix + ".")
+            # the bare root names itself only, so that a new package must be given a layer
+            matches = module == prefix or (prefix != "qstar_dagster" and module.startswith(prefix + "."))
             if matches and (best is None or len(prefix) > best[1]):  # the longest prefix decides
                 best = (i, len(prefix))
     assert best is not None, f"{module} is in no layer of tests/test_architecture.py; add it to LAYERS"

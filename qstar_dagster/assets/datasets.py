@@ -4,9 +4,10 @@ JSONL and Parquet under the data directory. Core: `qstar_dagster/datasets/build.
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
@@ -23,13 +24,9 @@ from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 
 
-class DatasetsConfig(Config):
+class DatasetsConfig(spec_config(DatasetSpec, exclude=("kind",))):
     rollout_id: str | None = Field(None, description="rollout; unset: the prompt set's latest")
     kinds: list[str] = Field(list(KINDS), description=f"which datasets: {', '.join(KINDS)}")
-    labeler: str = Field("mc", description="prm and step_pairs: whose hard labels (mc, binary_search, judge, "
-                         "consensus, oracle)")
-    max_per_problem: int | None = Field(4, description="rft: solutions per problem; pairs: pairs per problem; "
-                                        "step_pairs: pairs per prefix; unset: all")
 
 
 @asset(
@@ -47,7 +44,7 @@ class DatasetsConfig(Config):
 def step_datasets(context: AssetExecutionContext, config: DatasetsConfig, store: LineageStoreResource,
                   data_dir: DataDirResource) -> MaterializeResult:
     lineage = store.store()
-    specs = [DatasetSpec(kind=k, labeler=config.labeler, max_per_problem=config.max_per_problem) for k in config.kinds]
+    specs = [to_spec(config, DatasetSpec, kind=k) for k in config.kinds]
     with recorded_run(context, lineage, config.model_dump()) as run:
         rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
         built = [build_dataset(lineage, rollout_id, s, data_dir.subdir("datasets"), context.run_id) for s in specs]

@@ -4,9 +4,10 @@ prompt set; results in the store's evaluations table. Core: `qstar_dagster/evalu
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
 
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.evaluation.evaluate import (
     AGGREGATIONS,
@@ -27,17 +28,11 @@ from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.training.prm import PRMScorer, evaluate_prm
 
-_SPEC = EvalSpec()
 
-
-class EvaluationConfig(Config):
+class EvaluationConfig(spec_config(EvalSpec)):
     eval_prompt_set: str = Field("arith-test", description="held-out prompt set")
     policies: list[str] | None = Field(None, description="policy checkpoint ids; unset: every recorded policy")
     prms: list[str] | None = Field(None, description="PRM checkpoint ids; unset: every recorded PRM")
-    ns: list[int] = Field(list(_SPEC.ns), description="sample counts N of the curves")
-    temperature: float = _SPEC.temperature
-    max_new_tokens: int = _SPEC.max_new_tokens
-    seed: int = _SPEC.seed
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
 
 
@@ -70,8 +65,7 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
                compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
     check_backend(config.backend)
-    spec = EvalSpec(ns=tuple(sorted(set(config.ns))), temperature=config.temperature,
-                    max_new_tokens=config.max_new_tokens, seed=config.seed)
+    spec = to_spec(config, EvalSpec, ns=tuple(sorted(set(config.ns))))
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         version, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         key = {"prompt_set": config.eval_prompt_set, "version": version, "spec": spec.__dict__}

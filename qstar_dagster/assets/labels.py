@@ -23,6 +23,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
@@ -38,9 +39,6 @@ from qstar_dagster.resources.judge import JudgeResource
 from qstar_dagster.search.estimate import EstimatorSpec
 from qstar_dagster.training.judge import JudgeTrainSpec, build_judge
 
-_EST = EstimatorSpec()
-_JUDGE = JudgeTrainSpec()
-
 
 def _label_stats(store: LineageStore, rollout_id: str, labeler: str) -> dict:
     row = labels_db.label_stats(store, rollout_id, labeler)
@@ -54,15 +52,10 @@ def _label_stats(store: LineageStore, rollout_id: str, labeler: str) -> dict:
 # --- Monte Carlo and binary search ---------------------------------------------------------
 
 
-class MonteCarloLabelsConfig(Config):
+class MonteCarloLabelsConfig(spec_config(EstimatorSpec)):
     rollout_id: str | None = Field(None, description="rollout to label; unset: the prompt set's latest")
     methods: list[str] = Field(list(pipeline.MC_METHODS), description="mc: every step, N completions each "
                                "(Math-Shepherd); binary_search: each solution's first error in O(log steps)")
-    n: int = Field(_EST.n, description="completions per step prefix (Math-Shepherd's N)")
-    temperature: float = _EST.temperature
-    max_new_tokens: int = Field(_EST.max_new_tokens, description="tokens per completion")
-    reuse_tree: bool = Field(True, description="count the tree's finished paths through a step as completions "
-                             "and sample only the rest")
     batch_trees: int = Field(32, description="trees labeled together; also the unit a killed run resumes by")
     seed: int = 0
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
@@ -92,8 +85,7 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
               compute: ComputeResource) -> Iterator:
     lineage = store.store()
     check_backend(config.backend)
-    spec = EstimatorSpec(n=config.n, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                         reuse_tree=config.reuse_tree)
+    spec = to_spec(config, EstimatorSpec)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
         policy, _ = rollout_policy(lineage, rollout_id)
@@ -134,18 +126,10 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
 # --- the judge --------------------------------------------------------------------------------
 
 
-class JudgeModelConfig(Config):
+class JudgeModelConfig(spec_config(JudgeTrainSpec)):
     train_prompt_set: str = Field("arith-train", description="prompt set whose rollouts the judge learns from "
                                   "(not the one it will label)")
     rollout_id: str | None = Field(None, description="rollout to learn from; unset: the training set's latest")
-    steps: int = _JUDGE.steps
-    batch_size: int = _JUDGE.batch_size
-    lr: float = _JUDGE.lr
-    warmup: int = _JUDGE.warmup
-    seed: int = _JUDGE.seed
-    max_examples: int = Field(_JUDGE.max_examples, description="paths to learn from, after balancing")
-    holdout: int = Field(_JUDGE.holdout, description="paths of unseen problems kept aside to measure the judge")
-    balance: bool = Field(_JUDGE.balance, description="as many paths with an error as without")
 
 
 @asset(
@@ -161,7 +145,7 @@ class JudgeModelConfig(Config):
 def judge_model(context: AssetExecutionContext, config: JudgeModelConfig, store: LineageStoreResource,
                 data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
-    spec = JudgeTrainSpec(**{f: getattr(config, f) for f in JudgeTrainSpec.__dataclass_fields__})
+    spec = to_spec(config, JudgeTrainSpec)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         rollout_id = resolve_rollout(lineage, config.train_prompt_set, config.rollout_id)
         built = build_judge(lineage, data_dir.subdir("checkpoints"), data_dir.subdir("datasets"), rollout_id, spec,

@@ -2,9 +2,10 @@
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.backends import check_backend, make_generator
@@ -14,14 +15,12 @@ from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
 from qstar_dagster.training.base_policy import (
     BasePolicyConfig,
-    EvalSpec,
+    PolicyEvalSpec,
     build_base_policy,
 )
 
-_TRAIN = BasePolicyConfig()
 
-
-class BasePolicyAssetConfig(Config):
+class BasePolicyAssetConfig(spec_config(BasePolicyConfig, base=spec_config(PolicyEvalSpec, prefix="eval_"))):
     model_path: str | None = Field(
         None, description="use this model instead of training the built-in one: a local directory, or a "
         "Hugging Face id already in the local cache (e.g. a 1.5B math model on a GPU)")
@@ -29,19 +28,6 @@ class BasePolicyAssetConfig(Config):
     prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="how the policy is prompted; {problem}")
     train_prompt_set: str = Field("arith-train", description="built-in policy: prompt set whose reference "
                                   "solutions it learns from")
-    eval_prompt_set: str = Field("arith-test", description="prompt set for greedy / pass@k / majority@k")
-    eval_k: int = 8
-    eval_temperature: float = Field(0.7, description="temperature of the k samples behind pass@k and majority@k")
-    eval_max_new_tokens: int = 96
-    hidden: int = _TRAIN.hidden
-    layers: int = _TRAIN.layers
-    heads: int = _TRAIN.heads
-    steps: int = _TRAIN.steps
-    batch_size: int = _TRAIN.batch_size
-    lr: float = _TRAIN.lr
-    warmup: int = _TRAIN.warmup
-    seed: int = _TRAIN.seed
-    eval_every: int = Field(_TRAIN.eval_every, description="steps between points of the accuracy curve; 0: none")
 
 
 @asset(
@@ -57,12 +43,9 @@ class BasePolicyAssetConfig(Config):
 def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, store: LineageStoreResource,
                 data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     lineage = store.store()
-    train_cfg = BasePolicyConfig(hidden=config.hidden, layers=config.layers, heads=config.heads, steps=config.steps,
-                                 batch_size=config.batch_size, lr=config.lr, warmup=config.warmup, seed=config.seed,
-                                 eval_every=config.eval_every)
+    train_cfg = to_spec(config, BasePolicyConfig)
     check_backend(config.backend)
-    spec = EvalSpec(config.eval_prompt_set, config.eval_k, config.eval_max_new_tokens,
-                    temperature=config.eval_temperature)
+    spec = to_spec(config, PolicyEvalSpec, prefix="eval_")
 
     def evaluate(path, problems) -> dict:
         gen = make_generator(config.backend, str(path), compute.torch_device(), compute.torch_dtype())

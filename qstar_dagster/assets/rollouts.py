@@ -11,13 +11,13 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    Config,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
+from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import prompts_changed
@@ -27,33 +27,12 @@ from qstar_dagster.lineage.rollouts import rollout_summary, tree_shape, tree_vio
 from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
-from qstar_dagster.search.algorithms import ALGORITHMS, SearchSpec
+from qstar_dagster.search.algorithms import SearchSpec
 from qstar_dagster.search.rollouts import plan_rollout, run_rollout
-from qstar_dagster.search.value import VALUE_FUNCTIONS
 from qstar_dagster.training.prm import PRMScorer
 
-_SPEC = SearchSpec()
 
-
-class RolloutsConfig(Config):
-    algorithm: str = Field(_SPEC.algorithm, description=f"one of {', '.join(ALGORITHMS)}")
-    value: str = Field(_SPEC.value, description=f"value function: {', '.join(VALUE_FUNCTIONS)} (mc reads the "
-                       "reference answer: for making data; answers are then chosen by majority vote)")
-    n: int = Field(_SPEC.n, description="best_of_n: samples per problem")
-    k: int | None = Field(None, description="beam, mcts: next steps sampled per expanded node; unset: 4 for "
-                          "beam, 2 for mcts")
-    beam_width: int = Field(_SPEC.beam_width, description="beam: open nodes kept per problem and depth")
-    simulations: int = Field(_SPEC.simulations, description="mcts: rounds of select-expand-evaluate-backup")
-    c_puct: float = _SPEC.c_puct
-    max_depth: int = Field(_SPEC.max_depth, description="steps per path")
-    step_max_tokens: int = Field(_SPEC.step_max_tokens, description="tokens per step")
-    temperature: float = _SPEC.temperature
-    top_p: float = _SPEC.top_p
-    max_nodes: int = Field(_SPEC.max_nodes, description="budget: nodes per tree, root included")
-    max_tokens: int = Field(_SPEC.max_tokens, description="budget: generated step tokens per tree")
-    mc_rollouts: int = Field(_SPEC.mc_rollouts, description="value mc: completions sampled per node")
-    prm_checkpoint: str | None = Field(None, description="value prm: PRM checkpoint id; unset: the latest PRM")
-    seed: int = _SPEC.seed
+class RolloutsConfig(spec_config(SearchSpec)):
     policy_checkpoint: str | None = Field(None, description="policy checkpoint id; unset: the base policy (the "
                                           "base_policy asset's latest)")
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
@@ -61,7 +40,7 @@ class RolloutsConfig(Config):
     max_problems: int | None = Field(None, description="search only the first n problems of the prompt set")
 
     def spec(self) -> SearchSpec:
-        return SearchSpec(**{f: getattr(self, f) for f in SearchSpec.__dataclass_fields__})
+        return to_spec(self, SearchSpec)
 
 
 CHECK_TREES_SOUND = "trees_sound"

@@ -9,6 +9,7 @@ import random
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.datasets.build import read_rows
 from qstar_dagster.evaluation.evaluate import evaluate_policy
@@ -29,8 +30,6 @@ from qstar_dagster.training.prm import (
     evaluate_prm,
     train_prm,
 )
-
-_PRM, _RFT, _DPO = PRMTrainSpec(), RFTSpec(), DPOSpec()
 
 
 class TrainConfig(Config):
@@ -84,25 +83,8 @@ def _metadata(built, dataset, extra: dict) -> dict:
             "lineage": MetadataValue.md(f"```\nqstar lineage {built.checkpoint_id}\n```")}
 
 
-class PRMConfig(TrainConfig):
+class PRMConfig(spec_config(PRMTrainSpec, base=TrainConfig)):
     labeler: str = Field("mc", description="whose labels the PRM learns (the prm dataset's labeler)")
-    head: str = Field(_PRM.head, description="generative (the LM's own likelihood of each step, with a bias fitted "
-                      "to the labels; epochs / steps fine-tune the LM too) or classifier (a one-logit head at each "
-                      "step's separator; must be trained)")
-    target: str = Field(_PRM.target, description="hard (0/1 labels, cross-entropy) or soft (Monte Carlo "
-                        "fractions, BCE)")
-    epochs: float = Field(_PRM.epochs, description="passes over the dataset; 0 (default): no fine-tuning, the "
-                          "calibrated policy likelihood (fine-tuning ranked held-out steps worse: bench/prm.py)")
-    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
-    batch_size: int = _PRM.batch_size
-    lr: float = _PRM.lr
-    stop_at_first_error: bool = Field(_PRM.stop_at_first_error, description="learn each path up to its first "
-                                      "wrong step only (PRM800K's convention)")
-    point_weight: float = Field(_PRM.point_weight, description="weight of the pointwise BCE on step labels")
-    pair_weight: float = Field(_PRM.pair_weight, description="weight of the Bradley-Terry loss on sibling pairs "
-                               "(one prefix, a right and a wrong next step)")
-    lm_weight: float = Field(_PRM.lm_weight, description="generative: weight of a language-model loss on "
-                             "reference solutions of the training prompt set (0: none)")
     lm_references: int = Field(20000, description="with lm_weight: how many reference solutions (a seeded sample "
                                "of the training prompt set's)")
 
@@ -117,9 +99,7 @@ class PRMConfig(TrainConfig):
 )
 def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageStoreResource,
               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
-    spec = PRMTrainSpec(head=config.head, target=config.target, epochs=config.epochs, steps=config.steps,
-                        batch_size=config.batch_size, lr=config.lr, stop_at_first_error=config.stop_at_first_error,
-                        point_weight=config.point_weight, pair_weight=config.pair_weight, lm_weight=config.lm_weight)
+    spec = to_spec(config, PRMTrainSpec)
 
     def train(lineage, base, rows, path):
         references = []
@@ -158,11 +138,8 @@ def _policy_eval(lineage, prompt_set: str, compute):
         make_generator("transformers", str(path), compute.torch_device(), compute.torch_dtype()), problems, k=8)
 
 
-class RFTConfig(TrainConfig):
-    epochs: float = _RFT.epochs
-    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
-    batch_size: int = _RFT.batch_size
-    lr: float = _RFT.lr
+class RFTConfig(spec_config(RFTSpec, base=TrainConfig)):
+    pass
 
 
 @asset(
@@ -173,7 +150,7 @@ class RFTConfig(TrainConfig):
 )
 def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: LineageStoreResource,
                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
-    spec = RFTSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr)
+    spec = to_spec(config, RFTSpec)
     return _train_checkpoint(
         context, config, store, data_dir, kind="policy", dataset_kind="rft", labeler=None,
         train_config={"trainer": "rft", **spec.__dict__},
@@ -181,18 +158,10 @@ def rft_policy(context: AssetExecutionContext, config: RFTConfig, store: Lineage
         evaluate=lambda lineage, _: _policy_eval(lineage, config.eval_prompt_set, compute), extra={})
 
 
-class DPOConfig(TrainConfig):
+class DPOConfig(spec_config(DPOSpec, base=TrainConfig)):
     pairs: str = Field("step_pairs", description="step_pairs (step-DPO) or pairs (whole-solution DPO)")
     labeler: str = Field("mc", description="step_pairs: whose labels chose the pairs (the step_pairs dataset's "
                          "labeler); whole-solution pairs need none")
-    epochs: float = _DPO.epochs
-    steps: int | None = Field(None, description="optimizer steps; unset: epochs over the dataset")
-    batch_size: int = _DPO.batch_size
-    lr: float = _DPO.lr
-    beta: float = _DPO.beta
-    sft_weight: float = Field(_DPO.sft_weight, description="weight of an NLL term on the chosen side (RPO); 0: plain DPO")
-    gradient_checkpointing: bool = Field(_DPO.gradient_checkpointing, description="recompute activations to save "
-                                         "memory: on for a large model on a GPU")
 
 
 @asset(
@@ -205,8 +174,7 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
                data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     if config.pairs not in ("step_pairs", "pairs"):
         raise ValueError(f"dpo_policy.pairs must be step_pairs or pairs, got {config.pairs!r}")
-    spec = DPOSpec(epochs=config.epochs, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                   beta=config.beta, sft_weight=config.sft_weight, gradient_checkpointing=config.gradient_checkpointing)
+    spec = to_spec(config, DPOSpec)
     step_pairs = config.pairs == "step_pairs"
 
     def train(lineage, base, rows, path):

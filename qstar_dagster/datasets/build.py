@@ -29,6 +29,7 @@ from qstar_dagster.lineage.labels import label_values
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
+from qstar_dagster.spec import option
 from qstar_dagster.tasks.problem import content_id
 
 KINDS = ("rft", "prm", "step_pairs", "pairs")
@@ -41,9 +42,10 @@ ROW_FORMAT = 2
 @dataclass(frozen=True)
 class DatasetSpec:
     kind: str
-    labeler: str = "mc"  # prm, step_pairs: whose hard labels
-    max_per_problem: int | None = 4  # rft: solutions; pairs: pairs; step_pairs: pairs per prefix
-    seed: int = 0
+    labeler: str = option("mc", "prm and step_pairs: whose hard labels (mc, binary_search, judge, consensus, oracle)")
+    max_per_problem: int | None = option(4, "rft: solutions per problem; pairs: pairs per problem; step_pairs: "
+                                         "pairs per prefix; unset: all")
+    seed: int = option(0, "seed of the sampling under max_per_problem")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

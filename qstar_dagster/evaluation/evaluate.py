@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qstar_dagster.generation.base import Generator, SamplingParams
+from qstar_dagster.spec import option
 from qstar_dagster.tasks.grading import answers_match, extract_answer
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.tasks.steps import step_format
@@ -26,10 +27,10 @@ AGGREGATIONS = {"min": min, "prod": math.prod, "last": lambda s: s[-1]}
 
 @dataclass(frozen=True)
 class EvalSpec:
-    ns: tuple[int, ...] = (1, 2, 4, 8, 16)
-    temperature: float = 0.7
-    max_new_tokens: int = 96
-    seed: int = 0
+    ns: tuple[int, ...] = option((1, 2, 4, 8, 16), "sample counts N of the curves")
+    temperature: float = option(0.7, "temperature of the samples")
+    max_new_tokens: int = option(96, "tokens per solution")
+    seed: int = option(0, "seed of the samples")
 
 
 @dataclass

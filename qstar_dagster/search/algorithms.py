@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.search.tree import Node, Tree
 from qstar_dagster.search.value import VALUE_FUNCTIONS, ValueFunction
+from qstar_dagster.spec import option
 
 ALGORITHMS = ("best_of_n", "beam", "mcts")
 DEFAULT_K = {"beam": 4, "mcts": 2}
@@ -23,26 +24,26 @@ DEFAULT_K = {"beam": 4, "mcts": 2}
 
 @dataclass(frozen=True)
 class SearchSpec:
-    algorithm: str = "beam"
-    n: int = 8  # best-of-N: samples per problem
-    # Beam and MCTS: next steps sampled per expanded node; unset: 4 for beam, 2 for MCTS (at
-    # a few dozen nodes, MCTS with k=4 spends its budget wide and rarely reaches an answer).
-    k: int | None = None
-    beam_width: int = 4  # beam: nodes kept per problem and depth
-    simulations: int = 16  # MCTS: selection-expansion-backup rounds per problem
-    c_puct: float = 1.5
-    max_depth: int = 6  # steps per path
-    step_max_tokens: int = 48
-    temperature: float = 0.7
-    top_p: float = 1.0
-    # Budgets per tree, both strict: an expansion starts only if its worst case (n new nodes
-    # of step_max_tokens each) fits in what the tree has left.
-    max_nodes: int = 64  # root included
-    max_tokens: int = 4096  # generated step tokens
-    value: str = "likelihood"  # value function: none | likelihood | mc | prm
-    mc_rollouts: int = 4  # value "mc": completions sampled per node
-    prm_checkpoint: str | None = None  # value "prm": the PRM checkpoint (resolved to the latest when planned)
-    seed: int = 0
+    algorithm: str = option("beam", f"one of {', '.join(ALGORITHMS)}")
+    n: int = option(8, "best_of_n: samples per problem")
+    # At a few dozen nodes, MCTS with k=4 spends its budget wide and rarely reaches an answer.
+    k: int | None = option(None, "beam, mcts: next steps sampled per expanded node; unset: 4 for beam, 2 for mcts")
+    beam_width: int = option(4, "beam: open nodes kept per problem and depth")
+    simulations: int = option(16, "mcts: rounds of select-expand-evaluate-backup")
+    c_puct: float = option(1.5, "mcts: exploration weight of the policy prior")
+    max_depth: int = option(6, "steps per path")
+    step_max_tokens: int = option(48, "tokens per step")
+    temperature: float = option(0.7, "sampling temperature of the steps")
+    top_p: float = option(1.0, "nucleus sampling of the steps")
+    # Both budgets are strict: an expansion starts only if its worst case (n new nodes of
+    # step_max_tokens each) fits in what the tree has left.
+    max_nodes: int = option(64, "budget: nodes per tree, root included")
+    max_tokens: int = option(4096, "budget: generated step tokens per tree")
+    value: str = option("likelihood", f"value function: {', '.join(VALUE_FUNCTIONS)} (mc reads the reference "
+                        "answer: for making data; answers are then chosen by majority vote)")
+    mc_rollouts: int = option(4, "value mc: completions sampled per node")
+    prm_checkpoint: str | None = option(None, "value prm: PRM checkpoint id; unset: the latest PRM")
+    seed: int = option(0, "seed of the search's sampling")
 
     def __post_init__(self) -> None:
         if self.k is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.search.tree import Node, Tree
+from qstar_dagster.spec import option
 from qstar_dagster.tasks.grading import answers_match, extract_answer
 
 
@@ -45,12 +46,14 @@ class Estimate:
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    n: int = 8  # completions per prefix (Math-Shepherd's N)
-    temperature: float = 0.7
-    max_new_tokens: int = 128
-    reuse_tree: bool = True  # count finished paths through the node before sampling
-    share_completions: bool = True  # credit a sample to the tree's deeper nodes it passes through
-    same_prefix_once: bool = True  # nodes with the same prefix text (a step sampled twice) share one estimate
+    n: int = option(8, "completions per step prefix (Math-Shepherd's N)")
+    temperature: float = option(0.7, "sampling temperature of the completions")
+    max_new_tokens: int = option(128, "tokens per completion")
+    reuse_tree: bool = option(True, "count the tree's finished paths through a step as completions and sample "
+                              "only the rest")
+    share_completions: bool = option(True, "credit a sample to the tree's deeper nodes it passes through")
+    same_prefix_once: bool = option(True, "nodes with the same prefix text (a step sampled twice) share one "
+                                    "estimate")
 
 
 class PrefixEstimator:

@@ -14,6 +14,7 @@ from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.spec import option
 from qstar_dagster.tasks.grading import answers_match, extract_answer
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
@@ -27,15 +28,15 @@ log = logging.getLogger(__name__)
 class BasePolicyConfig:
     """Defaults reach the issue's target on 2 CPU cores (see README, "Base policy")."""
 
-    hidden: int = 128
-    layers: int = 3
-    heads: int = 4
-    steps: int = 900
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup: int = 100
-    seed: int = 0
-    eval_every: int = 100  # steps between greedy-accuracy points of the training curve; 0 = none
+    hidden: int = option(128, "width of the character-level Llama")
+    layers: int = option(3, "transformer layers")
+    heads: int = option(4, "attention heads")
+    steps: int = option(900, "optimizer steps")
+    batch_size: int = option(64, "reference solutions per step")
+    lr: float = option(3e-3, "peak learning rate (warm-up, then cosine)")
+    warmup: int = option(100, "warm-up steps")
+    seed: int = option(0, "seed of the weights and the batches")
+    eval_every: int = option(100, "steps between points of the accuracy curve; 0: none")
 
 
 def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyConfig = BasePolicyConfig(),
@@ -68,12 +69,15 @@ def greedy_accuracy(gen: Generator, problems: Sequence[Problem], max_new_tokens:
 
 
 @dataclass(frozen=True)
-class EvalSpec:
-    prompt_set: str = "arith-test"
-    k: int = 8
-    max_new_tokens: int = 96
-    seed: int = 0
-    temperature: float = 0.7  # of the k samples; at 1.0 an undertrained policy's samples are mostly noise
+class PolicyEvalSpec:
+    """What every policy checkpoint is measured with when it is made: greedy, pass@k, majority@k."""
+
+    prompt_set: str = option("arith-test", "prompt set for greedy / pass@k / majority@k")
+    k: int = option(8, "samples per problem behind pass@k and majority@k")
+    max_new_tokens: int = option(96, "tokens per solution")
+    seed: int = option(0, "seed of the samples")
+    # at 1.0 an undertrained policy's samples are mostly noise
+    temperature: float = option(0.7, "temperature of the k samples behind pass@k and majority@k")
 
 
 @dataclass
@@ -88,7 +92,7 @@ class BasePolicyResult:
 
 
 def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePolicyConfig = BasePolicyConfig(),
-                      train_prompt_set: str = "arith-train", evaluation: EvalSpec = EvalSpec(),
+                      train_prompt_set: str = "arith-train", evaluation: PolicyEvalSpec = PolicyEvalSpec(),
                       evaluate: Callable[[Path, Sequence[Problem]], dict],
                       model_path: str | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
                       run_id: str | None = None) -> BasePolicyResult:

@@ -34,6 +34,7 @@ from qstar_dagster.lineage.rollouts import rollout_policy
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
+from qstar_dagster.spec import option
 from qstar_dagster.tasks.arith import judge_steps
 from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.training.checkpoints import CheckpointBuild, build_checkpoint
@@ -44,14 +45,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JudgeTrainSpec:
-    steps: int = 400
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup: int = 40
-    seed: int = 0
-    max_examples: int = 4000  # paths to learn from, after balancing
-    holdout: int = 200  # paths kept aside to measure the judge
-    balance: bool = True  # as many paths with an error as without (rollouts of a decent policy are mostly right)
+    steps: int = option(400, "optimizer steps")
+    batch_size: int = option(16, "paths per step")
+    lr: float = option(2e-3, "peak learning rate (warm-up, then cosine)")
+    warmup: int = option(40, "warm-up steps")
+    seed: int = option(0, "seed of the split, the balancing and the training")
+    max_examples: int = option(4000, "paths to learn from, after balancing")
+    holdout: int = option(200, "paths of unseen problems kept aside to measure the judge")
+    # rollouts of a decent policy are mostly right
+    balance: bool = option(True, "as many paths with an error as without")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from qstar_dagster.spec import option
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm, log_trainer_progress
 
 # Bumped when the DPO trainer's output changes for the same inputs; part of the checkpoint's
@@ -33,14 +34,14 @@ def n_steps(steps: int | None, epochs: float, n_rows: int, batch_size: int) -> i
 
 @dataclass(frozen=True)
 class RFTSpec:
-    epochs: float = 2.0
-    steps: int | None = None  # overrides epochs
-    batch_size: int = 32
+    epochs: float = option(2.0, "passes over the dataset")
+    steps: int | None = option(None, "optimizer steps; unset: epochs over the dataset")
+    batch_size: int = option(32, "solutions per step")
     # Small: Adam's first steps move every weight by about lr whatever the gradient, and a
     # few hundred self-generated solutions give noisy gradients (2e-4 cost 10 points greedy).
-    lr: float = 3e-5
-    warmup: int = 5
-    seed: int = 0
+    lr: float = option(3e-5, "peak learning rate (warm-up, then cosine)")
+    warmup: int = option(5, "warm-up steps")
+    seed: int = option(0, "seed of the batches")
 
 
 def train_rft(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: RFTSpec = RFTSpec()) -> dict:
@@ -60,18 +61,18 @@ def train_rft(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: R
 
 @dataclass(frozen=True)
 class DPOSpec:
-    epochs: float = 1.0
-    steps: int | None = None  # overrides epochs
-    batch_size: int = 16
-    lr: float = 1e-5
-    beta: float = 0.1
-    # Weight of an SFT (NLL) term on the chosen completion beside the DPO loss (RPO): DPO
-    # alone may lower the likelihood of both sides of pairs that differ in a digit or two.
-    sft_weight: float = 1.0
+    epochs: float = option(1.0, "passes over the dataset")
+    steps: int | None = option(None, "optimizer steps; unset: epochs over the dataset")
+    batch_size: int = option(16, "pairs per step")
+    lr: float = option(1e-5, "learning rate")
+    beta: float = option(0.1, "DPO's beta: how far from the reference policy the loss lets it move")
+    # DPO alone may lower the likelihood of both sides of pairs that differ in a digit or two.
+    sft_weight: float = option(1.0, "weight of an NLL term on the chosen side (RPO); 0: plain DPO")
     # TRL turns it on by default, to fit large models in memory; for the built-in models,
     # which fit many times over, recomputing activations in the backward pass only costs time.
-    gradient_checkpointing: bool = False
-    seed: int = 0
+    gradient_checkpointing: bool = option(False, "recompute activations to save memory: on for a large model on "
+                                          "a GPU")
+    seed: int = option(0, "seed of the batches")
 
 
 def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: DPOSpec = DPOSpec(),

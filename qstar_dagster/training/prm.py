@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from qstar_dagster.spec import option
 from qstar_dagster.training.policy import n_steps
 from qstar_dagster.training.sft import (
     FitSpec,
@@ -58,35 +59,40 @@ HEAD_FILE = "prm_head.json"  # which head a checkpoint has, and the generative h
 
 @dataclass(frozen=True)
 class PRMTrainSpec:
-    head: str = "generative"
-    target: str = "hard"  # hard (0/1 labels) or soft (Monte Carlo fractions)
+    head: str = option("generative", "generative (the LM's own likelihood of each step, with a bias fitted to the "
+                       "labels; epochs / steps fine-tune the LM too) or classifier (a one-logit head at each step's "
+                       "separator; must be trained)")
+    target: str = option("hard", "hard (0/1 labels, cross-entropy) or soft (Monte Carlo fractions, BCE)")
     # 0 (the default): no fine-tuning; the generative head is then the policy's own step
     # likelihood with a bias fitted to the labels. Every fine-tuning of the LM on one round's
     # labels measured in bench/prm.py ranked held-out steps worse than that (README, "A PRM
     # that verifies"); set epochs or steps to fine-tune (a classifier needs it).
-    epochs: float = 0.0
-    steps: int | None = None  # overrides epochs
-    batch_size: int = 32
-    lr: float = 3e-4
-    warmup: int = 20
-    seed: int = 0
-    stop_at_first_error: bool = True  # learn each path up to its first wrong step only
-    # learn each distinct (prefix, step) once: a search tree's rows repeat their shared first
-    # steps in every path through them, which would weigh those few steps many times over
-    once_per_step: bool = True
-    read_at: str = "separator"  # classifier: the logit at the step's separator, or at its last token ("step")
-    freeze_backbone: bool = False  # classifier: train the head alone (a linear probe of the policy's features)
-    # generative: weight of a language-model loss on reference solutions beside the step
-    # labels (Cobbe et al.'s joint objective): it keeps, and adds to, the arithmetic that the
-    # step likelihoods read, which fine-tuning on one round's few hundred problems wears down
-    lm_weight: float = 0.0
-    # Weights of the two label losses: pointwise BCE on every step, and Bradley-Terry on sibling
-    # pairs (one prefix, a next step labeled right and one labeled wrong; rStar-Math's process
-    # preference loss). BCE alone asks for one threshold over all problems, which a model can
-    # meet by learning which problems are hard; the pairwise loss compares two steps in the
-    # same context, so what differs between them (a digit) is all that it can learn from.
-    point_weight: float = 1.0
-    pair_weight: float = 0.0
+    epochs: float = option(0.0, "passes over the dataset; 0 (default): no fine-tuning, the calibrated policy "
+                           "likelihood (fine-tuning ranked held-out steps worse: bench/prm.py)")
+    steps: int | None = option(None, "optimizer steps; unset: epochs over the dataset")
+    batch_size: int = option(32, "paths per step")
+    lr: float = option(3e-4, "peak learning rate (warm-up, then cosine)")
+    warmup: int = option(20, "warm-up steps")
+    seed: int = option(0, "seed of the batches and the head")
+    stop_at_first_error: bool = option(True, "learn each path up to its first wrong step only (PRM800K's "
+                                       "convention)")
+    # a search tree's rows repeat their shared first steps in every path through them, which
+    # would weigh those few steps many times over
+    once_per_step: bool = option(True, "learn each distinct (prefix, step) once")
+    read_at: str = option("separator", "classifier: the logit at the step's separator, or at its last token (step)")
+    freeze_backbone: bool = option(False, "classifier: train the head alone (a linear probe of the policy's "
+                                   "features)")
+    # Cobbe et al.'s joint objective: it keeps, and adds to, the arithmetic that the step
+    # likelihoods read, which fine-tuning on one round's few hundred problems wears down
+    lm_weight: float = option(0.0, "generative: weight of a language-model loss on reference solutions of the "
+                              "training prompt set (0: none)")
+    # Pointwise BCE asks for one threshold over all problems, which a model can meet by
+    # learning which problems are hard; the pairwise loss (rStar-Math's process preference
+    # loss) compares two steps in the same context, so what differs between them (a digit) is
+    # all that it can learn from.
+    point_weight: float = option(1.0, "weight of the pointwise BCE on step labels")
+    pair_weight: float = option(0.0, "weight of the Bradley-Terry loss on sibling pairs (one prefix, a right and "
+                                "a wrong next step)")
 
     @property
     def fine_tunes(self) -> bool:
