@@ -19,6 +19,7 @@ from qstar_dagster.generation.base import Generator
 from qstar_dagster.labeling import binary_search, judge, montecarlo, oracle
 from qstar_dagster.labeling.agreement import agreement
 from qstar_dagster.lineage import labels as labels_db
+from qstar_dagster.lineage.batches import write_batches
 from qstar_dagster.lineage.rollouts import rollout_policy
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
@@ -76,16 +77,14 @@ def _run_batches(store: LineageStore, rollout_id: str, labeler: str, batch_trees
     todo = [b for b in batches if not all(t.tree_id in done for t in b)]
     result = LabelResult(labeler, len(batches))
     started = time.monotonic()
-    for i, batch in enumerate(todo, 1):
+
+    def work(batch: list[Tree]):
         rows = label_batch(batch)
-        with store.transaction() as con:
-            result.n_rows_written += store.insert(con, "step_labels", rows)
+        return {"step_labels": rows}, f"{len(rows)} labels"
+
+    for n in write_batches(store, todo, work, f"{progress} on rollout {rollout_id}", on_batch):
+        result.n_rows_written += n["step_labels"]
         result.n_batches_run += 1
-        elapsed = time.monotonic() - started
-        log.info("%s on rollout %s: batch %d/%d (%d labels), ETA %.0fs", progress, rollout_id, i, len(todo),
-                 len(rows), elapsed / i * (len(todo) - i))
-        if on_batch:
-            on_batch(i, len(todo))
     result.seconds = time.monotonic() - started
     return result
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from qstar_dagster.generation.base import Generator
 from qstar_dagster.lineage.artifacts import checkpoint_template
+from qstar_dagster.lineage.batches import write_batches
 from qstar_dagster.lineage.rollouts import tree_ids, tree_records
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.algorithms import SearchSpec, SearchStats, search
@@ -107,23 +107,21 @@ def run_rollout(store: LineageStore, plan: RolloutPlan, load_generator: Callable
             raise ValueError(f"rollout {plan.rollout_id} is guided by a PRM: pass load_prm to run_rollout")
         prm = load_prm(store.checkpoint(plan.spec.prm_checkpoint, "prm")["path"])
     value = make_value_function(plan.spec.value, generator, plan.spec.mc_rollouts, prm)
-    started = time.monotonic()
-    for i, batch in enumerate(todo, 1):
+
+    def work(batch: Batch):
         trees = [Tree(tree_id, p, policy_prompt(p.problem, plan.template), step_format(p.domain), plan.spec.max_depth)
                  for tree_id, p in zip(batch.tree_ids, batch.problems)]
         _, stats = search(trees, plan.spec, generator, value, seed=batch.seed)
+        result.stats.add(stats)
         node_rows = [row for t in trees for row in t.rows(plan.policy_checkpoint, plan.spec.algorithm, run_id)]
         tree_rows = [_tree_row(plan, t, stats.seconds / len(trees), run_id) for t in trees]
-        with store.transaction() as con:
-            result.n_nodes_written += store.insert(con, "nodes", node_rows)
-            result.n_trees_written += store.insert(con, "trees", tree_rows)
+        # trees last: a tree row in the store means its nodes are (one transaction anyway)
+        return {"nodes": node_rows, "trees": tree_rows}, f"{len(node_rows)} nodes, {stats.tokens_per_second:.0f} tokens/s"
+
+    for n in write_batches(store, todo, work, f"rollout {plan.rollout_id}", on_batch):
+        result.n_nodes_written += n["nodes"]
+        result.n_trees_written += n["trees"]
         result.n_batches_run += 1
-        result.stats.add(stats)
-        elapsed = time.monotonic() - started
-        log.info("rollout %s: batch %d/%d, %d nodes, %.0f tokens/s, ETA %.0fs", plan.rollout_id, i, len(todo),
-                 len(node_rows), stats.tokens_per_second, elapsed / i * (len(todo) - i))
-        if on_batch:
-            on_batch(i, len(todo))
     return result
 
 
