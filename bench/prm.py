@@ -53,7 +53,7 @@ from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import NoValue
-from qstar_dagster.tasks.arith import judge_steps
+from qstar_dagster.tasks.arith import oracle_steps
 from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.prm import (
@@ -116,7 +116,7 @@ class OracleScorer:
         out = []
         for problem, steps in items:
             ok, scores = True, []
-            for verdict in judge_steps(problem, list(steps)).verdicts:
+            for verdict in oracle_steps(problem, list(steps)).verdicts:
                 ok = ok and verdict.correct
                 scores.append(float(ok))
             out.append(scores)

@@ -33,7 +33,7 @@ from qstar_dagster.resources import default_store_path
 from qstar_dagster.tasks.grading import answers_match, extract_answer
 from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.training.base_policy import greedy_accuracy
-from qstar_dagster.training.policy import RFTSpec, train_rft
+from qstar_dagster.training.rft import RFTSpec, train_rft
 
 
 def self_solved(policy: str, problems, samples: int, seed: int = 0) -> list[dict]:

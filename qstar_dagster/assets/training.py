@@ -22,7 +22,7 @@ from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.checkpoints import build_checkpoint
-from qstar_dagster.training.policy import DPO_REVISION, DPOSpec, RFTSpec, train_dpo, train_rft
+from qstar_dagster.training.dpo import DPO_REVISION, DPOSpec, train_dpo
 from qstar_dagster.training.prm import (
     PRM_SEPARATOR,
     PRMScorer,
@@ -30,6 +30,7 @@ from qstar_dagster.training.prm import (
     evaluate_prm,
     train_prm,
 )
+from qstar_dagster.training.rft import RFTSpec, train_rft
 
 
 class TrainConfig(Config):

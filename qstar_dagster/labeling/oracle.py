@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qstar_dagster.search.tree import Tree
-from qstar_dagster.tasks.arith import judge_steps
+from qstar_dagster.tasks.arith import oracle_steps
 
 LABELER = "oracle"
 
@@ -23,7 +23,7 @@ def oracle_labels(trees: Sequence[Tree]) -> dict[str, tuple[bool, bool]]:
                              f"{tree.problem.domain!r}. Use Monte Carlo or judge labels for other prompt sets")
         for leaf in tree.leaves():
             path = tree.path(leaf)[1:]
-            result = judge_steps(tree.problem.problem, [n.text for n in path])
+            result = oracle_steps(tree.problem.problem, [n.text for n in path])
             for i, (node, verdict) in enumerate(zip(path, result.verdicts)):
                 prefix_ok = result.first_error is None or i < result.first_error
                 out.setdefault(node.node_id, (verdict.correct, prefix_ok))

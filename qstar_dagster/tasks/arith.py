@@ -168,7 +168,7 @@ class OracleResult:
         return -1 if self.first_error is None else self.first_error
 
 
-def judge_steps(problem: str | ArithProblem, steps: list[str]) -> OracleResult:
+def oracle_steps(problem: str | ArithProblem, steps: list[str]) -> OracleResult:
     """Say for each step whether it is correct: its arithmetic is right and it applies the
     next operation of the problem to the value the steps before it established (the value
     the previous step stated, right or wrong: step-correct in PRM800K's sense)."""

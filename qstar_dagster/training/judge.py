@@ -35,7 +35,7 @@ from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.spec import option
-from qstar_dagster.tasks.arith import judge_steps
+from qstar_dagster.tasks.arith import oracle_steps
 from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.training.checkpoints import CheckpointBuild, build_checkpoint
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
@@ -77,7 +77,7 @@ def judge_examples(trees: Sequence[Tree]) -> list[JudgeExample]:
             if not steps or (tree.problem.problem, steps) in seen:
                 continue
             seen.add((tree.problem.problem, steps))
-            verdicts = judge_steps(tree.problem.problem, list(steps)).verdicts
+            verdicts = oracle_steps(tree.problem.problem, list(steps)).verdicts
             ratings = truncate_at_first_negative([1 if v.correct else -1 for v in verdicts])
             out.append(JudgeExample(tree.problem.problem, steps, tuple(ratings), tuple(n.node_id for n in path)))
     return out

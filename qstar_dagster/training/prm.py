@@ -40,13 +40,13 @@ from pathlib import Path
 import torch
 
 from qstar_dagster.spec import option
-from qstar_dagster.training.policy import n_steps
 from qstar_dagster.training.sft import (
     FitSpec,
     encode_pairs,
     epoch_batches,
     lm_batches,
     log_progress,
+    n_steps,
     warmup_cosine,
 )
 

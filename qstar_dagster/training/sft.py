@@ -133,3 +133,9 @@ def log_trainer_progress(trainer, name: str) -> None:
 
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(Progress())
+
+
+def n_steps(steps: int | None, epochs: float, n_rows: int, batch_size: int) -> int:
+    """Optimizer steps: `steps` when given, else `epochs` passes over the rows (datasets from
+    a few hundred problems are small: a fixed step count would overfit them many times)."""
+    return steps or max(1, math.ceil(epochs * n_rows / batch_size))

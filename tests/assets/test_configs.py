@@ -19,9 +19,10 @@ from qstar_dagster.rounds import RoundSpec
 from qstar_dagster.search.algorithms import SearchSpec
 from qstar_dagster.search.estimate import EstimatorSpec
 from qstar_dagster.training.base_policy import BasePolicyConfig, PolicyEvalSpec
+from qstar_dagster.training.dpo import DPOSpec
 from qstar_dagster.training.judge import JudgeTrainSpec
-from qstar_dagster.training.policy import DPOSpec, RFTSpec
 from qstar_dagster.training.prm import PRMTrainSpec
+from qstar_dagster.training.rft import RFTSpec
 
 PAIRS = [  # (config, spec, prefix of the spec's fields in the config)
     (RolloutsConfig, SearchSpec, ""), (MonteCarloLabelsConfig, EstimatorSpec, ""), (JudgeModelConfig, JudgeTrainSpec, ""),

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from qstar_dagster.tasks.arith import (
     ArithSpec,
     generate_problems,
-    judge_steps,
+    oracle_steps,
     parse_problem,
     sample_problem,
 )
@@ -28,7 +28,7 @@ specs = st.builds(
 @given(seed=st.integers(0, 10**6), spec=specs)
 def test_every_reference_solution_is_all_correct(seed, spec):
     prob = sample_problem(random.Random(seed), spec)
-    result = judge_steps(prob.text, prob.reference_steps())
+    result = oracle_steps(prob.text, prob.reference_steps())
     assert result.first_error is None and all(result.labels)
     assert result.complete and result.answer_correct
     assert result.processbench_label == -1
@@ -49,7 +49,7 @@ def test_one_corrupted_step_is_the_first_error(seed, data):
     delta = data.draw(st.sampled_from([-10, -1, 1, 2, 10]), label="delta")
     lhs, result = steps[i].rsplit("=", 1)
     steps[i] = f"{lhs}= {int(result) + delta}"
-    verdict = judge_steps(prob.text, steps)
+    verdict = oracle_steps(prob.text, steps)
     assert verdict.first_error == i
     assert not verdict.verdicts[i].correct and "arithmetic" in verdict.verdicts[i].reason
     # the untouched next step still starts from the true value, not the one step i established
@@ -59,10 +59,10 @@ def test_one_corrupted_step_is_the_first_error(seed, data):
 def test_oracle_names_each_kind_of_mistake():
     text = "Compute left to right: 10 + 5 * 3 - 20"
     good = ["10 + 5 = 15", "15 * 3 = 45", "45 - 20 = 25", "The answer is 25"]
-    assert judge_steps(text, good).first_error is None
+    assert oracle_steps(text, good).first_error is None
 
     def first(steps):
-        r = judge_steps(text, steps)
+        r = oracle_steps(text, steps)
         return r.first_error, r.verdicts[r.first_error].reason
 
     assert first(["10 + 5 = 15", "16 * 3 = 48"]) == (1, "starts from 16, but the established value is 15")
@@ -72,7 +72,7 @@ def test_oracle_names_each_kind_of_mistake():
     assert first(["ten plus five"])[0] == 0
     assert first(good + ["25 + 1 = 26"]) == (4, "step after the final answer")
     assert first(good[:3] + ["25 + 1 = 26"])[1] == "extra operation: the problem has none left"
-    incomplete = judge_steps(text, good[:2])
+    incomplete = oracle_steps(text, good[:2])
     assert incomplete.first_error is None and not incomplete.complete
 
 

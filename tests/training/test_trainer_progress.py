@@ -4,7 +4,7 @@ import logging
 
 from qstar_dagster.tasks.arith import generate_problems
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
-from qstar_dagster.training.policy import DPOSpec, train_dpo
+from qstar_dagster.training.dpo import DPOSpec, train_dpo
 from qstar_dagster.training.prm import PRMTrainSpec, train_prm
 
 

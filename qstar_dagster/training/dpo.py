@@ -1,16 +1,9 @@
-"""Improving the policy on the factory's data, starting from a policy checkpoint:
-
-- RFT: supervised fine-tuning on right, deduplicated solutions (the shared SFT loop);
-- DPO / step-DPO: TRL's `DPOTrainer` on (prompt, chosen, rejected) pairs; for step-DPO the
-  prompt is the solution so far and chosen / rejected are one next step each.
-
-Both save a standard causal-LM checkpoint (weights and tokenizer), which every backend
-loads like the base policy.
-"""
+"""DPO and step-DPO: TRL's `DPOTrainer` on (prompt, chosen, rejected) pairs, the starting
+checkpoint as reference; for step-DPO the prompt is the solution so far and chosen /
+rejected are one next step each. Saves a standard causal-LM checkpoint."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,45 +11,12 @@ from pathlib import Path
 import torch
 
 from qstar_dagster.spec import option
-from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm, log_trainer_progress
+from qstar_dagster.training.sft import log_trainer_progress, n_steps
 
 # Bumped when the DPO trainer's output changes for the same inputs; part of the checkpoint's
 # id and the dpo_policy asset's code version. 2: the trainer's stand-in end of sequence no
 # longer leaks into the checkpoint.
 DPO_REVISION = 2
-
-
-def n_steps(steps: int | None, epochs: float, n_rows: int, batch_size: int) -> int:
-    """Optimizer steps: `steps` when given, else `epochs` passes over the rows (datasets from
-    a few hundred problems are small: a fixed step count would overfit them many times)."""
-    return steps or max(1, math.ceil(epochs * n_rows / batch_size))
-
-
-@dataclass(frozen=True)
-class RFTSpec:
-    epochs: float = option(2.0, "passes over the dataset")
-    steps: int | None = option(None, "optimizer steps; unset: epochs over the dataset")
-    batch_size: int = option(32, "solutions per step")
-    # Small: Adam's first steps move every weight by about lr whatever the gradient, and a
-    # few hundred self-generated solutions give noisy gradients (2e-4 cost 10 points greedy).
-    lr: float = option(3e-5, "peak learning rate (warm-up, then cosine)")
-    warmup: int = option(5, "warm-up steps")
-    seed: int = option(0, "seed of the batches")
-
-
-def train_rft(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: RFTSpec = RFTSpec()) -> dict:
-    """`rows`: {prompt, completion} (the RFT dataset's rows)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    fit = FitSpec(steps=n_steps(spec.steps, spec.epochs, len(rows), spec.batch_size), batch_size=spec.batch_size,
-                  lr=spec.lr, warmup=spec.warmup, seed=spec.seed, eval_every=0)
-    summary = fit_causal_lm(model, tok, encode_pairs(tok, [(r["prompt"], r["completion"]) for r in rows]), fit, "rft")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return {**summary, "config": asdict(spec)}
 
 
 @dataclass(frozen=True)
