@@ -25,6 +25,7 @@ from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
+from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.training.prm import PRMScorer, evaluate_prm
 
@@ -77,7 +78,7 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
         for prm in prms:  # the PRM against the oracle on the held-out rollout of the policy it started from
             rollout = held_out_rollout(lineage, config.eval_prompt_set, prm["base"])
             trees = load_trees(lineage, rollout) if rollout else []
-            if trees and all(t.problem.domain == "arith" for t in trees):
+            if trees and all(domain(t.problem.domain).has_oracle for t in trees):
                 m = evaluate_prm(scorers[prm["checkpoint_id"]], trees)
                 rows = _rows([prm["checkpoint_id"]], {("prm_step_accuracy", 0): m["step_accuracy"],
                                                       ("prm_first_error_f1", 0): m["first_error_f1"],

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.spec import option
-from qstar_dagster.tasks.grading import answers_match, extract_answer
+from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.grading import answers_match
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.tasks.steps import step_format
 
@@ -50,21 +51,27 @@ def sample(gen: Generator, problems: Sequence[Problem], spec: EvalSpec,
                                                    max_new_tokens=spec.max_new_tokens, seed=spec.seed))
     out = []
     for p, [g], cs in zip(problems, greedy, samples):
-        answers = [extract_answer(c.text) for c in cs]
-        out.append(Sampled(p, answers_match(extract_answer(g.text), p.reference_answer), answers,
-                           [a is not None and answers_match(a, p.reference_answer) for a in answers],
+        grade = domain(p.domain).grade
+        graded = [grade(p, c.text) for c in cs]
+        out.append(Sampled(p, grade(p, g.text)[1], [a for a, _ in graded], [ok for _, ok in graded],
                            [step_format(p.domain).split(c.text) for c in cs]))
     return out
+
+
+def _votes(sampled: Sequence[Sampled]) -> bool:
+    """Majority voting applies (not in Countdown, where every right answer is the target)."""
+    return all(domain(s.problem.domain).votes for s in sampled)
 
 
 def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
                     max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE,
                     temperature: float = 0.7) -> dict:
-    """Greedy accuracy, pass@k and majority@k (k samples at `temperature`) on `problems`:
-    the figures every policy checkpoint records (base_policy, rft_policy, dpo_policy)."""
+    """Greedy accuracy, pass@k and majority@k (k samples at `temperature`; majority None
+    where votes do not apply) on `problems`: the figures every policy checkpoint records
+    (base_policy, rft_policy, dpo_policy)."""
     spec = EvalSpec(ns=(k,), temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     m = policy_metrics(sample(gen, problems, spec, template), [k])
-    return {"greedy": m[("greedy", 1)], f"pass_at_{k}": m[("pass", k)], f"majority_at_{k}": m[("majority", k)],
+    return {"greedy": m[("greedy", 1)], f"pass_at_{k}": m[("pass", k)], f"majority_at_{k}": m.get(("majority", k)),
             "n": len(problems)}
 
 
@@ -82,6 +89,8 @@ def policy_metrics(sampled: Sequence[Sampled], ns: Sequence[int]) -> dict[tuple[
     out = {("greedy", 1): sum(s.greedy_correct for s in sampled) / n_problems}
     for n in ns:
         out[("pass", n)] = sum(any(s.correct[:n]) for s in sampled) / n_problems
+        if not _votes(sampled):
+            continue
         majority = 0
         for s in sampled:
             votes = Counter(a for a in s.answers[:n] if a is not None)
@@ -103,6 +112,8 @@ def prm_metrics(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[f
                 best = max(range(len(values)), key=values.__getitem__)
                 right += s.correct[best]
             out[(f"prm_best_of:{agg}", n)] = right / n_problems
+        if not _votes(sampled):
+            continue
         right = 0
         for s, sc in zip(sampled, scores):
             answer = _vote(s.answers[:n], [min(x) if x else 0.0 for x in sc[:n]])

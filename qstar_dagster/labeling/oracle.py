@@ -1,4 +1,4 @@
-"""Ground-truth step labels for the built-in domain, from its step oracle.
+"""Ground-truth step labels for the domains with a step oracle (arith, countdown).
 
 Two of the three meanings of a step score (BACKGROUND): `hard` is step-correct (this step is
 right given the steps before it, PRM800K's sense); `prefix` is prefix-correct (every step so
@@ -9,21 +9,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qstar_dagster.search.tree import Tree
-from qstar_dagster.tasks.arith import oracle_steps
+from qstar_dagster.tasks.domains import domain
 
 LABELER = "oracle"
 
 
 def oracle_labels(trees: Sequence[Tree]) -> dict[str, tuple[bool, bool]]:
-    """node_id -> (step-correct, prefix-correct) for every step node of built-in-domain trees."""
+    """node_id -> (step-correct, prefix-correct) for every step node of the trees (an error
+    naming the tree for a domain with no oracle)."""
     out: dict[str, tuple[bool, bool]] = {}
     for tree in trees:
-        if tree.problem.domain != "arith":
-            raise ValueError(f"the step oracle knows the built-in domain only; tree {tree.tree_id} is "
-                             f"{tree.problem.domain!r}. Use Monte Carlo or judge labels for other prompt sets")
+        d = domain(tree.problem.domain)
+        if not d.has_oracle:
+            raise ValueError(f"tree {tree.tree_id} is of domain {d.name!r}, which has no step oracle; use Monte "
+                             "Carlo or judge labels for its prompt set")
         for leaf in tree.leaves():
             path = tree.path(leaf)[1:]
-            result = oracle_steps(tree.problem.problem, [n.text for n in path])
+            result = d.oracle(tree.problem, [n.text for n in path])
             for i, (node, verdict) in enumerate(zip(path, result.verdicts)):
                 prefix_ok = result.first_error is None or i < result.first_error
                 out.setdefault(node.node_id, (verdict.correct, prefix_ok))

@@ -25,6 +25,7 @@ from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
+from qstar_dagster.tasks.domains import domain
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,9 @@ def label_judge(store: LineageStore, rollout_id: str, load_generator: Callable[[
 
 
 def label_oracle(store: LineageStore, rollout_id: str, run_id: str | None = None) -> LabelResult:
-    """Step-correct (`hard`) and prefix-correct (`prefix`) labels from the built-in domain's
-    oracle; nothing for other domains (there is no oracle to ask)."""
-    trees = [t for t in load_trees(store, rollout_id) if t.problem.domain == "arith"]
+    """Step-correct (`hard`) and prefix-correct (`prefix`) labels from the domain's step
+    oracle (arith, countdown); nothing for domains without one."""
+    trees = [t for t in load_trees(store, rollout_id) if domain(t.problem.domain).has_oracle]
     result = LabelResult(oracle.LABELER, 1)
     if trees:
         with store.transaction() as con:

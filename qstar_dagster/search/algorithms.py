@@ -17,6 +17,7 @@ from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.search.tree import Node, Tree
 from qstar_dagster.search.value import VALUE_FUNCTIONS, ValueFunction
 from qstar_dagster.spec import option
+from qstar_dagster.tasks.domains import domain
 
 ALGORITHMS = ("best_of_n", "beam", "mcts")
 DEFAULT_K = {"beam": 4, "mcts": 2}
@@ -122,7 +123,8 @@ class Search:
         """The leaf a search answers with. MCTS: the most visited path, when it ends in an
         answer. Otherwise the best-valued terminal; with no informative value (all equal, or a
         value that reads the reference answer, which an answer must not use) the most common
-        answer (self-consistency), its likeliest path."""
+        answer (self-consistency), its likeliest path; in a domain without votes (Countdown:
+        every right answer is the target) the likeliest path."""
         if self.spec.algorithm == "mcts" and (leaf := self._most_visited_leaf(tree)) is not None:
             return leaf
         terminals = [n for n in tree.terminals() if n.answer is not None] or tree.terminals()
@@ -131,6 +133,8 @@ class Search:
         values = {n.value for n in terminals}
         if not self.value.uses_reference and len(values) > 1 and None not in values:
             return max(terminals, key=lambda n: (n.value, n.logprob))
+        if not domain(tree.problem.domain).votes:
+            return max(terminals, key=lambda n: n.logprob)
         votes = Counter(n.answer for n in terminals)
         top = votes.most_common(1)[0][0]
         return max((n for n in terminals if n.answer == top), key=lambda n: n.logprob)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.search.tree import Node, Tree
 from qstar_dagster.spec import option
-from qstar_dagster.tasks.grading import answers_match, extract_answer
+from qstar_dagster.tasks.domains import domain
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,10 @@ class PrefixEstimator:
             outs = self.generator.generate([tree.prefix(node) for tree, node, _, _ in group], params)
             for (tree, node, n_reused, hits), completions in zip(group, outs):
                 done = tree.solution_until(node)
+                grade = domain(tree.problem.domain).grade
                 correct = 0
                 for c in completions:
-                    ok = answers_match(extract_answer(tree.step_format.join([done, c.text])),
-                                       tree.problem.reference_answer)
+                    _, ok = grade(tree.problem, tree.step_format.join([done, c.text]))
                     correct += ok
                     if self.spec.share_completions and c.finish_reason != "length":
                         self._share(tree, node, tree.step_format.split(c.text), ok)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qstar_dagster.generation.base import Completion
-from qstar_dagster.tasks.grading import answers_match, extract_answer
+from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import Problem, content_id
 from qstar_dagster.tasks.steps import StepFormat
 
@@ -111,8 +111,7 @@ class Tree:
 
     def _grade(self, node: Node) -> None:
         solution = self.solution_until(node)
-        node.answer = extract_answer(solution)
-        node.is_correct = node.answer is not None and answers_match(node.answer, self.problem.reference_answer)
+        node.answer, node.is_correct = domain(self.problem.domain).grade(self.problem, solution)
 
     def solution_until(self, node: Node) -> str:
         """The steps from the root to `node`, joined: the solution text the path states."""

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qstar_dagster.tasks.problem import Problem
 from qstar_dagster.tasks.steps import LINE
+from qstar_dagster.tasks.verdicts import OracleResult, StepVerdict
 
 PROBLEM_PREFIX = "Compute left to right:"
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -143,29 +144,6 @@ def parse_problem(text: str) -> ArithProblem:
 
 
 # --- the step oracle -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StepVerdict:
-    correct: bool
-    reason: str  # "ok" or what is wrong, in words
-
-
-@dataclass(frozen=True)
-class OracleResult:
-    verdicts: list[StepVerdict] = field(default_factory=list)
-    first_error: int | None = None  # index of the first wrong step; None when all are right
-    complete: bool = False  # the solution reached "The answer is ..." after every operation
-    answer_correct: bool = False  # its final answer equals the true result
-
-    @property
-    def labels(self) -> list[bool]:
-        return [v.correct for v in self.verdicts]
-
-    @property
-    def processbench_label(self) -> int:
-        """ProcessBench's convention: index of the first wrong step, or -1."""
-        return -1 if self.first_error is None else self.first_error
 
 
 def oracle_steps(problem: str | ArithProblem, steps: list[str]) -> OracleResult:

@@ -3,43 +3,57 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from qstar_dagster.tasks import countdown
 from qstar_dagster.tasks.arith import ArithSpec, generate_problems
+from qstar_dagster.tasks.countdown import CountdownSpec
 from qstar_dagster.tasks.loaders import JsonlFields, ProblemFileError, load_problems
 from qstar_dagster.tasks.problem import Problem
 
 
 @dataclass(frozen=True)
 class BuiltinSet:
-    n: int
+    n: int | None  # None: every problem the domain's generator has (game24)
     seed: int
-    spec: ArithSpec = field(default_factory=ArithSpec)
-    exclude: str | None = None  # a set whose problems this one must not repeat (train for test)
+    domain: str = "arith"
+    spec: ArithSpec | CountdownSpec | None = None  # the domain generator's knobs; None: its defaults
+    exclude: tuple[str, ...] = ()  # sets whose problems this one must not repeat (train for test)
 
 
 BUILTIN_PROMPT_SETS: dict[str, BuiltinSet] = {
     # One pass of the default base-policy training (900 steps x 64) needs 57,600 problems.
     "arith-train": BuiltinSet(n=60000, seed=1),
-    "arith-test": BuiltinSet(n=200, seed=2, exclude="arith-train"),
+    "arith-test": BuiltinSet(n=200, seed=2, exclude=("arith-train",)),
+    # Game of 24 is held out from both Countdown sets: a hand with target 24 is a game24 problem.
+    "game24": BuiltinSet(n=None, seed=0, domain=countdown.DOMAIN),
+    "countdown-train": BuiltinSet(n=60000, seed=11, domain=countdown.DOMAIN, exclude=("game24",)),
+    "countdown-test": BuiltinSet(n=200, seed=12, domain=countdown.DOMAIN, exclude=("game24", "countdown-train")),
 }
 
 
+def _generate(base: BuiltinSet, n: int, seed: int, spec, exclude: frozenset[str]) -> list[Problem]:
+    if base.domain == countdown.DOMAIN:
+        return countdown.generate_problems(n, seed, spec, exclude)
+    # Draw extra, then keep the first n not excluded (arith draws in a fixed order for a seed).
+    pool = generate_problems(2 * n + 100 if exclude else n, seed, spec)
+    return [p for p in pool if p.problem not in exclude][:n]
+
+
 def builtin_problems(name: str, n: int | None = None, seed: int | None = None,
-                     spec: ArithSpec | None = None) -> list[Problem]:
+                     spec: ArithSpec | CountdownSpec | None = None) -> list[Problem]:
     if name not in BUILTIN_PROMPT_SETS:
         raise KeyError(f"no built-in prompt set {name!r}; built-in sets: {sorted(BUILTIN_PROMPT_SETS)}")
     base = BUILTIN_PROMPT_SETS[name]
-    n, seed, spec = n or base.n, base.seed if seed is None else seed, spec or base.spec
-    if base.exclude is None:
-        return generate_problems(n, seed, spec)
-    taken = {p.problem for p in builtin_problems(base.exclude)}
-    # Draw extra, then keep the first n not in the excluded set: held-out means held out.
-    pool = generate_problems(2 * n + 100, seed, spec)
-    kept = [p for p in pool if p.problem not in taken][:n]
-    if len(kept) < n:
-        raise ValueError(f"{name}: only {len(kept)} problems outside {base.exclude}; widen the spec")
+    seed, spec = base.seed if seed is None else seed, spec or base.spec
+    if base.n is None:  # a complete set: n takes its first problems
+        return countdown.game24_problems(seed)[:n]
+    n = n or base.n
+    taken = frozenset(p.problem for other in base.exclude for p in builtin_problems(other))
+    kept = _generate(base, n, seed, spec, taken)
+    if len(kept) < n:  # held-out means held out
+        raise ValueError(f"{name}: only {len(kept)} problems outside {', '.join(base.exclude)}; widen the spec")
     return kept
 
 

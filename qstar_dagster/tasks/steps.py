@@ -26,6 +26,7 @@ PARAGRAPH = StepFormat("\n\n")
 # on GSM8K/MATH (the convention of Math-Shepherd-style and Qwen PRM data).
 DOMAIN_STEP_FORMATS: dict[str, StepFormat] = {
     "arith": LINE,
+    "countdown": LINE,
     "gsm8k": PARAGRAPH,
     "math": PARAGRAPH,
     "jsonl": PARAGRAPH,

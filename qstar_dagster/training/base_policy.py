@@ -15,7 +15,7 @@ from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.spec import option
-from qstar_dagster.tasks.grading import answers_match, extract_answer
+from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 from qstar_dagster.training.checkpoints import read_summary, train_atomically, weights_sha256
@@ -62,7 +62,7 @@ def greedy_accuracy(gen: Generator, problems: Sequence[Problem], max_new_tokens:
                     template: str = DEFAULT_PROMPT_TEMPLATE) -> float:
     out = gen.generate([policy_prompt(p.problem, template) for p in problems],
                        SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens))
-    return sum(answers_match(extract_answer(c.text), p.reference_answer) for p, [c] in zip(problems, out)) / len(out)
+    return sum(domain(p.domain).grade(p, c.text)[1] for p, [c] in zip(problems, out)) / len(out)
 
 
 # --- the base_policy stage: train (or take a given model), evaluate, record ----------------

@@ -35,7 +35,7 @@ from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.spec import option
-from qstar_dagster.tasks.arith import oracle_steps
+from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.training.checkpoints import CheckpointBuild, build_checkpoint
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
@@ -68,16 +68,17 @@ def judge_examples(trees: Sequence[Tree]) -> list[JudgeExample]:
     """One example per distinct root-to-leaf path of built-in-domain trees."""
     seen, out = set(), []
     for tree in trees:
-        if tree.problem.domain != "arith":
-            raise ValueError(f"the built-in judge learns from built-in-domain rollouts; tree {tree.tree_id} is "
-                             f"{tree.problem.domain!r}")
+        d = domain(tree.problem.domain)
+        if not d.has_oracle:
+            raise ValueError(f"the built-in judge learns from oracle-rated rollouts; tree {tree.tree_id} is of "
+                             f"domain {d.name!r}, which has no step oracle")
         for leaf in tree.leaves():
             path = tree.path(leaf)[1:]
             steps = tuple(n.text for n in path)
             if not steps or (tree.problem.problem, steps) in seen:
                 continue
             seen.add((tree.problem.problem, steps))
-            verdicts = oracle_steps(tree.problem.problem, list(steps)).verdicts
+            verdicts = d.oracle(tree.problem, steps).verdicts
             ratings = truncate_at_first_negative([1 if v.correct else -1 for v in verdicts])
             out.append(JudgeExample(tree.problem.problem, steps, tuple(ratings), tuple(n.node_id for n in path)))
     return out

@@ -1,0 +1,141 @@
+"""The Countdown domain: generator, solver, step oracle and grading, and the domain interface
+that the stages ask instead of assuming arithmetic."""
+
+import itertools
+import random
+from functools import cache
+
+import pytest
+
+from qstar_dagster.tasks import countdown
+from qstar_dagster.tasks.countdown import CountdownSpec, grade, oracle_steps, solvable
+from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.prompt_sets import builtin_problems
+from qstar_dagster.tasks.steps import LINE
+
+
+@cache
+def values_by_splits(numbers: tuple[int, ...]) -> frozenset[int]:
+    """An independent solver: every value of an expression tree over all of `numbers`, built
+    by splitting the multiset in two (not by combining pairs, as the package does)."""
+    if len(numbers) == 1:
+        return frozenset(numbers)
+    out = set()
+    idx = range(len(numbers))
+    for r in range(1, len(numbers)):
+        for left_idx in itertools.combinations(idx, r):
+            left = tuple(sorted(numbers[i] for i in left_idx))
+            right = tuple(sorted(numbers[i] for i in idx if i not in left_idx))
+            for a in values_by_splits(left):
+                for b in values_by_splits(right):
+                    out.update({a + b, a * b})
+                    if a > b:
+                        out.add(a - b)
+                    if b and a % b == 0:
+                        out.add(a // b)
+    return frozenset(out)
+
+
+def test_the_solver_agrees_with_an_independent_one():
+    rng = random.Random(0)
+    for _ in range(300):
+        hand = tuple(sorted(rng.randint(1, 20) for _ in range(rng.choice([3, 4]))))
+        assert countdown.reachable(hand) == values_by_splits(hand), hand
+
+
+def test_game24_is_every_hand_that_makes_24_under_integer_rules():
+    problems = builtin_problems("game24")
+    hands = {countdown.parse_problem(p.problem).numbers for p in problems}
+    expected = {h for h in itertools.combinations_with_replacement(range(1, 14), 4) if 24 in values_by_splits(h)}
+    assert hands == expected and len(problems) == len(hands)
+    assert (4, 7, 8, 8) in hands and (1, 1, 1, 1) not in hands
+    assert (3, 3, 8, 8) not in hands  # 8 / (3 - 8 / 3) needs a fraction: not under these rules
+
+
+def test_reference_solutions_are_right_and_vary_in_order():
+    problems = countdown.generate_problems(300, seed=5)
+    assert len({p.problem for p in problems}) == 300
+    first_moves = set()
+    for p in problems:
+        steps = LINE.split(p.reference_solution)
+        result = oracle_steps(p.problem, steps)
+        assert result.first_error is None and result.complete and result.answer_correct, p
+        assert grade(p.problem, p.reference_solution) == (p.reference_answer, True)
+        assert len(steps) == 3  # 4 numbers: 3 combinations
+        first_moves.add(steps[0].split("=")[0].split()[1])
+    assert first_moves == set("+-*/")  # the solver's move order is random, not fixed
+
+
+def test_the_built_in_sets_are_disjoint_and_solvable():
+    test = builtin_problems("countdown-test")
+    train = {p.problem for p in builtin_problems("countdown-train", n=20000)}
+    game24 = {p.problem for p in builtin_problems("game24")}
+    assert len(test) == 200 and not {p.problem for p in test} & (train | game24)
+    assert not train & game24
+    for p in test:
+        q = countdown.parse_problem(p.problem)
+        assert solvable(q.numbers, q.target) and 10 <= q.target <= 99 and len(q.numbers) == 4
+
+
+@pytest.mark.parametrize(("steps", "reasons"), [
+    (["8 - 4 = 4 (left: 4 7 8)", "7 - 4 = 3 (left: 3 8)", "3 * 8 = 24 (left: 24)"], ["ok", "ok", "ok"]),
+    (["9 - 4 = 5 (left: 5 7 8)"], ["uses 9 and 4, but what is left is 4 7 8 8"]),
+    (["8 - 4 = 5 (left: 5 7 8)"], ["8 - 4 is 4, not 5"]),
+    (["4 - 8 = -4 (left: -4 7 8)"], ["4 - 8 is not a positive integer"]),
+    (["7 / 4 = 1 (left: 1 8 8)"], ["7 / 4 is not a positive integer"]),
+    (["8 - 4 = 4 (left: 4 8)"], ["states 4 8 left, but it is 4 7 8"]),
+    (["8 + 8 = 16 (left: 4 7 16)"], ["valid, but 24 cannot be made from 4 7 16"]),
+    # 7 - 4 = 3 and 3 * 8 = 24 would leave an 8 unused: every number must be used
+    (["4 * 7 = 28 (left: 8 8 28)", "8 + 8 = 16 (left: 16 28)"], ["valid, but 24 cannot be made from 8 8 28",
+                                                                 "valid, but 24 cannot be made from 16 28"]),
+    (["7 - 4 = 3 (left: 3 8 8)"], ["valid, but 24 cannot be made from 3 8 8"]),
+    (["the answer is 24"], ["not of the form 'a op b = c (left: ...)'"]),
+])
+def test_the_oracle_says_what_is_wrong(steps, reasons):
+    result = oracle_steps("Make 24 from: 4 7 8 8", steps)
+    assert [v.reason for v in result.verdicts] == reasons
+    assert result.first_error == next((i for i, r in enumerate(reasons) if r != "ok"), None)
+
+
+def test_an_invalid_step_leaves_the_numbers_as_they_were():
+    result = oracle_steps("Make 24 from: 4 7 8 8", ["8 - 4 = 5 (left: 5 7 8)", "8 - 4 = 4 (left: 4 7 8)",
+                                                    "7 - 4 = 3 (left: 3 8)", "3 * 8 = 24 (left: 24)",
+                                                    "3 * 8 = 24 (left: 24)"])
+    assert [v.correct for v in result.verdicts] == [False, True, True, True, False]
+    assert result.verdicts[-1].reason == "step after the last number"
+    assert result.complete and not result.answer_correct  # reached 24, but through a wrong step
+
+
+def test_still_solvable_matches_the_independent_solver_on_random_valid_paths():
+    rng = random.Random(1)
+    for p in countdown.generate_problems(100, seed=9):
+        q = countdown.parse_problem(p.problem)
+        left, steps, truth = q.numbers, [], []
+        while len(left) > 1:
+            a, op, b, c, left = rng.choice(countdown.moves(left))
+            steps.append(countdown.format_step(a, op, b, c, left))
+            truth.append(q.target in values_by_splits(left))
+        result = oracle_steps(p.problem, steps)
+        assert [v.correct for v in result.verdicts] == truth
+        assert grade(p.problem, LINE.join(steps))[1] == (left == (q.target,))
+
+
+def test_the_spec_refuses_nonsense():
+    with pytest.raises(ValueError, match="2 to 6 numbers"):
+        CountdownSpec(n_numbers=1)
+    with pytest.raises(ValueError, match="not a Countdown problem"):
+        countdown.parse_problem("Compute left to right: 1 + 2")
+
+
+def test_stages_ask_the_domain():
+    cd, ar, gsm = domain("countdown"), domain("arith"), domain("gsm8k")
+    assert cd.has_oracle and ar.has_oracle and not gsm.has_oracle
+    assert not cd.votes and ar.votes  # majority voting means nothing when every right answer is the target
+    assert cd.step_format == ar.step_format == LINE
+    [p] = builtin_problems("countdown-test", n=1)
+    assert cd.grade(p, p.reference_solution) == (p.reference_answer, True)
+    assert cd.grade(p, "1 + 1 = 2 (left: 2)")[1] is False
+    with pytest.raises(ValueError, match="no step oracle"):
+        gsm.oracle(p, ["x"])
+    with pytest.raises(ValueError, match="unknown domain 'chess'"):
+        domain("chess")
