@@ -164,7 +164,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
            if "train_seconds" in meta else "given model")
     click.echo(f"base policy {meta['checkpoint_id']} ({how}{'; already recorded' if meta['reused'] else ''})\n"
                f"  on {meta['eval_prompt_set']}: greedy {meta['greedy_accuracy']:.1%}, "
-               f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {meta[f'majority_at_{k}']:.1%}")
+               f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {_fmt(meta.get(f'majority_at_{k}'), '.1%')}")
     for key, r in searched.items():
         click.echo(f"rollouts {r['rollout_id']} on {key}: {r['algorithm']} (value {r['value_function']}), "
                    f"{r['trees']} trees, {r['nodes']} nodes, {r['tokens_per_second']:.0f} tokens/s; "

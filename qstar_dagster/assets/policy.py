@@ -65,7 +65,7 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
     m, k = result.metrics, config.eval_k
     context.log.info(f"base policy {result.checkpoint_id}{' (already recorded)' if result.reused else ''}: "
                      f"greedy {m['greedy']:.1%}, pass@{k} {m[f'pass_at_{k}']:.1%}, "
-                     f"majority@{k} {m[f'majority_at_{k}']:.1%} on {config.eval_prompt_set}")
+                     f"majority@{k} {_pct(m[f'majority_at_{k}'])} on {config.eval_prompt_set}")
     metadata = {
         "checkpoint_id": result.checkpoint_id,
         "path": MetadataValue.path(str(result.path)),
@@ -89,6 +89,10 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
             ])),
         }
     return MaterializeResult(metadata=metadata)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1%}"  # majority@k is None where votes do not apply (Countdown)
 
 
 def _smooth(points: list, window: int = 25) -> list[tuple[int, float]]:

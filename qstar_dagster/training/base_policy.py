@@ -116,7 +116,8 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         path = checkpoints_dir / checkpoint_id
 
     eval_key = asdict(evaluation) | {"version": eval_version}
-    eval_rows = _evaluation_rows(checkpoint_id, eval_key, metrics=None, run_id=run_id)
+    votes = all(domain(p.domain).votes for p in eval_problems)
+    eval_rows = _evaluation_rows(checkpoint_id, eval_key, metrics=None, run_id=run_id, votes=votes)
     recorded = artifacts.checkpoint_row(store, checkpoint_id)
     have_evals = artifacts.evaluations_by_id(store, [r["eval_id"] for r in eval_rows])
     if recorded and path.is_dir() and len(have_evals) == len(eval_rows):
@@ -149,19 +150,24 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         "created_run": run_id, "created_at": utcnow(),
     }
     return BasePolicyResult(checkpoint_id, path, False, training, metrics, checkpoint_row,
-                            _evaluation_rows(checkpoint_id, eval_key, metrics, run_id))
+                            _evaluation_rows(checkpoint_id, eval_key, metrics, run_id, votes))
 
 
 def _metrics_from_rows(rows: list[dict], k: int) -> dict:
     by_method = {r["method"]: r for r in rows}
     return {"greedy": by_method["greedy"]["accuracy"], f"pass_at_{k}": by_method[f"pass@{k}"]["accuracy"],
-            f"majority_at_{k}": by_method[f"majority@{k}"]["accuracy"], "n": by_method["greedy"]["n"]}
+            f"majority_at_{k}": by_method.get(f"majority@{k}", {}).get("accuracy"), "n": by_method["greedy"]["n"]}
 
 
-def _evaluation_rows(checkpoint_id: str, eval_key: dict, metrics: dict | None, run_id: str | None) -> list[dict]:
+def _evaluation_rows(checkpoint_id: str, eval_key: dict, metrics: dict | None, run_id: str | None,
+                     votes: bool = True) -> list[dict]:
+    """greedy, pass@k and (where the domain has votes) majority@k rows; `metrics` None: the
+    rows' ids only, to look them up."""
     k = eval_key["k"]
     rows = []
-    for method, metric in [("greedy", "greedy"), (f"pass@{k}", f"pass_at_{k}"), (f"majority@{k}", f"majority_at_{k}")]:
+    methods = [("greedy", "greedy"), (f"pass@{k}", f"pass_at_{k}")] + \
+        ([(f"majority@{k}", f"majority_at_{k}")] if votes else [])
+    for method, metric in methods:
         rows.append({
             "eval_id": content_id("ev", checkpoint_id, method, eval_key), "checkpoint_ids": [checkpoint_id],
             "prompt_set": eval_key["prompt_set"], "prompt_set_version": eval_key["version"], "method": method,

@@ -131,3 +131,19 @@ def test_unknown_backend_fails_before_any_work(env):
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "backend must be transformers or vllm, got 'tgi'" in failure.step_failure_data.error.to_string()
     assert not (env[2] / "checkpoints").exists() or not list((env[2] / "checkpoints").iterdir())
+
+
+def test_a_countdown_base_policy_is_trained_and_measured_without_votes(env):
+    """The same asset on the Countdown domain: its problems and reference solutions train the
+    policy, its grader measures it, and no majority@k is recorded (votes mean nothing there)."""
+    load_prompt_sets(env, {"countdown-train": 300, "countdown-test": 8})
+    meta = metadata(run_policy(env, {**TINY, "train_prompt_set": "countdown-train",
+                                     "eval_prompt_set": "countdown-test", "eval_max_new_tokens": 96}))
+    store = LineageStore(env[2] / "lineage.duckdb")
+    [ck] = store.records("SELECT * FROM checkpoints")
+    assert ck["trained_on_prompt_set"].startswith("countdown-train@") and meta["n_train_examples"] == 300
+    evals = {r["method"]: r["accuracy"] for r in store.records("SELECT * FROM evaluations")}
+    assert set(evals) == {"greedy", "pass@4"} and meta["majority_at_4"] is None
+    assert 0 <= meta["greedy_accuracy"] <= meta["pass_at_4"] <= 1
+    assert metadata(run_policy(env, {**TINY, "train_prompt_set": "countdown-train",
+                                     "eval_prompt_set": "countdown-test", "eval_max_new_tokens": 96}))["reused"]
