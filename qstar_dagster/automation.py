@@ -5,7 +5,7 @@ datasets out of date, as `AutomationCondition`s that Dagster evaluates (the
 - `tot_rollouts` runs when its prompt set's *content* changed: the prompt_set asset's data
   version is the set's content hash, so re-materializing an unchanged file (or the sensor
   seeing it again) starts no GPU work. It waits for a base policy and for running upstream work,
-  and not for a prompt set whose blocking check (`not_empty`) failed.
+  and does not run for a prompt set whose blocking check (`not_empty`) failed.
 - `mc_labels`, `oracle_labels`, `label_agreement` and `step_datasets` follow their inputs
   eagerly, ignoring the judge stages (they call a judge model: an explicit run's decision), so
   a missing judge label never holds the Monte Carlo path back.

@@ -26,16 +26,16 @@ def _config_type(tp: Any) -> Any:
     return tp
 
 
-def spec_config(spec: type, *, base: type[Config] = Config, exclude: tuple[str, ...] = (), prefix: str = "",
-                defaults: dict[str, Any] | None = None) -> type[Config]:
+def spec_config(spec: type, *, base: type[Config] = Config, exclude: tuple[str, ...] = (),
+                prefix: str = "") -> type[Config]:
     """A subclass of `base` with `spec`'s fields (less `exclude`; named `prefix` + the spec's
-    name, when two specs share a config; `defaults` overrides a default)."""
+    name, when two specs share a config)."""
     hints = typing.get_type_hints(spec)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(spec):
         if f.name in exclude:
             continue
-        default = (defaults or {}).get(f.name, f.default)
+        default = f.default
         if default is dataclasses.MISSING:
             raise TypeError(f"{spec.__name__}.{f.name} has no default: a stage's config needs one")
         default = list(default) if isinstance(default, tuple) else default
