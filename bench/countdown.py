@@ -1,7 +1,7 @@
 """Benchmark: does Countdown give search something to choose?
 
-Trains the built-in policy on `countdown-train`'s reference solutions (or loads --model),
-then on `countdown-test` and a slice of `game24` prints side by side:
+Trains the built-in policy on Countdown reference solutions (or loads --model), then on
+held-out problems and a slice of `game24` prints side by side:
 
 - greedy, pass@8 and a random sample (the mean over the 8 samples);
 - the sampled steps: how many are *valid* (the numbers are there, the arithmetic is exact,
@@ -10,7 +10,12 @@ then on `countdown-test` and a slice of `game24` prints side by side:
 - beam search at one node budget, valued by the policy's likelihood and by the oracle's
   "still solvable" (a ceiling: what a perfect verifier would let the same search reach).
 
-    python bench/countdown.py [--model DIR] [--steps 900] [--problems 200] [--save DIR]
+With --specs, one policy per domain setting (how many numbers, their range, the targets'),
+each trained on 60,000 problems of its setting (all of them, when it has fewer) and
+measured on 200 held-out ones, in one run:
+
+    python bench/countdown.py [--model DIR] [--steps 900] [--problems 200]
+    python bench/countdown.py --specs "4:1-20:10-99,4:1-10:10-50,3:1-20:10-99"
 
 The last line is one JSON object with the figures.
 """
@@ -18,8 +23,10 @@ The last line is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
+import random
 import time
 from pathlib import Path
 
@@ -90,44 +97,87 @@ def measure(gen, problems) -> dict:
     }
 
 
+def parse_spec(text: str) -> countdown.CountdownSpec:
+    """"4:1-20:10-99" -> 4 numbers from 1-20, targets 10-99."""
+    try:
+        n, numbers, targets = text.split(":")
+        (lo, hi), (tlo, thi) = (map(int, numbers.split("-")), map(int, targets.split("-")))
+        return countdown.CountdownSpec(int(n), lo, hi, tlo, thi)
+    except ValueError as e:
+        raise SystemExit(f"--specs entry {text!r}: {e}; write n:min-max:target_min-target_max, e.g. 4:1-20:10-99")
+
+
+def setting_problems(spec: countdown.CountdownSpec, n: int, exclude: frozenset[str]) -> list:
+    """n distinct problems of the setting, or all of them (shuffled) when it has fewer: a
+    small setting's policy then sees each training problem more than once."""
+    rng = random.Random(11)
+    hands = itertools.combinations_with_replacement(range(spec.min_number, spec.max_number + 1), spec.n_numbers)
+    space = [countdown.CountdownProblem(h, t) for h in hands for t in sorted(countdown.reachable(h))
+             if spec.min_target <= t <= spec.max_target]
+    space = [q for q in space if q.text not in exclude]
+    if len(space) > n:
+        return countdown.generate_problems(n, seed=11, spec=spec, exclude=exclude)
+    rng.shuffle(space)
+    return [q.to_problem(rng) for q in space]
+
+
+def train(problems, path: Path, steps: int) -> dict:
+    summary = train_base_policy(problems, path, BasePolicyConfig(steps=steps, eval_every=0))
+    return {"steps": steps, "final_loss": round(summary["final_loss"], 4), "seconds": round(summary["train_seconds"], 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="a trained policy directory (skips training)")
+    ap.add_argument("--model", help="a trained policy directory (skips training; the built-in sets)")
+    ap.add_argument("--specs", help="comma-separated domain settings n:min-max:target_min-target_max, one policy "
+                    "each (default: the built-in sets, countdown-train / countdown-test)")
     ap.add_argument("--steps", type=int, default=BasePolicyConfig().steps, help="training steps")
-    ap.add_argument("--problems", type=int, default=200, help="countdown-test problems and game24 hands")
-    ap.add_argument("--save", default="/tmp/countdown-policy", help="where the trained policy goes")
+    ap.add_argument("--problems", type=int, default=200, help="held-out problems and game24 hands")
+    ap.add_argument("--save", default="/tmp/countdown-policy", help="where trained policies go")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    training = None
-    if args.model:
-        path = Path(args.model)
-    else:
-        path = Path(args.save)
-        summary = train_base_policy(builtin_problems("countdown-train"), path, BasePolicyConfig(steps=args.steps,
-                                                                                               eval_every=0))
-        training = {"steps": args.steps, "final_loss": round(summary["final_loss"], 4),
-                    "seconds": round(summary["train_seconds"], 1)}
-    gen = TransformersGenerator(str(path))
     hands = builtin_problems("game24")
     step = max(1, len(hands) // args.problems)
-    sets = {"countdown-test": builtin_problems("countdown-test", n=args.problems), "game24": hands[::step][: args.problems]}
-    figures = {name: measure(gen, problems) for name, problems in sets.items()}
+    game24 = hands[::step][: args.problems]
+    game24_texts = frozenset(p.problem for p in hands)
+    runs = {}  # setting -> (policy dir, training summary, held-out problems, also game24)
+    if args.specs:
+        for text in args.specs.split(","):
+            spec = parse_spec(text.strip())
+            problems = setting_problems(spec, 60000 + args.problems, game24_texts)
+            path = Path(args.save) / text.strip().replace(":", "_")
+            runs[text.strip()] = (path, train(problems[args.problems:], path, args.steps), problems[: args.problems],
+                                  spec.n_numbers == 4)  # game24 hands have four numbers
+    else:
+        path = Path(args.model or args.save)
+        training = None if args.model else train(builtin_problems("countdown-train"), path, args.steps)
+        runs["built-in"] = (path, training, builtin_problems("countdown-test", n=args.problems), True)
 
-    print(f"policy {path}" + (f" (trained {training['steps']} steps in {training['seconds']}s, loss "
-                              f"{training['final_loss']})" if training else ""))
-    print(f"{'':28}" + "".join(f"{name:>18}" for name in figures))
+    figures = {}
+    for name, (path, training, held_out, four) in runs.items():
+        gen = TransformersGenerator(str(path))
+        figures[name] = {"training": training, "held-out": measure(gen, held_out),
+                         "game24": measure(gen, game24) if four else None}
+
+    def pct(v):
+        return f"{'–':>13} " if v is None else f"{v:>13.1%} "
+
+    columns = [(name, part) for name in figures for part in ("held-out", "game24") if figures[name][part]]
+    print("".ljust(30) + "".join(f"{name[:13]:>14}" for name, _ in columns))
+    print("".ljust(30) + "".join(f"{part:>14}" for _, part in columns))
     rows = [("greedy", "greedy"), ("pass@8", "pass_at_8"), ("random sample", "random_sample"),
             ("valid steps", "valid_steps"), ("solvable, of valid", "solvable_of_valid")]
-    def pct(v):
-        return f"{'–':>17} " if v is None else f"{v:>17.1%} "
-
     for label, key in rows:
-        print(f"{label:28}" + "".join(pct(f[key]) for f in figures.values()))
+        print(f"{label:30}" + "".join(pct(figures[n][part][key]) for n, part in columns))
     for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, oracle value (ceiling)", "beam_oracle")]:
-        print(f"{label:28}" + "".join(pct(f[key]["selected"]) for f in figures.values()))
+        print(f"{label:30}" + "".join(pct(figures[n][part][key]["selected"]) for n, part in columns))
+    for name, f in figures.items():
+        if f["training"]:
+            print(f"{name}: trained {f['training']['steps']} steps in {f['training']['seconds']}s, "
+                  f"loss {f['training']['final_loss']}")
     print(json.dumps({"bench": "countdown", "machine": platform.machine(), "threads": args.threads,
-                      "training": training, "beam": BEAM.__dict__, **figures}))
+                      "beam": BEAM.__dict__, "runs": figures}))
 
 
 if __name__ == "__main__":
