@@ -64,7 +64,8 @@ def test_sensor_registers_inbox_files_and_builtin_sets(env):
     ctx = build_sensor_context(instance=instance, resources={"data_dir": resources["data_dir"]})
     result = prompt_inbox_sensor(ctx)
     [add] = result.dynamic_partitions_requests
-    assert set(add.partition_keys) == {"arith-train", "arith-test", "my-gsm8k"}
+    assert set(add.partition_keys) == {"arith-train", "arith-test", "countdown-train", "countdown-test", "game24",
+                                       "my-gsm8k"}
     assert [r.partition_key for r in result.run_requests] == ["my-gsm8k"]
 
     # an unchanged file is not requested again; a changed one is

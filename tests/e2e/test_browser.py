@@ -103,6 +103,8 @@ def test_lifecycle_in_the_asset_graph_and_materializing_prompts_from_the_ui(ui, 
         page.get_by_role("button", name="Materialize…").click()
         page.get_by_text("Select a partition or create one").click()
         page.get_by_text("arith-test", exact=True).first.click()
+        # the partition list stays open over the dialog's buttons (five built-in sets): close it
+        page.keyboard.press("Escape")
         # The launch is a GraphQL mutation; its answer names the run or says what went wrong.
         with page.expect_response(_is_launch, timeout=120000) as answer:
             page.get_by_role("button", name="Launch 1 run").click()
