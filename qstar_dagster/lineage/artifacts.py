@@ -83,8 +83,8 @@ def latest_base_policy_id(store: LineageStore) -> str | None:
 
 
 def trained_from(store: LineageStore, base: str) -> dict[str, str]:
-    """For each (kind, trainer) of checkpoint trained from `base`, the latest one's id, keyed
-    "prm", "judge", or the policy trainer ("rft", "trl.DPOTrainer")."""
+    """The latest checkpoint of each kind trained from `base`, keyed by kind ("prm", "judge")
+    or, for policies, by trainer ("rft", "trl.DPOTrainer")."""
     rows = store.records("""
         SELECT kind, config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS checkpoint_id
         FROM checkpoints WHERE base = ? GROUP BY 1, 2""", [base])
