@@ -60,8 +60,18 @@ class OracleValue:
         return out
 
 
+# What makes a step invalid, by the start of the oracle's reason
+WHY = {"uses": "numbers not left", "states": "wrong 'left' list", "not of the form": "unreadable",
+       "step after": "after the last one"}
+
+
+def _why(reason: str) -> str:
+    return next((label for start, label in WHY.items() if reason.startswith(start)), "wrong arithmetic")
+
+
 def step_rates(sampled) -> dict:
     valid = solvable = total = 0
+    invalid: dict[str, int] = {}
     for s in sampled:
         for steps in s.steps:
             for v in countdown.oracle_steps(s.problem.problem, steps).verdicts:
@@ -69,8 +79,11 @@ def step_rates(sampled) -> dict:
                 ok = v.correct or v.reason.startswith("valid, but")
                 valid += ok
                 solvable += v.correct
+                if not ok:
+                    invalid[_why(v.reason)] = invalid.get(_why(v.reason), 0) + 1
     return {"steps": total, "valid_steps": valid / total if total else None,
-            "solvable_of_valid": solvable / valid if valid else None}
+            "solvable_of_valid": solvable / valid if valid else None,
+            "invalid_because": {k: round(n / total, 3) for k, n in sorted(invalid.items())}}
 
 
 def beam(gen, problems, value) -> dict:
@@ -170,6 +183,9 @@ def main() -> None:
             ("valid steps", "valid_steps"), ("solvable, of valid", "solvable_of_valid")]
     for label, key in rows:
         print(f"{label:30}" + "".join(pct(figures[n][part][key]) for n, part in columns))
+    for why in dict.fromkeys([*WHY.values(), "wrong arithmetic"]):
+        print(f"{'  invalid: ' + why:30}" + "".join(pct(figures[n][part]["invalid_because"].get(why, 0.0))
+                                                    for n, part in columns))
     for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, oracle value (ceiling)", "beam_oracle")]:
         print(f"{label:30}" + "".join(pct(figures[n][part][key]["selected"]) for n, part in columns))
     for name, f in figures.items():
