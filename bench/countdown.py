@@ -70,10 +70,13 @@ def _why(reason: str) -> str:
 
 
 def step_rates(sampled) -> dict:
-    valid = solvable = total = 0
+    valid = solvable = total = samples = 0
     invalid: dict[str, int] = {}
+    first: dict[str, int] = {}  # the first invalid step of each sample: the slip, not its consequences
     for s in sampled:
         for steps in s.steps:
+            samples += 1
+            seen = False
             for v in countdown.oracle_steps(s.problem.problem, steps).verdicts:
                 total += 1
                 ok = v.correct or v.reason.startswith("valid, but")
@@ -81,9 +84,13 @@ def step_rates(sampled) -> dict:
                 solvable += v.correct
                 if not ok:
                     invalid[_why(v.reason)] = invalid.get(_why(v.reason), 0) + 1
+                    if not seen:
+                        first[_why(v.reason)] = first.get(_why(v.reason), 0) + 1
+                        seen = True
     return {"steps": total, "valid_steps": valid / total if total else None,
             "solvable_of_valid": solvable / valid if valid else None,
-            "invalid_because": {k: round(n / total, 3) for k, n in sorted(invalid.items())}}
+            "invalid_because": {k: round(n / total, 3) for k, n in sorted(invalid.items())},
+            "samples_first_invalid_because": {k: round(n / samples, 3) for k, n in sorted(first.items())}}
 
 
 def beam(gen, problems, value) -> dict:
@@ -177,17 +184,20 @@ def main() -> None:
         return f"{'–':>13} " if v is None else f"{v:>13.1%} "
 
     columns = [(name, part) for name in figures for part in ("held-out", "game24") if figures[name][part]]
-    print("".ljust(30) + "".join(f"{name[:13]:>14}" for name, _ in columns))
-    print("".ljust(30) + "".join(f"{part:>14}" for _, part in columns))
+    print("".ljust(36) + "".join(f"{name[:13]:>14}" for name, _ in columns))
+    print("".ljust(36) + "".join(f"{part:>14}" for _, part in columns))
     rows = [("greedy", "greedy"), ("pass@8", "pass_at_8"), ("random sample", "random_sample"),
             ("valid steps", "valid_steps"), ("solvable, of valid", "solvable_of_valid")]
     for label, key in rows:
-        print(f"{label:30}" + "".join(pct(figures[n][part][key]) for n, part in columns))
+        print(f"{label:36}" + "".join(pct(figures[n][part][key]) for n, part in columns))
     for why in dict.fromkeys([*WHY.values(), "wrong arithmetic"]):
-        print(f"{'  invalid: ' + why:30}" + "".join(pct(figures[n][part]["invalid_because"].get(why, 0.0))
-                                                    for n, part in columns))
+        print(f"{'  steps invalid: ' + why:36}" + "".join(pct(figures[n][part]["invalid_because"].get(why, 0.0))
+                                                          for n, part in columns))
+    for why in dict.fromkeys([*WHY.values(), "wrong arithmetic"]):
+        print(f"{'  samples, first: ' + why:36}" + "".join(
+            pct(figures[n][part]["samples_first_invalid_because"].get(why, 0.0)) for n, part in columns))
     for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, oracle value (ceiling)", "beam_oracle")]:
-        print(f"{label:30}" + "".join(pct(figures[n][part][key]["selected"]) for n, part in columns))
+        print(f"{label:36}" + "".join(pct(figures[n][part][key]["selected"]) for n, part in columns))
     for name, f in figures.items():
         if f["training"]:
             print(f"{name}: trained {f['training']['steps']} steps in {f['training']['seconds']}s, "
