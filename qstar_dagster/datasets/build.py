@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qstar_dagster.lineage import artifacts
-from qstar_dagster.lineage.labels import label_values
+from qstar_dagster.lineage.labels import as_positive, label_values
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
@@ -57,8 +57,7 @@ class DatasetSpec:
 def dataset_labels(store: LineageStore, rollout_id: str, labeler: str) -> tuple[dict[str, bool], dict[str, float]]:
     """A labeler's (hard, soft) labels on the rollout: node id -> good step, node id -> share."""
     values = label_values(store, rollout_id, ("hard", "soft"), labeler)
-    return ({n: v > 0.5 for n, v in values.get((labeler, "hard"), {}).items()},
-            values.get((labeler, "soft"), {}))
+    return as_positive(values.get((labeler, "hard"), {})), values.get((labeler, "soft"), {})
 
 
 def _cap(items: list, k: int | None) -> list:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.spec import option
-from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.domains import domain, votes_apply
 from qstar_dagster.tasks.grading import answers_match
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.tasks.steps import step_format
@@ -58,10 +58,6 @@ def sample(gen: Generator, problems: Sequence[Problem], spec: EvalSpec,
     return out
 
 
-def _votes(sampled: Sequence[Sampled]) -> bool:
-    """Majority voting applies (not in Countdown, where every right answer is the target)."""
-    return all(domain(s.problem.domain).votes for s in sampled)
-
 
 def evaluate_policy(gen: Generator, problems: Sequence[Problem], k: int = 8, seed: int = 0,
                     max_new_tokens: int = 96, template: str = DEFAULT_PROMPT_TEMPLATE,
@@ -87,9 +83,10 @@ def policy_metrics(sampled: Sequence[Sampled], ns: Sequence[int]) -> dict[tuple[
     """(method, N) -> accuracy for the methods that need no PRM."""
     n_problems = len(sampled)
     out = {("greedy", 1): sum(s.greedy_correct for s in sampled) / n_problems}
+    voting = votes_apply([s.problem for s in sampled])
     for n in ns:
         out[("pass", n)] = sum(any(s.correct[:n]) for s in sampled) / n_problems
-        if not _votes(sampled):
+        if not voting:
             continue
         majority = 0
         for s in sampled:
@@ -104,6 +101,7 @@ def prm_metrics(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[f
     """`scores[i][j]`: the PRM's step scores of problem i's sample j (empty: no steps)."""
     n_problems = len(sampled)
     out = {}
+    voting = votes_apply([s.problem for s in sampled])
     for n in ns:
         for agg, f in AGGREGATIONS.items():
             right = 0
@@ -112,7 +110,7 @@ def prm_metrics(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[f
                 best = max(range(len(values)), key=values.__getitem__)
                 right += s.correct[best]
             out[(f"prm_best_of:{agg}", n)] = right / n_problems
-        if not _votes(sampled):
+        if not voting:
             continue
         right = 0
         for s, sc in zip(sampled, scores):

@@ -175,7 +175,7 @@ def hard_labels(store: LineageStore, rollout_id: str) -> dict[str, dict[str, boo
     for (labeler, kind), values in labels_db.label_values(store, rollout_id, ("hard", "prefix")).items():
         if kind == "prefix" and labeler != oracle.LABELER:
             continue
-        out[f"{oracle.LABELER}_prefix" if kind == "prefix" else labeler] = {n: v > 0.5 for n, v in values.items()}
+        out[f"{oracle.LABELER}_prefix" if kind == "prefix" else labeler] = labels_db.as_positive(values)
     return out
 
 

@@ -15,6 +15,11 @@ from qstar_dagster.lineage.store import LineageStore
 _OF_ROLLOUT = "node_id IN (SELECT node_id FROM nodes JOIN trees USING (tree_id) WHERE rollout_id = ?)"
 
 
+def as_positive(values: dict[str, float]) -> dict[str, bool]:
+    """node id -> good step, from hard-label values (the store's convention: value > 0.5)."""
+    return {n: v > 0.5 for n, v in values.items()}
+
+
 def label_values(store: LineageStore, rollout_id: str, kinds: Sequence[str],
                  labeler: str | None = None) -> dict[tuple[str, str], dict[str, float]]:
     """(labeler, kind) -> node id -> value, for the rollout's rows of `kinds` that have a

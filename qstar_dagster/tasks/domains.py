@@ -56,6 +56,12 @@ DOMAINS: dict[str, Domain] = {
 }
 
 
+def votes_apply(problems: Sequence[Problem]) -> bool:
+    """Majority voting means something for every one of `problems` (not in Countdown, where
+    every right answer is the target)."""
+    return all(domain(p.domain).votes for p in problems)
+
+
 def domain(name: str) -> Domain:
     try:
         return DOMAINS[name]

@@ -15,7 +15,7 @@ from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.spec import option
-from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.domains import domain, votes_apply
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 from qstar_dagster.training.checkpoints import read_summary, train_atomically, weights_sha256
@@ -116,7 +116,7 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         path = checkpoints_dir / checkpoint_id
 
     eval_key = asdict(evaluation) | {"version": eval_version}
-    votes = all(domain(p.domain).votes for p in eval_problems)
+    votes = votes_apply(eval_problems)
     eval_rows = _evaluation_rows(checkpoint_id, eval_key, metrics=None, run_id=run_id, votes=votes)
     recorded = artifacts.checkpoint_row(store, checkpoint_id)
     have_evals = artifacts.evaluations_by_id(store, [r["eval_id"] for r in eval_rows])
