@@ -91,11 +91,22 @@ def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _executor(home: Path):
+def _dagster(home: Path):
+    """The code location's definitions over `home` and its Dagster instance."""
     from qstar_dagster.definitions import make_definitions
-    from qstar_dagster.rounds import make_executor
 
-    return make_executor(make_definitions(str(home)).resolve_job_def, prepare_instance(home), click.echo)
+    return make_definitions(str(home)), prepare_instance(home)
+
+
+def _run_round(defs, instance, spec: RoundSpec) -> dict:
+    """Round `spec.round` as one run of the round job, in process, in the data directory's instance."""
+    from qstar_dagster.rounds import ROUND_JOB, plan_round, run_round
+
+    store = _require_store()
+    plan = plan_round(store, spec)
+    click.echo(f"== round {spec.round}: one run of {ROUND_JOB} for partition {plan.partition}: rollouts by "
+               f"{plan.policy}{f', guided by {plan.prm}' if plan.prm else ''}; {', '.join(plan.assets[1:])}")
+    return run_round(store, defs.resolve_job_def(ROUND_JOB), instance, spec)
 
 
 @main.command()
@@ -117,7 +128,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     with their agreement (and the built-in judge's, --with-judge), then expert-iteration round 1
     (labels, datasets, PRM / RFT / DPO checkpoints, evaluation) and the summary."""
     from qstar_dagster.evaluation.report import render, report
-    from qstar_dagster.rounds import StageFailed, run_round
+    from qstar_dagster.rounds import StageFailed, make_executor
 
     home = _home()
     policy = _json_option(policy_config, "--policy-config")
@@ -126,7 +137,8 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     with_judge = with_judge or judge_config is not None
     mc = _json_option(label_config, "--label-config")
     round_overrides = _json_option(round_config, "--round-config")
-    execute = _executor(home)
+    defs, instance = _dagster(home)
+    execute = make_executor(defs.resolve_job_def, instance, click.echo)
     started = time.monotonic()
     try:
         for key in list(prompt_sets) or DEMO_PROMPT_SETS:
@@ -152,9 +164,9 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
                 "training": DEMO_ROUND_TRAINING, **round_overrides}
         try:
             round_spec = RoundSpec(**spec)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise click.BadParameter(str(e), param_hint="--round-config") from None
-        done = run_round(_require_store(), execute, round_spec)
+        done = _run_round(defs, instance, round_spec)
     except StageFailed as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
@@ -204,14 +216,14 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
 @click.option("--labeler", type=click.Choice(ROUND_LABELERS), default=ROUND_LABELERS[0], show_default=True,
               help=help_of(RoundSpec, "labeler"))
 def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str) -> None:
-    """Run one expert-iteration round (the `expert_iteration_round` job does the same from the UI)."""
+    """Run one expert-iteration round: one run of the `expert_iteration_round` job, partition
+    TRAIN_SET, tagged qstar/round=K, with round K-1's checkpoints in its config."""
     from qstar_dagster.evaluation.report import render, report
-    from qstar_dagster.rounds import StageFailed, run_round
+    from qstar_dagster.rounds import StageFailed
 
     try:
-        done = run_round(_require_store(), _executor(_home()),
-                         RoundSpec(round=k, train_set=train_set, test_set=test_set, train_problems=train_problems,
-                                   labeler=labeler))
+        done = _run_round(*_dagster(_home()), RoundSpec(round=k, train_set=train_set, test_set=test_set,
+                                             train_problems=train_problems, labeler=labeler))
     except (StageFailed, LookupError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"round {k}: policy {done['rft_policy']['checkpoint_id']} (from {done['policy']}), "

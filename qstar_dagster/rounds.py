@@ -1,23 +1,20 @@
-"""Expert iteration: one round of the factory's loop, as a sequence of asset materializations.
+"""Expert iteration: one round of the factory's loop is one run of the `expert_iteration_round`
+job, partitioned by the training prompt set and tagged with the round number.
 
 Round k samples rollouts on the training prompt set with round k-1's policy (round 0: the
 base policy), guided by round k-1's PRM when there is one; labels them (Math-Shepherd Monte
 Carlo by default, or binary search: it agrees with the oracle more for a fraction of the
 tokens, but labels only each finished solution's path up to its first error, so the datasets
 come out several times smaller and with almost no step pairs); builds the datasets; trains
-round k's PRM, RFT policy and DPO policy from round k-1's policy; and evaluates every
-checkpoint on the held-out set. Which round an artifact belongs to is read off the
-checkpoint chain (the store's `rounds` view).
-
-The stages have different partitionings (rollouts, labels and datasets per prompt set;
-checkpoints and evaluation not), which one Dagster asset job cannot hold, so a round runs
-them in order through `execute` (the CLI's in-process runner, or the `expert_iteration_round`
-job's op); each stage is a run of its own in the instance, with its logs and metadata.
+round k's PRM, RFT policy and DPO policy from round k-1's policy; and evaluates the training
+set's checkpoints on the held-out set. Every asset of the run is a materialization of the
+`train_set` partition, so the UI shows a round as one run and the asset graph shows what each
+stage was built from; which round an artifact belongs to is read off the checkpoint chain
+(the store's `rounds` view), and the run's `qstar/round` tag says which round it ran.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qstar_dagster.labeling import binary_search, montecarlo
@@ -25,11 +22,13 @@ from qstar_dagster.lineage.artifacts import trained_from
 from qstar_dagster.lineage.store import LineageStore
 from qstar_dagster.spec import option
 
-# execute(job name, what (for the log), partition key, asset, config) -> the asset's metadata
-Execute = Callable[[str, str, str | None, str, dict | None], dict]
-
+ROUND_JOB = "expert_iteration_round"
+ROUND_TAG = "qstar/round"
+# the round's assets in the order they run, and the name each one's metadata has in a round's result
+ROUND_ASSETS = {"tot_rollouts": "rollouts", "mc_labels": "labels", "step_datasets": "datasets",
+                "prm_model": "prm_model", "rft_policy": "rft_policy", "dpo_policy": "dpo_policy",
+                "evaluation": "evaluation"}
 TRAINING_ASSETS = ("prm_model", "rft_policy", "dpo_policy")
-
 
 # the mc_labels asset's methods (the labeling pipeline's MC_METHODS, whose import loads torch)
 ROUND_LABELERS = (montecarlo.LABELER, binary_search.LABELER)
@@ -38,7 +37,7 @@ ROUND_LABELERS = (montecarlo.LABELER, binary_search.LABELER)
 @dataclass(frozen=True)
 class RoundSpec:
     round: int = option(1, "round to run; round k uses round k-1's policy and PRM")
-    train_set: str = option("arith-train", "prompt set the round samples, labels and trains on")
+    train_set: str = option("arith-train", "prompt set the round samples, labels and trains on (the run's partition)")
     test_set: str = option("arith-test", "held-out prompt set the round is evaluated on")
     train_problems: int = option(384, "rollouts on the first n training problems")
     rollouts: dict = field(default_factory=dict)  # tot_rollouts config overrides
@@ -52,6 +51,12 @@ class RoundSpec:
         if self.labeler not in ROUND_LABELERS:
             raise ValueError(f"a round labels its rollouts with {' or '.join(ROUND_LABELERS)}, got labeler "
                              f"{self.labeler!r}; other labelers' datasets can be built with step_datasets directly")
+        if self.round < 1:
+            raise ValueError(f"rounds are numbered from 1, got {self.round}")
+        unknown = set(self.training) - set(TRAINING_ASSETS)
+        if unknown:
+            raise ValueError(f"a round's training overrides are keyed by {', '.join(TRAINING_ASSETS)}; got "
+                             f"{', '.join(sorted(unknown))}")
 
 
 def round_policy(store: LineageStore, k: int) -> tuple[str, str | None]:
@@ -66,44 +71,68 @@ def round_policy(store: LineageStore, k: int) -> tuple[str, str | None]:
     return found["rft"], found.get("prm")
 
 
-def run_round(store: LineageStore, execute: Execute, spec: RoundSpec) -> dict:
-    """Run round `spec.round` (rounds before it must exist). Returns each stage's metadata."""
-    if spec.round < 1:
-        raise ValueError(f"rounds are numbered from 1, got {spec.round}")
+@dataclass(frozen=True)
+class RoundRun:
+    """What one run of the round job needs: its partition, tags, asset selection and config
+    (round k-1's checkpoints resolved to ids, so the run's config says what it started from)."""
+    partition: str
+    tags: dict[str, str]
+    assets: tuple[str, ...]
+    run_config: dict
+    policy: str
+    prm: str | None
+
+
+def plan_round(store: LineageStore, spec: RoundSpec) -> RoundRun:
+    """The run of round `spec.round` (the rounds before it must exist)."""
     policy, prm = round_policy(store, spec.round - 1)
     guided = {"value": "prm", "prm_checkpoint": prm} if prm else {}
-    out = {"round": spec.round, "policy": policy, "prm": prm}
-    tag = f"round {spec.round}"
-    out["rollouts"] = execute("embedded_pipeline", f"{tag}: rollouts on {spec.train_set} by {policy}"
-                              f"{f', guided by {prm}' if prm else ''}", spec.train_set, "tot_rollouts",
-                              {"max_problems": spec.train_problems, "policy_checkpoint": policy, **guided,
-                               **spec.rollouts})
-    rollout = out["rollouts"]["rollout_id"]
-    out["labels"] = execute("embedded_pipeline", f"{tag}: {spec.labeler} labels", spec.train_set, "mc_labels",
-                            {"rollout_id": rollout, "methods": [spec.labeler], **spec.labels})
-    out["datasets"] = execute("embedded_pipeline", f"{tag}: datasets", spec.train_set, "step_datasets",
-                              {"rollout_id": rollout, "labeler": spec.labeler})
+    config = {
+        "tot_rollouts": {"max_problems": spec.train_problems, "policy_checkpoint": policy, **guided, **spec.rollouts},
+        "mc_labels": {"methods": [spec.labeler], **spec.labels},
+        "step_datasets": {"labeler": spec.labeler},
+    }
     for asset in TRAINING_ASSETS:
         labeled = {"labeler": spec.labeler} if asset in ("prm_model", "dpo_policy") else {}  # rft needs no labels
-        out[asset] = execute("training_job", f"{tag}: {asset}", None, asset,
-                             {"train_prompt_set": spec.train_set, "eval_prompt_set": spec.test_set,
-                              "base_checkpoint": policy, "rollout_id": rollout, **labeled,
-                              **spec.training.get(asset, {})})
+        config[asset] = {"eval_prompt_set": spec.test_set, "base_checkpoint": policy, **labeled,
+                         **spec.training.get(asset, {})}
     if spec.evaluation is not None:
-        out["evaluation"] = execute("evaluation_job", f"{tag}: evaluation on {spec.test_set}", None, "evaluation",
-                                    {"eval_prompt_set": spec.test_set, **spec.evaluation})
-    return out
+        config["evaluation"] = {"eval_prompt_set": spec.test_set, **spec.evaluation}
+    tags = {ROUND_TAG: str(spec.round), "qstar/policy": policy, **({"qstar/prm": prm} if prm else {})}
+    return RoundRun(spec.train_set, tags, tuple(a for a in ROUND_ASSETS if a in config),
+                    {"ops": {a: {"config": c} for a, c in config.items()}}, policy, prm)
 
 
 class StageFailed(RuntimeError):
     pass
 
 
-def make_executor(job_def: Callable[[str], object], instance, echo: Callable[[str], None] = print,
-                  log_level: str = "INFO") -> Execute:
-    """An `Execute` that runs each stage in process against `instance`, as its own run.
-    `job_def(name)`: the job of that name (`Definitions.resolve_job_def`, or an op's
-    `context.repository_def.get_job`: the code location's jobs with its resources)."""
+def run_round(store: LineageStore, job_def, instance, spec: RoundSpec, log_level: str = "INFO") -> dict:
+    """Run round `spec.round` as one run of `job_def` (the round job, with the code location's
+    resources) in `instance`, in this process. Returns the round's checkpoints and each asset's
+    metadata under `ROUND_ASSETS`' names."""
+    from dagster import AssetKey
+
+    run = plan_round(store, spec)
+    result = job_def.execute_in_process(
+        instance=instance, partition_key=run.partition, tags=run.tags, raise_on_error=False,
+        asset_selection=[AssetKey(a) for a in run.assets],
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, **run.run_config})
+    if not result.success:
+        raise StageFailed(f"run {result.run_id} (round {spec.round} on {run.partition}) failed; see its logs above "
+                          "or in the Dagster UI")
+    out = {"round": spec.round, "policy": run.policy, "prm": run.prm, "run_id": result.run_id}
+    for asset in run.assets:
+        [event] = result.asset_materializations_for_node(asset)
+        out[ROUND_ASSETS[asset]] = {k: v.value for k, v in event.metadata.items()}
+    return out
+
+
+def make_executor(job_def, instance, echo=print, log_level: str = "INFO"):
+    """execute(job name, what (for the log), partition key, asset, config) -> the asset's
+    metadata: one asset materialized in process against `instance`, as a run of its own (the
+    demo's stages before the round). `job_def(name)`: the job of that name
+    (`Definitions.resolve_job_def`)."""
     from dagster import AssetKey
 
     def execute(job_name: str, what: str, partition_key: str | None, asset: str, config: dict | None) -> dict:

@@ -14,6 +14,7 @@ from qstar_dagster.assets.prompts import prompt_set, prompt_set_partitions
 from qstar_dagster.automation import REFRESH_ASSETS, refresh_automation
 from qstar_dagster.definitions import make_definitions
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
+from qstar_dagster.rounds import ROUND_ASSETS, ROUND_JOB
 
 
 def _requested(result, asset: str) -> set[str]:
@@ -63,7 +64,9 @@ def test_orchestration_is_registered_and_ships_turned_off():
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(REFRESH_ASSETS)
     assert job.op_retry_policy is not None and job.op_retry_policy.max_retries == 2
     assert refresh_automation.default_status == DefaultSensorStatus.STOPPED
-    assert defs.resolve_job_def("expert_iteration_round")
+    round_job = defs.resolve_job_def(ROUND_JOB)  # a round is one run of an asset job, partitioned by training set
+    assert {k.to_user_string() for k in round_job.asset_layer.executable_asset_keys} == set(ROUND_ASSETS)
+    assert round_job.partitions_def == prompt_set_partitions
     graph = defs.resolve_asset_graph()
     gpu_assets = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).pools == {"gpu"}}
     assert {"tot_rollouts", "mc_labels", "judge_labels", "prm_model", "rft_policy", "dpo_policy"} <= gpu_assets

@@ -1,4 +1,5 @@
-"""Recording each materialization in the store's runs table."""
+"""Recording each materialization in the store's runs table; which rollout a stage of a
+prompt-set partition works on."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
-from dagster import AssetExecutionContext
+from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter
 
 import qstar_dagster
 from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage.rollouts import resolve_rollout
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,22 @@ def forward_logs(context: AssetExecutionContext):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def partition_rollout(context: AssetExecutionContext, store: LineageStore, rollout_id: str | None) -> str:
+    """The rollout a stage of this prompt-set partition works on: the one its config names;
+    else the one the partition's latest `tot_rollouts` materialization made (in a round, the
+    run's own: a reused rollout keeps its old rows, so "the store's latest" can be another);
+    else the store's latest rollout of the prompt set."""
+    key = context.partition_key
+    if rollout_id is None:
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("tot_rollouts"), asset_partitions=[key]), limit=1).records
+        made = records[0].asset_materialization.metadata.get("rollout_id") if records else None
+        if made is not None:
+            try:
+                return resolve_rollout(store, key, made.value)
+            except LookupError:  # this instance knows a rollout the store does not (another data directory)
+                context.log.warning(f"tot_rollouts[{key}] last made {made.value}, which {store.path} does not "
+                                    "hold; using the store's latest rollout of the prompt set")
+    return resolve_rollout(store, key, rollout_id)

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
-from qstar_dagster.assets._runs import recorded_run
+from qstar_dagster.assets._runs import partition_rollout, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
 from qstar_dagster.datasets.build import (
@@ -19,13 +19,12 @@ from qstar_dagster.datasets.build import (
     label_balance,
     record,
 )
-from qstar_dagster.lineage.rollouts import resolve_rollout
 from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 
 
 class DatasetsConfig(spec_config(DatasetSpec, exclude=("kind",))):
-    rollout_id: str | None = Field(None, description="rollout; unset: the prompt set's latest")
+    rollout_id: str | None = Field(None, description="rollout; unset: the one the partition's tot_rollouts last made")
     kinds: list[str] = Field(list(KINDS), description=f"which datasets: {', '.join(KINDS)}")
 
 
@@ -46,7 +45,7 @@ def step_datasets(context: AssetExecutionContext, config: DatasetsConfig, store:
     lineage = store.store()
     specs = [to_spec(config, DatasetSpec, kind=k) for k in config.kinds]
     with recorded_run(context, lineage, config.model_dump()) as run:
-        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        rollout_id = partition_rollout(context, lineage, config.rollout_id)
         built = [build_dataset(lineage, rollout_id, s, data_dir.subdir("datasets"), context.run_id) for s in specs]
         with lineage.transaction() as con:
             for b in built:

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.evaluation.evaluate import (
     AGGREGATIONS,
     EvalSpec,
@@ -32,8 +33,10 @@ from qstar_dagster.training.prm import PRMScorer, evaluate_prm
 
 class EvaluationConfig(spec_config(EvalSpec)):
     eval_prompt_set: str = Field("arith-test", description="held-out prompt set")
-    policies: list[str] | None = Field(None, description="policy checkpoint ids; unset: every recorded policy")
-    prms: list[str] | None = Field(None, description="PRM checkpoint ids; unset: every recorded PRM")
+    policies: list[str] | None = Field(None, description="policy checkpoint ids; unset: the partition's (those "
+                                       "trained on the training prompt set, and the base policies they started from)")
+    prms: list[str] | None = Field(None, description="PRM checkpoint ids; unset: those trained on the partition's "
+                                   "prompt set")
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
 
 
@@ -55,9 +58,10 @@ def _rows(checkpoints: list[str], metrics: dict, key: dict, n_problems: int, run
 
 
 @asset(
+    partitions_def=prompt_set_partitions,  # the training prompt set whose checkpoints it measures
     group_name="evaluation", code_version="1", pool=GPU_POOL, kinds={"pytorch", "duckdb"},
     deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
-    description="Every policy checkpoint on a held-out prompt set: greedy, pass@N and majority@N, and with every "
+    description="The checkpoints of a training prompt set (its partition) on a held-out prompt set: greedy, pass@N and majority@N, and with every "
     "PRM: best-of-N (min / prod / last of step scores) and PRM-weighted vote, for N in 1..16; every PRM against "
     "the oracle's step labels (accuracy, first-error F1, sibling accuracy). Rows in the evaluations table; "
     "accuracy-vs-N plots.",
@@ -71,9 +75,9 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
         version, problems = lineage.prompt_set_problems(config.eval_prompt_set)
         key = {"prompt_set": config.eval_prompt_set, "version": version, "spec": spec.__dict__}
         policies = [lineage.checkpoint(c, "policy") for c in config.policies] if config.policies else \
-            artifacts.checkpoints_of_kind(lineage, "policy")
+            artifacts.checkpoints_of_prompt_set(lineage, "policy", context.partition_key)
         prms = [lineage.checkpoint(c, "prm") for c in config.prms] if config.prms else \
-            artifacts.checkpoints_of_kind(lineage, "prm")
+            artifacts.checkpoints_of_prompt_set(lineage, "prm", context.partition_key)
         scorers = {p["checkpoint_id"]: PRMScorer(p["path"], compute.torch_device()) for p in prms}
         for prm in prms:  # the PRM against the oracle on the held-out rollout of the policy it started from
             rollout = held_out_rollout(lineage, config.eval_prompt_set, prm["base"])

@@ -24,7 +24,7 @@ from dagster import (
 from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
-from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.assets._runs import forward_logs, partition_rollout, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
 from qstar_dagster.generation.backends import check_backend, make_generator
@@ -53,7 +53,7 @@ def _label_stats(store: LineageStore, rollout_id: str, labeler: str) -> dict:
 
 
 class MonteCarloLabelsConfig(spec_config(EstimatorSpec)):
-    rollout_id: str | None = Field(None, description="rollout to label; unset: the prompt set's latest")
+    rollout_id: str | None = Field(None, description="rollout to label; unset: the one the partition's tot_rollouts last made")
     methods: list[str] = Field(list(pipeline.MC_METHODS), description="mc: every step, N completions each "
                                "(Math-Shepherd); binary_search: each solution's first error in O(log steps)")
     batch_trees: int = Field(32, description="trees labeled together; also the unit a killed run resumes by")
@@ -87,7 +87,7 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
     check_backend(config.backend)
     spec = to_spec(config, EstimatorSpec)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        rollout_id = partition_rollout(context, lineage, config.rollout_id)
         policy, _ = rollout_policy(lineage, rollout_id)
         results = pipeline.label_monte_carlo(
             lineage, rollout_id, lambda: make_generator(config.backend, lineage.checkpoint(policy, "policy")["path"],
@@ -169,7 +169,7 @@ def judge_model(context: AssetExecutionContext, config: JudgeModelConfig, store:
 
 
 class JudgeLabelsConfig(Config):
-    rollout_id: str | None = Field(None, description="rollout to label; unset: the prompt set's latest")
+    rollout_id: str | None = Field(None, description="rollout to label; unset: the one the partition's tot_rollouts last made")
     labeler: str = Field("judge", description="name of these labels (give each judge model its own to compare)")
     batch_trees: int = Field(64, description="trees judged together; also the unit a killed run resumes by")
     replace: bool = Field(False, description="relabel when labels from another judge exist under this name")
@@ -196,7 +196,7 @@ def judge_labels(context: AssetExecutionContext, config: JudgeLabelsConfig, stor
                  judge: JudgeResource, compute: ComputeResource) -> Iterator:
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        rollout_id = partition_rollout(context, lineage, config.rollout_id)
         judge_id, load = judge.resolve(lineage, compute.torch_device(), compute.torch_dtype())
         pipeline.label_judge(lineage, rollout_id, load, judge_id, config.labeler, config.batch_trees,
                              config.replace, context.run_id)
@@ -226,7 +226,7 @@ def judge_labels(context: AssetExecutionContext, config: JudgeLabelsConfig, stor
 
 
 class RolloutRefConfig(Config):
-    rollout_id: str | None = Field(None, description="rollout; unset: the prompt set's latest")
+    rollout_id: str | None = Field(None, description="rollout; unset: the one the partition's tot_rollouts last made")
 
 
 @asset(
@@ -243,7 +243,7 @@ def oracle_labels(context: AssetExecutionContext, config: RolloutRefConfig,
                   store: LineageStoreResource) -> MaterializeResult:
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run:
-        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        rollout_id = partition_rollout(context, lineage, config.rollout_id)
         result = pipeline.label_oracle(lineage, rollout_id, context.run_id)
         with lineage.transaction() as con:
             run.finish(con)
@@ -270,7 +270,7 @@ def consensus_labels(context: AssetExecutionContext, config: ConsensusConfig,
                      store: LineageStoreResource) -> MaterializeResult:
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run:
-        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        rollout_id = partition_rollout(context, lineage, config.rollout_id)
         pipeline.label_consensus(lineage, rollout_id, config.first, config.second, context.run_id)
         with lineage.transaction() as con:
             run.finish(con)
@@ -311,7 +311,7 @@ def label_agreement(context: AssetExecutionContext, config: RolloutRefConfig,
                     store: LineageStoreResource) -> MaterializeResult:
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run:
-        rollout_id = resolve_rollout(lineage, context.partition_key, config.rollout_id)
+        rollout_id = partition_rollout(context, lineage, config.rollout_id)
         rows = pipeline.agreement_rows(lineage, rollout_id, context.run_id)
         labels_db.replace_agreements(lineage, rollout_id, rows)
         with lineage.transaction() as con:

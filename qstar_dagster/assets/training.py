@@ -10,7 +10,8 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
-from qstar_dagster.assets._runs import forward_logs, recorded_run
+from qstar_dagster.assets._runs import forward_logs, partition_rollout, recorded_run
+from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.datasets.build import read_rows
 from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.backends import make_generator
@@ -34,11 +35,10 @@ from qstar_dagster.training.rft import RFTSpec, train_rft
 
 
 class TrainConfig(Config):
-    train_prompt_set: str = Field("arith-train", description="prompt set whose datasets it learns from")
     eval_prompt_set: str = Field("arith-test", description="held-out prompt set it is measured on")
     base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the base policy")
-    rollout_id: str | None = Field(None, description="learn from the datasets built from this rollout; unset: the "
-                                   "training set's latest datasets")
+    rollout_id: str | None = Field(None, description="learn from the datasets built from this rollout; unset: from the "
+                                   "one the partition's tot_rollouts last made")
 
 
 def _nothing_to_learn(context, lineage, run, dataset) -> MaterializeResult | None:
@@ -54,13 +54,15 @@ def _nothing_to_learn(context, lineage, run, dataset) -> MaterializeResult | Non
 
 def _train_checkpoint(context, config, store, data_dir, *, kind: str, dataset_kind: str,
                       labeler: str | None, train_config: dict, train, evaluate, extra: dict) -> MaterializeResult:
-    """What the three training assets share: find the dataset (a clear error if there is none;
+    """What the three training assets share: find the dataset of the partition's (training prompt
+    set's) rollout (a clear error if there is none;
     a recorded skip if it is empty), start from `config.base_checkpoint`, train into a new
     checkpoint or reuse the one these inputs already made, evaluate it, record it.
     `train(lineage, base, rows, out_dir)` trains; `evaluate(lineage, base)` returns `path -> metrics`."""
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        dataset = artifacts.latest_dataset(lineage, config.train_prompt_set, dataset_kind, labeler, config.rollout_id)
+        rollout_id = partition_rollout(context, lineage, config.rollout_id)
+        dataset = artifacts.latest_dataset(lineage, context.partition_key, dataset_kind, labeler, rollout_id)
         if skipped := _nothing_to_learn(context, lineage, run, dataset):
             return skipped
         base = lineage.checkpoint(config.base_checkpoint, "policy")
@@ -91,6 +93,7 @@ class PRMConfig(spec_config(PRMTrainSpec, base=TrainConfig)):
 
 
 @asset(
+    partitions_def=prompt_set_partitions,  # the training prompt set
     group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="A process reward model from the policy: by default generative (a step's score is the LM's own "
@@ -105,11 +108,11 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
     def train(lineage, base, rows, path):
         references = []
         if spec.lm_weight:
-            _, problems = lineage.prompt_set_problems(config.train_prompt_set)
+            _, problems = lineage.prompt_set_problems(context.partition_key)
             solved = [p for p in problems if p.reference_solution]
             if not solved:
                 raise ValueError(f"prm_model.lm_weight needs reference solutions, and prompt set "
-                                 f"{config.train_prompt_set!r} has none; set lm_weight to 0")
+                                 f"{context.partition_key!r} has none; set lm_weight to 0")
             # the PRM's own input format: the problem, the separator, the steps
             references = [(p.problem + PRM_SEPARATOR, p.reference_solution)
                           for p in random.Random(spec.seed).sample(solved, min(config.lm_references, len(solved)))]
@@ -144,6 +147,7 @@ class RFTConfig(spec_config(RFTSpec, base=TrainConfig)):
 
 
 @asset(
+    partitions_def=prompt_set_partitions,  # the training prompt set
     group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="Rejection-sampling fine-tuning: the policy fine-tuned on the rft dataset (right, deduplicated "
@@ -166,6 +170,7 @@ class DPOConfig(spec_config(DPOSpec, base=TrainConfig)):
 
 
 @asset(
+    partitions_def=prompt_set_partitions,  # the training prompt set
     group_name="training", code_version=str(DPO_REVISION), pool=GPU_POOL, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="DPO (whole-solution pairs) or step-DPO (step pairs) with TRL's DPOTrainer, the starting policy "
@@ -179,7 +184,7 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
     step_pairs = config.pairs == "step_pairs"
 
     def train(lineage, base, rows, path):
-        separator = step_format(artifacts.prompt_set_domain(lineage, config.train_prompt_set)).separator
+        separator = step_format(artifacts.prompt_set_domain(lineage, context.partition_key)).separator
         return train_dpo(base["path"], rows, path, spec, completion_end=separator if step_pairs else None)
 
     return _train_checkpoint(

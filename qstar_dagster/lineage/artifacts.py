@@ -70,9 +70,19 @@ def checkpoint_template(row: dict) -> str:
     return (json.loads(config) if isinstance(config, str) else config or {}).get("template") or DEFAULT_PROMPT_TEMPLATE
 
 
-def checkpoints_of_kind(store: LineageStore, kind: str) -> list[dict]:
-    """Every recorded checkpoint of `kind`, oldest first."""
-    return store.records("SELECT * FROM checkpoints WHERE kind = ? ORDER BY created_at", [kind])
+def checkpoints_of_prompt_set(store: LineageStore, kind: str, prompt_set: str) -> list[dict]:
+    """The checkpoints of `kind` that belong to a training prompt set, oldest first: those
+    trained on datasets of its rollouts, the checkpoints those started from (the base
+    policy), and base policies trained on its reference solutions."""
+    return store.records("""
+        WITH trained AS (
+            SELECT c.checkpoint_id, c.base FROM checkpoints c JOIN datasets d ON d.dataset_id = c.trained_on_dataset
+            WHERE d.spec->>'rollout_id' IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?))
+        SELECT * FROM checkpoints
+        WHERE kind = ? AND (checkpoint_id IN (SELECT checkpoint_id FROM trained)
+                            OR checkpoint_id IN (SELECT base FROM trained)
+                            OR split_part(trained_on_prompt_set, '@', 1) = ?)
+        ORDER BY created_at""", [prompt_set, kind, prompt_set])
 
 
 def latest_base_policy_id(store: LineageStore) -> str | None:

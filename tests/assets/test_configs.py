@@ -13,9 +13,7 @@ from qstar_dagster.assets.policy import BasePolicyAssetConfig
 from qstar_dagster.assets.rollouts import RolloutsConfig
 from qstar_dagster.assets.training import DPOConfig, PRMConfig, RFTConfig
 from qstar_dagster.datasets.build import DatasetSpec
-from qstar_dagster.definitions import RoundConfig
 from qstar_dagster.evaluation.evaluate import EvalSpec
-from qstar_dagster.rounds import RoundSpec
 from qstar_dagster.search.algorithms import SearchSpec
 from qstar_dagster.search.estimate import EstimatorSpec
 from qstar_dagster.training.base_policy import BasePolicyConfig, PolicyEvalSpec
@@ -28,7 +26,7 @@ PAIRS = [  # (config, spec, prefix of the spec's fields in the config)
     (RolloutsConfig, SearchSpec, ""), (MonteCarloLabelsConfig, EstimatorSpec, ""), (JudgeModelConfig, JudgeTrainSpec, ""),
     (DatasetsConfig, DatasetSpec, ""), (PRMConfig, PRMTrainSpec, ""), (RFTConfig, RFTSpec, ""), (DPOConfig, DPOSpec, ""),
     (EvaluationConfig, EvalSpec, ""), (BasePolicyAssetConfig, BasePolicyConfig, ""),
-    (BasePolicyAssetConfig, PolicyEvalSpec, "eval_"), (RoundConfig, RoundSpec, ""),
+    (BasePolicyAssetConfig, PolicyEvalSpec, "eval_"),
 ]
 
 

@@ -196,15 +196,22 @@ def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env,
 
 
 def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
+    from dagster import DagsterEventType, RunsFilter
+
     from qstar_dagster.definitions import make_definitions
-    from qstar_dagster.rounds import RoundSpec, make_executor, round_policy, run_round
+    from qstar_dagster.rounds import ROUND_ASSETS, ROUND_JOB, ROUND_TAG, RoundSpec, round_policy, run_round
 
     instance, home, store = env
-    execute = make_executor(make_definitions(str(home)).resolve_job_def, instance, lambda _: None, log_level="WARNING")
+    job = make_definitions(str(home)).resolve_job_def(ROUND_JOB)
     small = {"rollouts": ROLLOUTS, "labels": {"n": 4, "max_new_tokens": 32}, "train_problems": 40,
              "training": {"prm_model": {"steps": 20}, "rft_policy": {"steps": 10}, "dpo_policy": {"steps": 4}},
              "evaluation": {"ns": [1, 2], "max_new_tokens": 32}}
-    one = run_round(store, execute, RoundSpec(round=1, **small))
+    one = run_round(store, job, instance, RoundSpec(round=1, **small), log_level="WARNING")
+    # the round is one ordinary run of the round job: tagged, partitioned, materializing every stage
+    [run] = instance.get_runs(RunsFilter(tags={ROUND_TAG: "1"}))
+    assert run.run_id == one["run_id"] and run.job_name == ROUND_JOB and run.tags["dagster/partition"] == "arith-train"
+    made = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    assert {(r.asset_key.to_user_string(), r.partition_key) for r in made} == {(a, "arith-train") for a in ROUND_ASSETS}
     base, _ = round_policy(store, 0)
     assert one["policy"] == base and one["prm"] is None
     policy1, prm1 = round_policy(store, 1)
@@ -219,8 +226,10 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
     assert prm_data == {"labeler": "mc"}
     with pytest.raises(ValueError, match="mc or binary_search"):
         RoundSpec(round=1, labeler="judge")
+    with pytest.raises(ValueError, match="keyed by prm_model"):
+        RoundSpec(round=1, training={"prm": {"steps": 1}})
 
-    two = run_round(store, execute, RoundSpec(round=2, **small))
+    two = run_round(store, job, instance, RoundSpec(round=2, **small), log_level="WARNING")
     assert (two["policy"], two["prm"]) == (policy1, prm1)
     assert two["rollouts"]["value_function"] == f"prm:{prm1}"  # round 2 searches with round 1's PRM
     [tree] = store.records("SELECT DISTINCT policy_checkpoint, value_function FROM trees WHERE rollout_id = ?",
@@ -232,7 +241,7 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
     assert rounds[("rollout", one["rollouts"]["rollout_id"])] == 1 and rounds[("rollout", two["rollouts"]["rollout_id"])] == 2
     assert rounds[("dataset:rft", two["datasets"]["rft_dataset_id"])] == 2
     with pytest.raises(LookupError, match="run round 3 first"):
-        run_round(store, execute, RoundSpec(round=4, **small))
+        run_round(store, job, instance, RoundSpec(round=4, **small))
 
 
 def test_step_dpo_learns_the_pairs_of_its_labeler_not_the_latest_ones(env):
@@ -244,3 +253,17 @@ def test_step_dpo_learns_the_pairs_of_its_labeler_not_the_latest_ones(env):
         assert meta["trained_on_dataset"] == built["step_pairs_dataset_id"]
     with pytest.raises(LookupError, match="from judge labels"):
         run(env, dpo_policy, {"labeler": "judge", "steps": 1})
+
+
+def test_a_stage_works_on_the_rollout_its_partition_last_made_even_when_that_one_was_reused(env):
+    # rollout A, then B (the store's latest), then A again: A's rows are reused, not rewritten,
+    # so only the instance's materialization says the partition's rollout is A now
+    a = metadata(run(env, tot_rollouts, ROLLOUTS), "tot_rollouts")["rollout_id"]
+    b = metadata(run(env, tot_rollouts, {**ROLLOUTS, "k": 1, "max_problems": 4}), "tot_rollouts")["rollout_id"]
+    again = metadata(run(env, tot_rollouts, ROLLOUTS), "tot_rollouts")
+    assert again["rollout_id"] == a != b and again["batches_searched"] == 0
+    assert metadata(run(env, oracle_labels), "oracle_labels")["rollout_id"] == a
+    built = metadata(run(env, step_datasets, {"labeler": "oracle", "kinds": ["prm"]}), "step_datasets")
+    assert built["rollout_id"] == a
+    assert metadata(run(env, prm_model, {"labeler": "oracle", "steps": 1}), "prm_model")["trained_on_dataset"] == \
+        built["prm_dataset_id"]
