@@ -199,7 +199,14 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
     from dagster import DagsterEventType, RunsFilter
 
     from qstar_dagster.definitions import make_definitions
-    from qstar_dagster.rounds import ROUND_ASSETS, ROUND_JOB, ROUND_TAG, RoundSpec, round_policy, run_round
+    from qstar_dagster.rounds import (
+        ROUND_ASSETS,
+        ROUND_JOB,
+        ROUND_TAG,
+        RoundSpec,
+        round_policy,
+        run_round,
+    )
 
     instance, home, store = env
     job = make_definitions(str(home)).resolve_job_def(ROUND_JOB)
