@@ -21,13 +21,11 @@ from qstar_dagster.evaluation.evaluate import (
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.rollouts import held_out_rollout
-from qstar_dagster.lineage.store import utcnow
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.domains import domain
-from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.training.prm import PRMScorer, evaluate_prm
 
 
@@ -50,11 +48,11 @@ def method_name(method: str, n: int) -> str:
     return f"{method}@{n}"
 
 
-def _rows(checkpoints: list[str], metrics: dict, key: dict, n_problems: int, run_id: str) -> list[dict]:
-    return [{"eval_id": content_id("ev", checkpoints, method_name(m, n), key), "checkpoint_ids": checkpoints,
-             "prompt_set": key["prompt_set"], "prompt_set_version": key["version"], "method": method_name(m, n),
-             "n": n_problems, "accuracy": acc, "details": {**key, "N": n}, "created_run": run_id, "created_at": utcnow()}
-            for (m, n), acc in metrics.items()]
+def _rows(checkpoints: list[str], metrics: dict, key: dict, n: int, run_id: str) -> list[dict]:
+    """metrics: (method, N) -> accuracy; key: the prompt set, its version and the spec."""
+    return artifacts.evaluation_rows(checkpoints, {method_name(m, k): acc for (m, k), acc in metrics.items()},
+                                     stage="evaluation", prompt_set=key["prompt_set"], version=key["version"],
+                                     settings=key["spec"], n=n, run_id=run_id)
 
 
 @asset(
@@ -84,12 +82,11 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
             trees = load_trees(lineage, rollout) if rollout else []
             if trees and all(domain(t.problem.domain).has_oracle for t in trees):
                 m = evaluate_prm(scorers[prm["checkpoint_id"]], trees)
-                rows = _rows([prm["checkpoint_id"]], {("prm_step_accuracy", 0): m["step_accuracy"],
-                                                      ("prm_first_error_f1", 0): m["first_error_f1"],
-                                                      ("prm_sibling_accuracy", 0): m["sibling_accuracy"]},
-                             key, m["n_steps"], context.run_id)
-                for r in rows:
-                    r["method"] = r["method"].removesuffix("@0")
+                rows = artifacts.evaluation_rows(
+                    [prm["checkpoint_id"]], {f"prm_{f}": m[f] for f in ("step_accuracy", "first_error_f1",
+                                                                          "sibling_accuracy")},
+                    stage="evaluation", prompt_set=key["prompt_set"], version=key["version"], settings=key["spec"],
+                    n=m["n_steps"], run_id=context.run_id)
                 with lineage.transaction() as con:
                     lineage.insert(con, "evaluations", rows)
         for policy in policies:

@@ -22,7 +22,7 @@ from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.steps import step_format
-from qstar_dagster.training.checkpoints import build_checkpoint
+from qstar_dagster.training.checkpoints import fine_tune
 from qstar_dagster.training.dpo import DPO_REVISION, DPOSpec, train_dpo
 from qstar_dagster.training.prm import (
     PRM_SEPARATOR,
@@ -66,9 +66,9 @@ def _train_checkpoint(context, config, store, data_dir, *, kind: str, dataset_ki
         if skipped := _nothing_to_learn(context, lineage, run, dataset):
             return skipped
         base = lineage.checkpoint(config.base_checkpoint, "policy")
-        built = build_checkpoint(lineage, data_dir.subdir("checkpoints"), kind, base, dataset["dataset_id"],
-                                 train_config, lambda path: train(lineage, base, read_rows(dataset), path),
-                                 evaluate(lineage, base), context.run_id)
+        built = fine_tune(lineage, data_dir.subdir("checkpoints"), kind, base, dataset["dataset_id"], train_config,
+                          lambda path: train(lineage, base, read_rows(dataset), path), evaluate(lineage, base),
+                          context.run_id)
         with lineage.transaction() as con:
             if built.row:
                 lineage.insert(con, "checkpoints", [built.row])

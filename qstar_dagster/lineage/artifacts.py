@@ -4,11 +4,11 @@ checkpoints and evaluations."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qstar_dagster.lineage.store import LineageStore
-from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
+from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, content_id
 
 # --- prompt sets ------------------------------------------------------------------------------
 
@@ -103,6 +103,28 @@ def trained_from(store: LineageStore, base: str) -> dict[str, str]:
 
 # --- evaluations --------------------------------------------------------------------------------
 
+# the stages that measure checkpoints: the base policy's own measurement when it is made, and
+# the evaluation sweep (every N, every PRM); details->>'stage' says which wrote a row
+EVALUATION_STAGES = ("base_policy", "evaluation")
+
+
+def evaluation_rows(checkpoint_ids: Sequence[str], figures: Mapping[str, float | None], *, stage: str,
+                    prompt_set: str, version: str, settings: Mapping[str, Any], n: int | None,
+                    run_id: str | None) -> list[dict]:
+    """The evaluations table's one record shape: a row per method ('greedy', 'pass@8',
+    'majority@8', 'prm_best_of_8:min', 'prm_vote@8', 'prm_step_accuracy', ...) of
+    `checkpoint_ids` (a policy, or a policy and a PRM; a PRM alone) on a prompt-set version,
+    measured by `stage` with `settings`; n: the problems (or steps) measured. A row is named by
+    all of these but the figure, so measuring again the same way writes the same ids (with
+    figures None: the ids to look up)."""
+    if stage not in EVALUATION_STAGES:
+        raise ValueError(f"evaluation rows come from {', '.join(EVALUATION_STAGES)}, got stage {stage!r}")
+    details = {"stage": stage, "prompt_set": prompt_set, "version": version, "settings": dict(settings)}
+    ids = list(checkpoint_ids)
+    return [{"eval_id": content_id("ev", ids, method, details), "checkpoint_ids": ids, "prompt_set": prompt_set,
+             "prompt_set_version": version, "method": method, "n": n, "accuracy": accuracy, "details": details,
+             "created_run": run_id, "created_at": utcnow()} for method, accuracy in figures.items()]
+
 
 def evaluations_by_id(store: LineageStore, eval_ids: Sequence[str]) -> list[dict]:
     """(eval_id, method, n, accuracy) of the recorded ones among `eval_ids`."""
@@ -112,12 +134,12 @@ def evaluations_by_id(store: LineageStore, eval_ids: Sequence[str]) -> list[dict
 
 def latest_sweep(store: LineageStore, prompt_set: str, version: str | None = None,
                  policy: str | None = None) -> list[dict[str, Any]]:
-    """The evaluation stage's rows (those with an N) on `prompt_set`, the latest per
+    """The evaluation sweep's rows on `prompt_set`, the latest per
     (checkpoints, method); of one prompt-set version and of one policy, when given."""
     return store.records("""
         SELECT checkpoint_ids, method, accuracy FROM (
             SELECT *, row_number() OVER (PARTITION BY checkpoint_ids, method ORDER BY created_at DESC) AS k
-            FROM evaluations WHERE prompt_set = ? AND details->>'N' IS NOT NULL
+            FROM evaluations WHERE prompt_set = ? AND details->>'stage' = 'evaluation'
               AND (? IS NULL OR prompt_set_version = ?) AND (? IS NULL OR checkpoint_ids[1] = ?)) WHERE k = 1
         """, [prompt_set, version, version, policy, policy])
 

@@ -197,6 +197,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "evaluations: every row says which stage measured it (details.stage)",
+        """
+        -- the sweep's rows were the ones with an N in their details
+        UPDATE evaluations SET details = json_merge_patch(details, json_object('stage',
+            CASE WHEN details->>'N' IS NOT NULL THEN 'evaluation' ELSE 'base_policy' END))
+        WHERE details->>'stage' IS NULL;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -13,12 +13,12 @@ from pathlib import Path
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage import artifacts
-from qstar_dagster.lineage.store import LineageStore, utcnow
+from qstar_dagster.lineage.store import LineageStore
 from qstar_dagster.spec import option
 from qstar_dagster.tasks.domains import domain, votes_apply
-from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
-from qstar_dagster.training.checkpoints import read_summary, train_atomically, weights_sha256
+from qstar_dagster.training.checkpoints import build_checkpoint, weights_sha256
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
 
 log = logging.getLogger(__name__)
@@ -104,53 +104,46 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
     disk trains and evaluates nothing."""
     eval_version, eval_problems = store.prompt_set_problems(evaluation.prompt_set)
     if model_path:
-        path = resolve_model_dir(model_path)
-        sha = weights_sha256(path)
-        checkpoint_id = content_id("ck", "policy", "given", model_path, sha, template)
-        trained_on, config = None, {"model_path": model_path, "template": template}
+        given = resolve_model_dir(model_path)
+        identity = ("given", model_path, weights_sha256(given), template)
+        record = {"base": model_path, "trained_on_prompt_set": None,
+                  "config": {"model_path": model_path, "template": template}}
     else:
+        given = None
         train_version, train_problems = store.prompt_set_problems(train_prompt_set)
         trained_on = f"{train_prompt_set}@{train_version}"
         config = {**asdict(cfg), "template": template, "architecture": "char-llama"}
-        checkpoint_id = content_id("ck", "policy", "builtin", config, trained_on)
-        path = checkpoints_dir / checkpoint_id
-
-    eval_key = asdict(evaluation) | {"version": eval_version}
+        identity = ("builtin", config, trained_on)
+        record = {"base": None, "trained_on_prompt_set": trained_on, "config": config}
     votes = votes_apply(eval_problems)
-    eval_rows = _evaluation_rows(checkpoint_id, eval_key, metrics=None, run_id=run_id, votes=votes)
-    recorded = artifacts.checkpoint_row(store, checkpoint_id)
-    have_evals = artifacts.evaluations_by_id(store, [r["eval_id"] for r in eval_rows])
-    if recorded and path.is_dir() and len(have_evals) == len(eval_rows):
-        training = read_summary(path) if not model_path else None
-        return BasePolicyResult(checkpoint_id, path, True, training, _metrics_from_rows(have_evals, evaluation.k),
-                                recorded, [])
 
-    training = None
-    if not model_path:
+    def evaluated(row: dict) -> dict | None:
+        """The figures recorded for this evaluation, or None: evaluate (again)."""
+        wanted = _evaluation_rows(row["checkpoint_id"], evaluation, eval_version, None, run_id, votes)
+        have = artifacts.evaluations_by_id(store, [r["eval_id"] for r in wanted])
+        return _metrics_from_rows(have, evaluation.k) if len(have) == len(wanted) else None
+
+    def train(directory: Path) -> dict:
         curve_problems = list(eval_problems[:100])  # a fixed slice keeps the curve cheap
 
         def on_eval(model, tok) -> float:
             return greedy_accuracy(TransformersGenerator(model, tok), curve_problems, evaluation.max_new_tokens,
                                    template)
 
-        # a summary on disk: finished by a run killed before recording
-        training = read_summary(path) or train_atomically(
-            path, lambda d: train_base_policy(train_problems, d, cfg, on_eval=on_eval if cfg.eval_every else None))
-        sha = weights_sha256(path)
+        return train_base_policy(train_problems, directory, cfg, on_eval=on_eval if cfg.eval_every else None)
 
-    log.info("base policy %s: evaluating on %s (%d problems, k=%d)", checkpoint_id, evaluation.prompt_set,
-             len(eval_problems), evaluation.k)
-    metrics = evaluate(path, eval_problems)
-    summary = {k: v for k, v in (training or {}).items() if k not in {"loss_curve", "config"}}
-    checkpoint_row = {
-        "checkpoint_id": checkpoint_id, "kind": "policy", "base": model_path, "path": str(path), "sha256": sha,
-        "trained_on_prompt_set": trained_on, "config": config,
-        "metrics": {"evaluation": metrics, "evaluated_on": f"{evaluation.prompt_set}@{eval_version}",
-                    "training": summary},
-        "created_run": run_id, "created_at": utcnow(),
-    }
-    return BasePolicyResult(checkpoint_id, path, False, training, metrics, checkpoint_row,
-                            _evaluation_rows(checkpoint_id, eval_key, metrics, run_id, votes))
+    def measure(path: Path) -> dict:
+        log.info("base policy %s: evaluating on %s (%d problems, k=%d)", path.name, evaluation.prompt_set,
+                 len(eval_problems), evaluation.k)
+        return evaluate(path, eval_problems)
+
+    built = build_checkpoint(store, checkpoints_dir, "policy", identity, record, train=train, evaluate=measure,
+                             given=given, evaluated=evaluated,
+                             evaluated_on=f"{evaluation.prompt_set}@{eval_version}", run_id=run_id)
+    rows = [] if built.reused else _evaluation_rows(built.checkpoint_id, evaluation, eval_version, built.metrics,
+                                                   run_id, votes)
+    return BasePolicyResult(built.checkpoint_id, built.path, built.reused, built.training or None, built.metrics,
+                            built.row or artifacts.checkpoint_row(store, built.checkpoint_id), rows)
 
 
 def _metrics_from_rows(rows: list[dict], k: int) -> dict:
@@ -159,19 +152,14 @@ def _metrics_from_rows(rows: list[dict], k: int) -> dict:
             f"majority_at_{k}": by_method.get(f"majority@{k}", {}).get("accuracy"), "n": by_method["greedy"]["n"]}
 
 
-def _evaluation_rows(checkpoint_id: str, eval_key: dict, metrics: dict | None, run_id: str | None,
-                     votes: bool = True) -> list[dict]:
+def _evaluation_rows(checkpoint_id: str, evaluation: PolicyEvalSpec, version: str, metrics: dict | None,
+                     run_id: str | None, votes: bool = True) -> list[dict]:
     """greedy, pass@k and (where the domain has votes) majority@k rows; `metrics` None: the
     rows' ids only, to look them up."""
-    k = eval_key["k"]
-    rows = []
-    methods = [("greedy", "greedy"), (f"pass@{k}", f"pass_at_{k}")] + \
-        ([(f"majority@{k}", f"majority_at_{k}")] if votes else [])
-    for method, metric in methods:
-        rows.append({
-            "eval_id": content_id("ev", checkpoint_id, method, eval_key), "checkpoint_ids": [checkpoint_id],
-            "prompt_set": eval_key["prompt_set"], "prompt_set_version": eval_key["version"], "method": method,
-            "n": metrics and metrics["n"], "accuracy": metrics and metrics[metric], "details": eval_key,
-            "created_run": run_id, "created_at": utcnow(),
-        })
-    return rows
+    k = evaluation.k
+    methods = {"greedy": "greedy", f"pass@{k}": f"pass_at_{k}", **({f"majority@{k}": f"majority_at_{k}"} if votes else {})}
+    settings = {f: v for f, v in asdict(evaluation).items() if f != "prompt_set"}
+    return artifacts.evaluation_rows(
+        [checkpoint_id], {method: metrics and metrics[metric] for method, metric in methods.items()},
+        stage="base_policy", prompt_set=evaluation.prompt_set, version=version, settings=settings,
+        n=metrics and metrics["n"], run_id=run_id)

@@ -37,7 +37,7 @@ from qstar_dagster.search.tree import Tree
 from qstar_dagster.spec import option
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import content_id
-from qstar_dagster.training.checkpoints import CheckpointBuild, build_checkpoint
+from qstar_dagster.training.checkpoints import CheckpointBuild, fine_tune
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
 
 log = logging.getLogger(__name__)
@@ -181,10 +181,9 @@ def build_judge(store: LineageStore, checkpoints_dir: Path, datasets_dir: Path, 
                  heldout["first_error_f1"] or 0)
         return heldout
 
-    built = build_checkpoint(store, checkpoints_dir, "judge", policy, dataset_id,
-                             {"trainer": "judge", **asdict(spec), "template": JUDGE_TEMPLATE,
-                              "architecture": "char-llama"},
-                             lambda path: train_judge(policy["path"], split()[0], path, spec), evaluate, run_id)
+    built = fine_tune(store, checkpoints_dir, "judge", policy, dataset_id,
+                      {"trainer": "judge", **asdict(spec), "template": JUDGE_TEMPLATE, "architecture": "char-llama"},
+                      lambda path: train_judge(policy["path"], split()[0], path, spec), evaluate, run_id)
     if built.reused:
         return JudgeBuild(built)
     train = split()[0]

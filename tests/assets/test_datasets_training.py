@@ -108,6 +108,9 @@ def test_datasets_trace_to_nodes_and_labels_and_load_with_datasets(env):
     assert {m["role"]: m["n"] for m in members} == {"chosen": len(step_pairs), "rejected": len(step_pairs)}
     for kind in ("rft", "prm", "step_pairs", "pairs"):
         path = str(meta[f"{kind}_path"])
+        if not meta[f"{kind}_rows"]:  # datasets 5 refuses an empty file; the export is one all the same
+            assert Path(path).read_text() == ""
+            continue
         assert len(load_dataset("json", data_files=path, split="train")) == meta[f"{kind}_rows"]
         assert len(load_dataset("parquet", data_files=path.replace(".jsonl", ".parquet"), split="train")) == \
             meta[f"{kind}_rows"]
@@ -171,7 +174,7 @@ def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env,
     run(env, rft_policy, {"steps": 20})
     meta = metadata(run(env, evaluation, {"ns": [1, 2, 4], "max_new_tokens": 32}), "evaluation")
     assert meta["policies"] == 2 and meta["prms"] == 1
-    rows = store.records("SELECT checkpoint_ids, method, accuracy FROM evaluations WHERE details->>'N' IS NOT NULL")
+    rows = store.records("SELECT checkpoint_ids, method, accuracy FROM evaluations WHERE details->>'stage' = 'evaluation'")
     methods = {(len(r["checkpoint_ids"]), r["method"]) for r in rows}
     assert {(1, "greedy"), (1, "pass@4"), (1, "majority@2"), (2, "prm_best_of_4:min"), (2, "prm_best_of_2:prod"),
             (2, "prm_vote@4"), (1, "prm_first_error_f1")} <= methods

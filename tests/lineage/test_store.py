@@ -1,4 +1,5 @@
 import multiprocessing
+from datetime import datetime
 
 import duckdb
 import pytest
@@ -86,6 +87,23 @@ def test_an_older_store_file_is_migrated_with_its_data(tmp_path):
     assert store.query("SELECT count(*) FROM nodes")[1] == [(0,)]
     applied = store.query("SELECT version FROM schema_version ORDER BY 1")[1]
     assert [v for (v,) in applied] == list(range(1, LATEST_VERSION + 1))
+
+
+def test_evaluation_rows_of_an_older_store_learn_which_stage_wrote_them(tmp_path):
+    from qstar_dagster.lineage.artifacts import latest_sweep
+
+    path = tmp_path / "old.duckdb"
+    old = LineageStore(path, target_version=5)
+    rows = [{"eval_id": f"ev_{i}", "checkpoint_ids": ["ck_a"], "prompt_set": "s", "prompt_set_version": "v",
+             "method": "pass@8", "n": 10, "accuracy": acc, "details": details, "created_run": None,
+             "created_at": datetime(2026, 1, 1 + i)}
+            for i, (acc, details) in enumerate([(0.5, {"k": 8}), (0.25, {"prompt_set": "s", "N": 8})])]
+    with old.transaction() as con:
+        old.insert(con, "evaluations", rows)
+    store = LineageStore(path)
+    stages = dict(store.query("SELECT accuracy, details->>'stage' FROM evaluations")[1])
+    assert stages == {0.5: "base_policy", 0.25: "evaluation"}
+    assert [r["accuracy"] for r in latest_sweep(store, "s")] == [0.25]  # the sweep's row, not the base policy's
 
 
 def test_a_store_newer_than_the_code_is_refused(tmp_path):

@@ -44,7 +44,7 @@ def test_a_trained_policy_scores_its_own_right_final_step_high_only_when_the_end
     fixed = LikelihoodScorer(arith_policy_dir).score_steps(problem.problem, steps)
     raw = LikelihoodScorer(arith_policy_dir, raw_separator=True).score_steps(problem.problem, steps)
     assert fixed[-1] > 0.9 and raw[-1] < fixed[-1] - 0.2, (fixed, raw)
-    assert fixed[:-1] == pytest.approx(raw[:-1])
+    assert fixed[:-1] == pytest.approx(raw[:-1], rel=1e-4)  # the same scores, up to float noise between calls
 
 
 ROWS = [  # one problem's paths: two share "1 + 2 = 3", then go right and wrong; one goes wrong at once
