@@ -24,7 +24,8 @@ from qstar_dagster.resources import DataDirResource, LineageStoreResource
 
 
 class DatasetsConfig(spec_config(DatasetSpec, exclude=("kind",))):
-    rollout_id: str | None = Field(None, description="rollout; unset: the one the partition's tot_rollouts last made")
+    rollout_id: str | None = Field(None, description="rollout; unset: the one the partition's tot_rollouts "
+                                   "last made")
     kinds: list[str] = Field(list(KINDS), description=f"which datasets: {', '.join(KINDS)}")
 
 

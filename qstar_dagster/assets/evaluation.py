@@ -59,9 +59,9 @@ def _rows(checkpoints: list[str], metrics: dict, key: dict, n: int, run_id: str)
     partitions_def=prompt_set_partitions,  # the training prompt set whose checkpoints it measures
     group_name="evaluation", code_version="1", pool=GPU_POOL, kinds={"pytorch", "duckdb"},
     deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
-    description="The checkpoints of a training prompt set (its partition) on a held-out prompt set: greedy, pass@N and majority@N, and with every "
-    "PRM: best-of-N (min / prod / last of step scores) and PRM-weighted vote, for N in 1..16; every PRM against "
-    "the oracle's step labels (accuracy, first-error F1, sibling accuracy). Rows in the evaluations table; "
+    description="The checkpoints of a training prompt set (its partition) on a held-out prompt set: greedy, "
+    "pass@N and majority@N, and with every PRM: best-of-N (min / prod / last of step scores) and PRM-weighted "
+    "vote, for N in 1..16; every PRM against the oracle's step labels (accuracy, first-error F1, sibling accuracy). Rows in the evaluations table; "
     "accuracy-vs-N plots.",
 )
 def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: LineageStoreResource,

@@ -53,7 +53,8 @@ def _label_stats(store: LineageStore, rollout_id: str, labeler: str) -> dict:
 
 
 class MonteCarloLabelsConfig(spec_config(EstimatorSpec)):
-    rollout_id: str | None = Field(None, description="rollout to label; unset: the one the partition's tot_rollouts last made")
+    rollout_id: str | None = Field(None, description="rollout to label; unset: the one the partition's "
+                                   "tot_rollouts last made")
     methods: list[str] = Field(list(pipeline.MC_METHODS), description="mc: every step, N completions each "
                                "(Math-Shepherd); binary_search: each solution's first error in O(log steps)")
     batch_trees: int = Field(32, description="trees labeled together; also the unit a killed run resumes by")
@@ -77,8 +78,9 @@ CHECK_MC_RATES = "mc_label_rates_sane"
     automation_condition=follows_inputs(),
     check_specs=[AssetCheckSpec(CHECK_MC_RATES, asset="mc_labels", description="every step node has an mc label "
                                 "and the positive rates are neither ~0 nor ~1 (which would teach a PRM nothing)")],
-    description="Math-Shepherd Monte Carlo labels (hard: some completion from the step reaches the reference "
-    "answer; soft: the share that do) and OmegaPRM-style binary-search labels, with the rollout's policy. "
+    description="Step labels estimated by Monte Carlo completions with the rollout's policy: Math-Shepherd's "
+    "(labeler mc; hard: some completion from the step reaches the reference answer; soft: the share that do) "
+    "and OmegaPRM-style binary search for the first error with the same estimate (labeler binary_search). "
     "Completions already in the tree are counted before sampling.",
 )
 def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, store: LineageStoreResource,
@@ -169,7 +171,8 @@ def judge_model(context: AssetExecutionContext, config: JudgeModelConfig, store:
 
 
 class JudgeLabelsConfig(Config):
-    rollout_id: str | None = Field(None, description="rollout to label; unset: the one the partition's tot_rollouts last made")
+    rollout_id: str | None = Field(None, description="rollout to label; unset: the one the partition's "
+                                   "tot_rollouts last made")
     labeler: str = Field("judge", description="name of these labels (give each judge model its own to compare)")
     batch_trees: int = Field(64, description="trees judged together; also the unit a killed run resumes by")
     replace: bool = Field(False, description="relabel when labels from another judge exist under this name")
@@ -226,7 +229,8 @@ def judge_labels(context: AssetExecutionContext, config: JudgeLabelsConfig, stor
 
 
 class RolloutRefConfig(Config):
-    rollout_id: str | None = Field(None, description="rollout; unset: the one the partition's tot_rollouts last made")
+    rollout_id: str | None = Field(None, description="rollout; unset: the one the partition's tot_rollouts "
+                                   "last made")
 
 
 @asset(

@@ -9,6 +9,10 @@
   one it calls wrong (rejected), each ending with the step separator;
 - `pairs`: whole-solution DPO pairs: one problem, a right and a wrong finished solution.
 
+In every kind, `prompt` is what the model trained on the row reads before its completion:
+the policy's templated prompt (rft, pairs), that prompt and the steps so far (step_pairs),
+and the bare problem for a PRM, which reads `problem + PRM_SEPARATOR + steps`.
+
 Each row keeps the node ids it came from (`node_ids`, or `chosen_ids` / `rejected_ids`),
 which also go to the store's `dataset_members`, so a checkpoint trained on a dataset traces
 back through labels and nodes to prompts and the policy that sampled them.
