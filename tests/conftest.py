@@ -56,19 +56,21 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-# An easy corner of the built-in domain, where a policy trained for well under a minute is
-# right about half the time: enough for search tests to find right and wrong paths.
+# An easy corner of the built-in domain, where a policy trained for about a minute is right
+# most of the time but not always: enough for search tests to find right and wrong paths.
 EASY_ARITH = ArithSpec(min_steps=2, max_steps=2, max_operand=9, operators=("+", "-"))
 
 
 @pytest.fixture(scope="session")
 def arith_policy_dir(tmp_path_factory):
-    """A small policy trained on EASY_ARITH (about 50% greedy accuracy there)."""
+    """A small policy trained on EASY_ARITH (74% greedy, 94% pass@6 there). 700 steps sit on
+    the edge where the policy starts to add right, and gave 26% greedy on one machine state
+    where earlier ones saw about 50%: bench/fixture_policy.py."""
     from qstar_dagster.tasks.arith import generate_problems
     from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
 
     path = tmp_path_factory.mktemp("arith-policy")
-    cfg = BasePolicyConfig(hidden=64, layers=2, heads=2, steps=700, batch_size=32, lr=5e-3, warmup=20, eval_every=0)
+    cfg = BasePolicyConfig(hidden=64, layers=2, heads=2, steps=1200, batch_size=32, lr=5e-3, warmup=20, eval_every=0)
     train_base_policy(generate_problems(1500, seed=5, spec=EASY_ARITH), path, cfg)
     return path
 

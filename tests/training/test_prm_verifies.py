@@ -53,7 +53,7 @@ def test_the_prm_fits_the_siblings_it_learned_from(trained):
     _, trees, scorer = trained
     fit = evaluate_prm(scorer, trees)
     assert fit["sibling_pairs"] >= 50, fit  # enough right/wrong siblings for the figure to mean something
-    assert fit["sibling_accuracy"] >= 0.7, fit  # chance 0.5; 0.748 to 0.8 seen as the test policy varies by machine
+    assert fit["sibling_accuracy"] >= 0.75, fit
 
 
 def test_the_prm_picks_better_than_a_random_sample_on_held_out_problems(trained):
