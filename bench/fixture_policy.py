@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qstar_dagster.generation.base import SamplingParams  # noqa: E402
-from qstar_dagster.generation.hf import TransformersGenerator  # noqa: E402
-from qstar_dagster.tasks.arith import generate_problems  # noqa: E402
-from qstar_dagster.tasks.grading import extract_answer  # noqa: E402
-from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy  # noqa: E402
-from tests.conftest import EASY_ARITH  # noqa: E402
+from qstar_dagster.generation.base import SamplingParams
+from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.tasks.arith import generate_problems
+from qstar_dagster.tasks.grading import extract_answer
+from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
+from tests.conftest import EASY_ARITH
 
 VARIANTS = [(1500, 700), (1500, 1200), (1500, 2000)]  # (training problems, steps); the first is today's
 
