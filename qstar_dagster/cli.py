@@ -215,15 +215,26 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
               help=help_of(RoundSpec, "train_problems"))
 @click.option("--labeler", type=click.Choice(ROUND_LABELERS), default=ROUND_LABELERS[0], show_default=True,
               help=help_of(RoundSpec, "labeler"))
-def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str) -> None:
+@click.option("--print-config", is_flag=True, help="print the run's partition, tags and config (YAML, for the "
+              "UI's launchpad) instead of running it")
+def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str, print_config: bool) -> None:
     """Run one expert-iteration round: one run of the `expert_iteration_round` job, partition
     TRAIN_SET, tagged qstar/round=K, with round K-1's checkpoints in its config."""
     from qstar_dagster.evaluation.report import render, report
-    from qstar_dagster.rounds import StageFailed
+    from qstar_dagster.rounds import ROUND_JOB, StageFailed, plan_round
 
     try:
-        done = _run_round(*_dagster(_home()), RoundSpec(round=k, train_set=train_set, test_set=test_set,
-                                             train_problems=train_problems, labeler=labeler))
+        spec = RoundSpec(round=k, train_set=train_set, test_set=test_set, train_problems=train_problems,
+                         labeler=labeler)
+        if print_config:
+            import yaml
+
+            plan = plan_round(_require_store(), spec)
+            click.echo(f"# job {ROUND_JOB}, partition {plan.partition}, tags "
+                       f"{', '.join(f'{t}={v}' for t, v in plan.tags.items())}\n"
+                       + yaml.safe_dump(plan.run_config, sort_keys=False))
+            return
+        done = _run_round(*_dagster(_home()), spec)
     except (StageFailed, LookupError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"round {k}: policy {done['rft_policy']['checkpoint_id']} (from {done['policy']}), "
