@@ -419,8 +419,8 @@ class LikelihoodScorer(_StepScorer):
 def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> dict:
     """The PRM against the built-in oracle on held-out trees: step accuracy on the steps up
     to each solution's first error (where step- and prefix-correct agree), recall of wrong
-    steps, ProcessBench first-error F1 over the finished solutions, and chance (the share
-    of the majority label) for scale."""
+    steps, ProcessBench first-error F1 over the finished solutions, chance (the share of the
+    majority label) for scale, the step AUC, and right-over-wrong sibling accuracy."""
     from qstar_dagster.labeling.agreement import agreement
     from qstar_dagster.labeling.oracle import oracle_labels
     from qstar_dagster.labeling.pipeline import oracle_region, solutions_of
@@ -444,7 +444,27 @@ def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> 
     return {"n_steps": a.n_steps, "step_accuracy": a.accuracy, "negative_recall": a.negative_recall,
             "negative_precision": a.negative_precision, "first_error_f1": a.first_error_f1,
             "chance_accuracy": None if positive is None else max(positive, 1 - positive),
+            "step_auc": step_auc([(scores[n], reference[n]) for n in region if n in scores]),
             **sibling_accuracy(trees, scores, reference)}
+
+
+def step_auc(scored: Sequence[tuple[float, bool]]) -> float | None:
+    """The chance that a right step scores above a wrong one, over all steps (ties half):
+    the ROC AUC, which, unlike accuracy at one threshold, a PRM cannot reach by calling
+    every step right when most are. None without both kinds."""
+    ordered = sorted(scored, key=lambda x: x[0])
+    right = sum(ok for _, ok in ordered)
+    wrong = len(ordered) - right
+    if not right or not wrong:
+        return None
+    rank_sum, i = 0.0, 0
+    while i < len(ordered):  # tied scores share their mean rank
+        j = i
+        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+            j += 1
+        rank_sum += sum(ok for _, ok in ordered[i:j]) * (i + j + 1) / 2
+        i = j
+    return (rank_sum - right * (right + 1) / 2) / (right * wrong)
 
 
 def sibling_accuracy(trees: Sequence, scores: dict[str, float], reference: dict[str, bool]) -> dict:

@@ -126,7 +126,9 @@ def test_a_prm_trained_on_oracle_labels_beats_chance_on_held_out_steps(env):
     _, _, store = env
     run(env, step_datasets, {"labeler": "oracle", "kinds": ["prm"]})
     meta = metadata(run(env, prm_model, {"labeler": "oracle"}), "prm_model")  # the default design
-    assert meta["step_accuracy"] >= meta["chance_accuracy"] + 0.1, meta
+    # it ranks held-out right steps above wrong ones, and it is no worse than calling every step right
+    # (most steps of this policy's rollouts are right, so accuracy alone says little)
+    assert meta["step_auc"] >= 0.75 and meta["step_accuracy"] >= meta["chance_accuracy"], meta
     [ck] = store.records("SELECT * FROM checkpoints WHERE kind = 'prm'")
     scorer = PRMScorer(ck["path"])
     [problem] = generate_problems(1, seed=99, spec=EASY_ARITH)

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qstar_dagster.tasks.arith import generate_problems
 from qstar_dagster.training.charlm import char_tokenizer
@@ -13,12 +15,29 @@ from qstar_dagster.training.prm import (
     PRMTrainSpec,
     encode_steps,
     sibling_pairs,
+    step_auc,
     token_logprobs,
     train_prm,
     training_examples,
 )
 
 from ..conftest import EASY_ARITH
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.2, 0.5, 0.7, 1.0]), st.booleans()), max_size=30))
+def test_step_auc_is_the_share_of_right_wrong_pairs_ranked_right(scored):
+    right = [s for s, ok in scored if ok]
+    wrong = [s for s, ok in scored if not ok]
+    if not right or not wrong:
+        assert step_auc(scored) is None
+        return
+    pairs = [1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong]
+    assert step_auc(scored) == pytest.approx(sum(pairs) / len(pairs))
+
+
+def test_step_auc_is_not_fooled_by_calling_every_step_right():
+    # 9 right steps and 1 wrong one, all scored alike: 90% accuracy at any threshold below, AUC 0.5
+    assert step_auc([(0.9, True)] * 9 + [(0.9, False)]) == 0.5
 
 
 def test_a_step_end_is_scored_as_separator_or_end_of_sequence():
