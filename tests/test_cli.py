@@ -75,20 +75,23 @@ def test_demo_then_sql_and_lineage(home):
     judged = json.loads(runner.invoke(main, ["sql", "select count(*) as n from step_labels where labeler = 'judge'",
                                              "--json"]).output)
     assert judged[0]["n"] > 0 and runner.invoke(main, ["sql", others, "--json"]).output == before
-    # every demo ran round 1 as one run of the round job; round 2's run starts from round 1's RFT policy
+    # every demo ran round 1 as one run of the round job, which starts from the base policy
     from dagster import DagsterInstance, RunsFilter
 
     from qstar_dagster.rounds import ROUND_JOB, ROUND_TAG
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs(RunsFilter(tags={ROUND_TAG: "1"}))
     assert len(runs) == 3 and {(r.job_name, r.tags["dagster/partition"]) for r in runs} == {(ROUND_JOB, "arith-train")}
-    out = runner.invoke(main, ["round", "--round", "2", "--print-config"])
+    out = runner.invoke(main, ["round", "--round", "1", "--print-config"])
     assert out.exit_code == 0, out.output
     config = yaml.safe_load(out.output)["ops"]
-    query = "select checkpoint_id from checkpoints where config->>'trainer' = 'rft'"
-    [rft] = [r["checkpoint_id"] for r in json.loads(runner.invoke(main, ["sql", query, "--json"]).output)]
-    assert config["tot_rollouts"]["config"]["policy_checkpoint"] == rft == config["rft_policy"]["config"][
-        "base_checkpoint"] and f"{ROUND_TAG}=2" in out.output
+    query = "select checkpoint_id from checkpoints where kind = 'policy' and trained_on_dataset is null"
+    [base] = [r["checkpoint_id"] for r in json.loads(runner.invoke(main, ["sql", query, "--json"]).output)]
+    assert config["tot_rollouts"]["config"]["policy_checkpoint"] == base == config["rft_policy"]["config"][
+        "base_checkpoint"] and f"{ROUND_TAG}=1" in out.output and runs[0].tags["qstar/policy"] == base
+    # this tiny policy solves nothing, so round 1 made no RFT policy and round 2 says what is missing
+    out = runner.invoke(main, ["round", "--round", "2", "--print-config"])
+    assert out.exit_code == 1 and "round 1 has no RFT policy yet" in out.output
     trees = json.loads(runner.invoke(main, ["sql", "select prompt_set, count(*) as n from trees group by 1 order by 1",
                                             "--json"]).output)
     assert trees == [{"prompt_set": "arith-test", "n": 10}, {"prompt_set": "arith-train", "n": 10}]
