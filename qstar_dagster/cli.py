@@ -106,7 +106,7 @@ def _run_round(defs, instance, spec: RoundSpec) -> dict:
     plan = plan_round(store, spec)
     click.echo(f"== round {spec.round}: one run of {ROUND_JOB} for partition {plan.partition}: rollouts by "
                f"{plan.policy}{f', guided by {plan.prm}' if plan.prm else ''}; {', '.join(plan.assets[1:])}")
-    return run_round(store, defs.resolve_job_def(ROUND_JOB), instance, spec)
+    return run_round(store, defs.resolve_job_def(ROUND_JOB), instance, spec, run=plan)
 
 
 @main.command()

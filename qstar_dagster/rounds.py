@@ -107,13 +107,14 @@ class StageFailed(RuntimeError):
     pass
 
 
-def run_round(store: LineageStore, job_def, instance, spec: RoundSpec, log_level: str = "INFO") -> dict:
+def run_round(store: LineageStore, job_def, instance, spec: RoundSpec, log_level: str = "INFO",
+              run: RoundRun | None = None) -> dict:
     """Run round `spec.round` as one run of `job_def` (the round job, with the code location's
-    resources) in `instance`, in this process. Returns the round's checkpoints and each asset's
-    metadata under `ROUND_ASSETS`' names."""
+    resources) in `instance`, in this process; `run`: its plan, when already made. Returns the
+    round's checkpoints and each asset's metadata under `ROUND_ASSETS`' names."""
     from dagster import AssetKey
 
-    run = plan_round(store, spec)
+    run = run or plan_round(store, spec)
     result = job_def.execute_in_process(
         instance=instance, partition_key=run.partition, tags=run.tags, raise_on_error=False,
         asset_selection=[AssetKey(a) for a in run.assets],

@@ -48,11 +48,15 @@ def method_name(method: str, n: int) -> str:
     return f"{method}@{n}"
 
 
-def _rows(checkpoints: list[str], metrics: dict, key: dict, n: int, run_id: str) -> list[dict]:
-    """metrics: (method, N) -> accuracy; key: the prompt set, its version and the spec."""
-    return artifacts.evaluation_rows(checkpoints, {method_name(m, k): acc for (m, k), acc in metrics.items()},
-                                     stage="evaluation", prompt_set=key["prompt_set"], version=key["version"],
-                                     settings=key["spec"], n=n, run_id=run_id)
+def _rows(checkpoints: list[str], figures: dict, key: dict, n: int, run_id: str) -> list[dict]:
+    """figures: method name -> accuracy; key: the prompt set, its version and the spec."""
+    return artifacts.evaluation_rows(checkpoints, figures, stage="evaluation", prompt_set=key["prompt_set"],
+                                     version=key["version"], settings=key["spec"], n=n, run_id=run_id)
+
+
+def _named(metrics: dict) -> dict:
+    """(method, N) -> accuracy, as method name -> accuracy."""
+    return {method_name(m, k): acc for (m, k), acc in metrics.items()}
 
 
 @asset(
@@ -61,8 +65,8 @@ def _rows(checkpoints: list[str], metrics: dict, key: dict, n: int, run_id: str)
     deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
     description="The checkpoints of a training prompt set (its partition) on a held-out prompt set: greedy, "
     "pass@N and majority@N, and with every PRM: best-of-N (min / prod / last of step scores) and PRM-weighted "
-    "vote, for N in 1..16; every PRM against the oracle's step labels (accuracy, first-error F1, sibling accuracy). Rows in the evaluations table; "
-    "accuracy-vs-N plots.",
+    "vote, for N in 1..16; every PRM against the oracle's step labels (accuracy, first-error F1, sibling "
+    "accuracy). Rows in the evaluations table; accuracy-vs-N plots.",
 )
 def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: LineageStoreResource,
                compute: ComputeResource) -> MaterializeResult:
@@ -82,19 +86,17 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
             trees = load_trees(lineage, rollout) if rollout else []
             if trees and all(domain(t.problem.domain).has_oracle for t in trees):
                 m = evaluate_prm(scorers[prm["checkpoint_id"]], trees)
-                rows = artifacts.evaluation_rows(
-                    [prm["checkpoint_id"]], {f"prm_{f}": m[f] for f in ("step_accuracy", "first_error_f1",
-                                                                          "sibling_accuracy")},
-                    stage="evaluation", prompt_set=key["prompt_set"], version=key["version"], settings=key["spec"],
-                    n=m["n_steps"], run_id=context.run_id)
+                rows = _rows([prm["checkpoint_id"]], {f"prm_{f}": m[f] for f in ("step_accuracy", "first_error_f1",
+                                                                                   "sibling_accuracy")},
+                             key, m["n_steps"], context.run_id)
                 with lineage.transaction() as con:
                     lineage.insert(con, "evaluations", rows)
         for policy in policies:
             pid = policy["checkpoint_id"]
-            wanted = _rows([pid], {(m, n): 0 for m in ("pass", "majority") for n in spec.ns} | {("greedy", 1): 0},
-                           key, 0, "")
-            wanted += [r for prm in prms for r in _rows([pid, prm["checkpoint_id"]], {
-                (m, n): 0 for m in [f"prm_best_of:{a}" for a in AGGREGATIONS] + ["prm_vote"] for n in spec.ns},
+            wanted = _rows([pid], _named({(m, n): 0 for m in ("pass", "majority") for n in spec.ns}
+                                         | {("greedy", 1): 0}), key, 0, "")
+            wanted += [r for prm in prms for r in _rows([pid, prm["checkpoint_id"]], _named({
+                (m, n): 0 for m in [f"prm_best_of:{a}" for a in AGGREGATIONS] + ["prm_vote"] for n in spec.ns}),
                 key, 0, "")]
             have = {r["eval_id"] for r in artifacts.evaluations_by_id(lineage, [r["eval_id"] for r in wanted])}
             if len(have) == len(wanted):
@@ -103,11 +105,11 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
             template = artifacts.checkpoint_template(policy)
             gen = make_generator(config.backend, policy["path"], compute.torch_device(), compute.torch_dtype())
             sampled = sample(gen, problems, spec, template)
-            rows = _rows([pid], policy_metrics(sampled, spec.ns), key, len(problems), context.run_id)
+            rows = _rows([pid], _named(policy_metrics(sampled, spec.ns)), key, len(problems), context.run_id)
             for prm in prms:
                 scores = score_samples(scorers[prm["checkpoint_id"]], sampled)
-                rows += _rows([pid, prm["checkpoint_id"]], prm_metrics(sampled, scores, spec.ns), key, len(problems),
-                              context.run_id)
+                rows += _rows([pid, prm["checkpoint_id"]], _named(prm_metrics(sampled, scores, spec.ns)), key,
+                              len(problems), context.run_id)
             with lineage.transaction() as con:
                 lineage.insert(con, "evaluations", rows)
             context.log.info(f"{pid}: evaluated on {config.eval_prompt_set} ({len(rows)} figures)")

@@ -59,7 +59,7 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
             run_id=context.run_id,
         )
         with lineage.transaction() as con:
-            lineage.insert(con, "checkpoints", [result.checkpoint_row] if not result.reused else [])  # no-op if there
+            lineage.insert(con, "checkpoints", [result.checkpoint_row] if result.checkpoint_row else [])  # no-op if there
             lineage.insert(con, "evaluations", result.evaluation_rows)
             run.finish(con)
     m, k = result.metrics, config.eval_k

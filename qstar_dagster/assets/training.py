@@ -37,8 +37,8 @@ from qstar_dagster.training.rft import RFTSpec, train_rft
 class TrainConfig(Config):
     eval_prompt_set: str = Field("arith-test", description="held-out prompt set it is measured on")
     base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the base policy")
-    rollout_id: str | None = Field(None, description="learn from the datasets built from this rollout; unset: from the "
-                                   "one the partition's tot_rollouts last made")
+    rollout_id: str | None = Field(None, description="learn from the datasets built from this rollout; unset: "
+                                   "from the one the partition's tot_rollouts last made")
 
 
 def _nothing_to_learn(context, lineage, run, dataset) -> MaterializeResult | None:
@@ -54,10 +54,10 @@ def _nothing_to_learn(context, lineage, run, dataset) -> MaterializeResult | Non
 
 def _train_checkpoint(context, config, store, data_dir, *, kind: str, dataset_kind: str,
                       labeler: str | None, train_config: dict, train, evaluate, extra: dict) -> MaterializeResult:
-    """What the three training assets share: find the dataset of the partition's (training prompt
-    set's) rollout (a clear error if there is none;
-    a recorded skip if it is empty), start from `config.base_checkpoint`, train into a new
-    checkpoint or reuse the one these inputs already made, evaluate it, record it.
+    """What the three training assets share: find the dataset of the partition's (the training
+    prompt set's) rollout (a clear error if there is none; a recorded skip if it is empty),
+    start from `config.base_checkpoint`, train into a new checkpoint or reuse the one these
+    inputs already made, evaluate it, record it.
     `train(lineage, base, rows, out_dir)` trains; `evaluate(lineage, base)` returns `path -> metrics`."""
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):

@@ -87,7 +87,7 @@ class BasePolicyResult:
     reused: bool  # this checkpoint and its evaluation were already recorded: nothing was trained or run
     training: dict | None  # the trainer's summary with its curves; None for a given model
     metrics: dict  # greedy, pass_at_k, majority_at_k on the evaluation set
-    checkpoint_row: dict
+    checkpoint_row: dict | None  # the row to record; None when reused
     evaluation_rows: list[dict]
 
 
@@ -143,7 +143,7 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
     rows = [] if built.reused else _evaluation_rows(built.checkpoint_id, evaluation, eval_version, built.metrics,
                                                    run_id, votes)
     return BasePolicyResult(built.checkpoint_id, built.path, built.reused, built.training or None, built.metrics,
-                            built.row or artifacts.checkpoint_row(store, built.checkpoint_id), rows)
+                            built.row, rows)
 
 
 def _metrics_from_rows(rows: list[dict], k: int) -> dict:

@@ -55,6 +55,9 @@ def train_atomically(path: Path, train: Callable[[Path], dict]) -> dict:
     return summary
 
 
+CURVES = {"loss_curve", "accuracy_curve", "config"}  # in the summary on disk, not in the row
+
+
 @dataclass
 class CheckpointBuild:
     checkpoint_id: str
@@ -93,9 +96,6 @@ def build_checkpoint(store: LineageStore, checkpoints_dir: Path, kind: str, iden
                        "training": {k: v for k, v in summary.items() if k not in CURVES}},
            "created_run": run_id, "created_at": utcnow()}
     return CheckpointBuild(checkpoint_id, path, False, summary, metrics, row)
-
-
-CURVES = {"loss_curve", "accuracy_curve", "config"}  # in the summary on disk, not in the row
 
 
 def fine_tune(store: LineageStore, checkpoints_dir: Path, kind: str, base: dict, dataset_id: str, config: dict,
