@@ -6,6 +6,7 @@ from qstar_dagster.assets.datasets import step_datasets
 from qstar_dagster.assets.evaluation import evaluation
 from qstar_dagster.assets.labels import (
     consensus_labels,
+    imported_labels,
     judge_labels,
     judge_model,
     label_agreement,
@@ -37,7 +38,7 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
     store = LineageStoreResource(path=str(default_store_path(data_dir)) if data_dir else None)
     return Definitions(
         assets=[prompt_set, base_policy, tot_rollouts, judge_model, mc_labels, judge_labels, oracle_labels,
-                consensus_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy, evaluation],
+                consensus_labels, imported_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy, evaluation],
         jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job, evaluation_job, refresh_job,
               expert_iteration_round],
         sensors=[prompt_inbox_sensor, refresh_automation],

@@ -35,7 +35,7 @@ class DatasetsConfig(spec_config(DatasetSpec, exclude=("kind",))):
     code_version=str(ROW_FORMAT),  # the rows change with the format, and so do dataset ids
     kinds={"duckdb", "parquet"},
     deps=[AssetKey("tot_rollouts"), AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("consensus_labels"),
-          AssetKey("oracle_labels")],
+          AssetKey("oracle_labels"), AssetKey("imported_labels")],
     automation_condition=follows_inputs(),
     description="Training data from a labeled rollout: RFT (right, deduplicated solutions), PRM stepwise "
     "supervision (TRL's format, soft labels kept, plus Math-Shepherd's ки export), step-DPO pairs and DPO pairs. "

@@ -1,4 +1,5 @@
-"""Step labels for a prompt set's rollouts, and how far each labeler agrees with the oracle.
+"""Step labels for a prompt set's rollouts, and how far each labeler agrees with the oracle
+(or with human labels imported from PRM800K, Math-Shepherd and ProcessBench files).
 
 Monte Carlo (Math-Shepherd) and binary-search labels come from the rollout's policy; judge
 labels from the judge resource (the built-in judge, or a large model); oracle labels from
@@ -25,18 +26,21 @@ from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, partition_rollout, recorded_run
-from qstar_dagster.assets.prompts import prompt_set_partitions
+from qstar_dagster.assets.prompts import file_sha, prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
 from qstar_dagster.generation.backends import check_backend, make_generator
-from qstar_dagster.labeling import pipeline
+from qstar_dagster.labeling import imported, pipeline
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.lineage import labels as labels_db
-from qstar_dagster.lineage.rollouts import resolve_rollout, rollout_policy, step_counts
+from qstar_dagster.lineage.rollouts import resolve_rollout, step_counts, write_whole_rollout
 from qstar_dagster.plots import bar_plots_markdown, heatmaps_markdown, line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
 from qstar_dagster.search.estimate import EstimatorSpec
+from qstar_dagster.tasks.loaders import load_labeled
+from qstar_dagster.tasks.process_files import LABELED_FORMATS, problems_of
+from qstar_dagster.tasks.prompt_sets import labeled_inbox_file
 from qstar_dagster.training.judge import JudgeTrainSpec, build_judge
 
 
@@ -59,6 +63,8 @@ class MonteCarloLabelsConfig(spec_config(EstimatorSpec)):
                                "(Math-Shepherd); binary_search: each solution's first error in O(log steps)")
     batch_trees: int = Field(32, description="trees labeled together; also the unit a killed run resumes by")
     seed: int = 0
+    policy: str | None = Field(None, description="policy checkpoint that completes the steps; unset: the one that "
+                               "sampled the rollout (an imported rollout has none: name one)")
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
     replace: bool = Field(False, description="relabel when labels made with other settings exist")
     min_positive_rate: float = Field(0.02, description="check: warn when fewer steps than this are positive")
@@ -90,11 +96,11 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
     spec = to_spec(config, EstimatorSpec)
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
         rollout_id = partition_rollout(context, lineage, config.rollout_id)
-        policy, _ = rollout_policy(lineage, rollout_id)
+        policy = pipeline.labeling_policy(lineage, rollout_id, config.policy)
         results = pipeline.label_monte_carlo(
             lineage, rollout_id, lambda: make_generator(config.backend, lineage.checkpoint(policy, "policy")["path"],
                                                         compute.torch_device(), compute.torch_dtype()),
-            spec, config.methods, config.batch_trees, config.seed, config.replace, context.run_id)
+            spec, config.methods, config.batch_trees, config.seed, config.replace, context.run_id, policy=policy)
         with lineage.transaction() as con:
             run.finish(con)
     stats = {r.labeler: _label_stats(lineage, rollout_id, r.labeler) for r in results}
@@ -123,6 +129,63 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
     yield AssetCheckResult(check_name=CHECK_MC_RATES, passed=not problems, severity=AssetCheckSeverity.WARN,
                            description="; ".join(problems) or "rates within bounds, every step labeled",
                            metadata={f"{k}_positive_rate": v["positive_rate"] for k, v in stats.items()})
+
+
+# --- imported labels ---------------------------------------------------------------------
+
+
+class ImportedLabelsConfig(Config):
+    format: str | None = Field(None, description=f"{', '.join(LABELED_FORMATS)}; detected from the file's fields "
+                               "when unset (as for prompt_set)")
+
+
+@asset(
+    partitions_def=prompt_set_partitions,
+    group_name="labels",
+    code_version="1",
+    kinds={"duckdb"},
+    deps=[AssetKey("prompt_set")],
+    description="Human and published step labels from a process-supervision file in the inbox (PRM800K, "
+    "Math-Shepherd, ProcessBench): one tree per problem, alternatives and solutions that share a prefix as "
+    "siblings, labels under the format's name (prm800k: rating and hard; math_shepherd, processbench: hard). "
+    "Other prompt sets have nothing to import. The labels are a reference for label_agreement and PRM evaluation, "
+    "and a labeler for step_datasets.",
+)
+def imported_labels(context: AssetExecutionContext, config: ImportedLabelsConfig, store: LineageStoreResource,
+                    data_dir: DataDirResource) -> MaterializeResult:
+    lineage = store.store()
+    path = labeled_inbox_file(context.partition_key, data_dir.inbox, config.format)
+    if path is None:
+        context.log.info(f"prompt set {context.partition_key!r} is no process-supervision file: nothing to import")
+        return MaterializeResult(metadata={"imported": False})
+    with recorded_run(context, lineage, config.model_dump()) as run:
+        fmt, solutions = load_labeled(path, config.format)  # checked whole before anything is written
+        version, problems = lineage.prompt_set_problems(context.partition_key)
+        missing = {p.prompt_id for p, _ in problems_of(solutions)} - {p.prompt_id for p in problems}
+        if missing:
+            raise ValueError(f"{path} holds {len(missing)} problems the current version of prompt set "
+                             f"{context.partition_key!r} lacks (the file changed since prompt_set ran); "
+                             f"materialize prompt_set for {context.partition_key!r} again first")
+        built = imported.build_import(fmt, solutions, context.partition_key, version, str(path), file_sha(path),
+                                      context.run_id)
+        written = write_whole_rollout(lineage, built.rollout_id, built.node_rows, built.label_rows, built.tree_rows)
+        with lineage.transaction() as con:
+            run.finish(con)
+    s = _label_stats(lineage, built.rollout_id, built.labeler)
+    sibling_sets = sum(1 for t in built.trees for n in t.nodes.values() if len(n.children) > 1)
+    context.log.info(f"{path.name}: {len(built.trees)} trees, {s['labeled_steps']} labeled steps "
+                     f"({(s['positive_rate'] or 0):.1%} positive) as rollout {built.rollout_id}"
+                     f"{'' if written else ' (already imported)'}")
+    return MaterializeResult(metadata={
+        "imported": True, "format": fmt, "labeler": built.labeler, "rollout_id": built.rollout_id,
+        "written": written, "source": str(path), "solutions": len(solutions), "trees": len(built.trees),
+        "nodes": len(built.node_rows), "labeled_steps": s["labeled_steps"], "positive_rate": s["positive_rate"],
+        "prefixes_with_alternatives": sibling_sets,
+        "positive_rate_by_depth": MetadataValue.md(bar_plots_markdown([
+            (f"{built.labeler}: positive rate per depth", "share positive",
+             {built.labeler: labels_db.positive_rate_by_depth(lineage, built.rollout_id, built.labeler)})])),
+        "query": MetadataValue.md(f"```\nqstar sql \"select * from label_stats where labeler = '{built.labeler}'\"\n```"),
+    })
 
 
 # --- the judge --------------------------------------------------------------------------------
@@ -285,6 +348,12 @@ def consensus_labels(context: AssetExecutionContext, config: ConsensusConfig,
         f"kept_share_of_{config.first}": s["labeled_steps"] / first["labeled_steps"] if first["labeled_steps"] else None})
 
 
+class AgreementConfig(RolloutRefConfig):
+    references: list[str] = Field(list(pipeline.REFERENCE_LABELERS), description="labelers the others are measured "
+                                  "against, where the rollout has them (the oracle; human labels of an imported file; "
+                                  "or any labeler)")
+
+
 def agreement_markdown(rows: list[dict]) -> str:
     head = "| labeler | reference | steps | accuracy | neg. precision | neg. recall | kappa | first-error F1 | tokens/step |\n"
     head += "|---|---|---|---|---|---|---|---|---|\n"
@@ -305,33 +374,38 @@ def agreement_markdown(rows: list[dict]) -> str:
     group_name="labels",
     code_version="1",
     kinds={"duckdb"},
-    deps=[AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("oracle_labels"), AssetKey("consensus_labels")],
+    deps=[AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("oracle_labels"), AssetKey("consensus_labels"),
+          AssetKey("imported_labels")],
     automation_condition=follows_inputs(),
-    description="Every labeler against the oracle (up to each solution's first error) and against each other: "
+    description="Every labeler against the oracle (up to each solution's first error) or an imported file's human "
+    "labels, and against each other: "
     "accuracy, precision and recall of negative steps, Cohen's kappa, ProcessBench first-error F1, with "
     "confusion matrices. Query it with: qstar sql \"select * from label_agreement\".",
 )
-def label_agreement(context: AssetExecutionContext, config: RolloutRefConfig,
+def label_agreement(context: AssetExecutionContext, config: AgreementConfig,
                     store: LineageStoreResource) -> MaterializeResult:
     lineage = store.store()
     with recorded_run(context, lineage, config.model_dump()) as run:
         rollout_id = partition_rollout(context, lineage, config.rollout_id)
-        rows = pipeline.agreement_rows(lineage, rollout_id, context.run_id)
+        rows = pipeline.agreement_rows(lineage, rollout_id, context.run_id, config.references)
         labels_db.replace_agreements(lineage, rollout_id, rows)
         with lineage.transaction() as con:
             run.finish(con)
-    vs_oracle = [r for r in rows if r["reference"] == "oracle"]
+    # the metadata's figures are against the first reference the rollout has (the oracle's, where it has one)
+    primary = rows[0]["reference"] if rows and rows[0]["reference"] in config.references else None
+    vs_ref = [r for r in rows if r["reference"] == primary]
     for r in rows:
         context.log.info(f"{r['labeler']} vs {r['reference']}: accuracy {r['accuracy']}, F1 {r['first_error_f1']}")
-    shown = vs_oracle or rows
+    shown = vs_ref or rows
     return MaterializeResult(metadata={
         "rollout_id": rollout_id,
         "agreement": MetadataValue.md(agreement_markdown(rows)),
         "confusion_matrices": MetadataValue.md(heatmaps_markdown(
             [(f"{r['labeler']} vs {r['reference']}", r["confusion"]) for r in shown],
             ("reference wrong", "reference right"), ("says wrong", "says right"))),
-        **{f"{r['labeler']}_accuracy": r["accuracy"] for r in vs_oracle},
-        **{f"{r['labeler']}_first_error_f1": r["first_error_f1"] for r in vs_oracle},
+        "reference": primary,
+        **{f"{r['labeler']}_accuracy": r["accuracy"] for r in vs_ref},
+        **{f"{r['labeler']}_first_error_f1": r["first_error_f1"] for r in vs_ref},
         "query": MetadataValue.md(f"```\nqstar sql \"select * from label_agreement where rollout_id = "
                                   f"'{rollout_id}'\"\n```"),
         "rows": MetadataValue.json(json.loads(json.dumps(rows, default=str))),

@@ -4,7 +4,8 @@
 - `prm`: TRL's stepwise-supervision format (prompt, completions = steps, labels = bools)
   from one labeler's hard labels, with its soft values (Monte Carlo) in `soft_labels`;
   a path is cut after its last labeled step (labelers that stop at the first error), and
-  each dataset is also exported in Math-Shepherd's `ки` format;
+  each dataset is also exported in Math-Shepherd's, PRM800K's and ProcessBench's shapes,
+  which `tasks/process_files.py` reads back to the same labels;
 - `step_pairs`: step-DPO pairs: one prefix, a next step the labeler calls right (chosen) and
   one it calls wrong (rejected), each ending with the step separator;
 - `pairs`: whole-solution DPO pairs: one problem, a right and a wrong finished solution.
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qstar_dagster.labeling.agreement import first_error
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.labels import as_positive, label_values
 from qstar_dagster.lineage.store import LineageStore, utcnow
@@ -35,12 +37,13 @@ from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.spec import option
 from qstar_dagster.tasks.problem import content_id
+from qstar_dagster.tasks.process_files import STEP_TAG
 
 KINDS = ("rft", "prm", "step_pairs", "pairs")
-STEP_TAG = "ки"  # Math-Shepherd's step tag
+PRM_EXPORTS = ("math_shepherd", "prm800k", "processbench")  # a prm dataset's files beside jsonl and parquet
 # Part of every dataset id: bump it when the rows a spec produces change, so that a dataset
-# recorded by earlier code is rebuilt instead of reused.
-ROW_FORMAT = 2
+# recorded by earlier code is rebuilt instead of reused. 3: the PRM800K and ProcessBench files.
+ROW_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -111,12 +114,60 @@ def prm_rows(trees: Sequence[Tree], hard: dict[str, bool], soft: dict[str, float
 
 
 def math_shepherd_rows(prm: Sequence[dict]) -> list[dict]:
-    """Math-Shepherd's format: `input` with a tag after every step, `label` with + or - there."""
+    """Math-Shepherd's format: `input` is the problem, then `Step k: <step> ки` per step;
+    `label` the same text with + or - in each tag's place."""
     out = []
     for r in prm:
-        tagged = "\n".join(f"{s} {STEP_TAG}" for s in r["completions"])
-        label = "\n".join(f"{s} {'+' if ok else '-'}" for s, ok in zip(r["completions"], r["labels"]))
+        steps = [f"Step {k}: {s}" for k, s in enumerate(r["completions"], start=1)]
+        tagged = "\n".join(f"{s} {STEP_TAG}" for s in steps)
+        label = "\n".join(f"{s} {'+' if ok else '-'}" for s, ok in zip(steps, r["labels"]))
         out.append({"input": f"{r['prompt']} {tagged}", "label": f"{r['prompt']} {label}", "node_ids": r["node_ids"]})
+    return out
+
+
+def _prm800k_rating(hard: bool, rating: float | None) -> int:
+    """The labeler's own rating where it has one (a mean of several raters rounded), kept on
+    the side of its hard label; else +1 or -1."""
+    if rating is None:
+        return 1 if hard else -1
+    r = max(-1, min(1, round(rating)))
+    return max(r, 0) if hard else -1
+
+
+def prm800k_rows(trees: Sequence[Tree], prm: Sequence[dict], ratings: dict[str, float]) -> list[dict]:
+    """PRM800K's shape, one line per prm row: `question` (problem, ground_truth_answer) and
+    `label.steps`, each step that one completion with its rating; `finish_reason` is
+    found_error when a step is wrong, solution when the path ends a solution, else give_up."""
+    nodes = {n.node_id: (t, n) for t in trees for n in t.nodes.values()}
+    out = []
+    for r in prm:
+        tree, last = nodes[r["node_ids"][-1]]
+        steps = [{"completions": [{"text": text, "rating": _prm800k_rating(ok, ratings.get(node_id)), "flagged": None}],
+                  "human_completion": None, "chosen_completion": 0}
+                 for text, ok, node_id in zip(r["completions"], r["labels"], r["node_ids"])]
+        finish = "found_error" if not all(r["labels"]) else "solution" if last.is_terminal else "give_up"
+        out.append({"question": {"problem": r["prompt"], "ground_truth_answer": tree.problem.reference_answer or None},
+                    "label": {"steps": steps, "finish_reason": finish}, "node_ids": r["node_ids"]})
+    return out
+
+
+def processbench_rows(trees: Sequence[Tree], hard: dict[str, bool]) -> list[dict]:
+    """ProcessBench's shape, one line per distinct finished solution whose first error the
+    labels decide: `steps`, `label` (index of the first wrong step, -1 for none) and
+    `final_answer_correct`."""
+    out, seen = [], set()
+    for t in trees:
+        for leaf in t.terminals():
+            path = t.path(leaf)[1:]
+            ids = [n.node_id for n in path]
+            first = first_error(ids, hard)
+            key = (t.problem.problem, tuple(n.text for n in path))
+            if first is None or key in seen:
+                continue
+            seen.add(key)
+            out.append({"id": f"{t.problem.prompt_id}-{len(seen)}", "problem": t.problem.problem,
+                        "steps": [n.text for n in path], "label": first,
+                        "final_answer_correct": bool(leaf.is_correct), "node_ids": ids})
     return out
 
 
@@ -202,7 +253,7 @@ def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_d
     recorded = artifacts.dataset_row(store, dataset_id)
     files = {"jsonl": base.with_suffix(".jsonl"), "parquet": base.with_suffix(".parquet")}
     if spec.kind == "prm":
-        files["math_shepherd"] = out_dir / f"{dataset_id}.math_shepherd.jsonl"
+        files |= {name: out_dir / f"{dataset_id}.{name}.jsonl" for name in PRM_EXPORTS}
     if recorded and all(p.exists() for p in files.values()):
         return BuiltDataset(dataset_id, spec.kind, [json.loads(x) for x in files["jsonl"].read_text().splitlines()],
                             files, True)
@@ -214,10 +265,16 @@ def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_d
     # is recorded with 0 rows, and the training stages that read it say so and train nothing.
     files = export(rows, base)
     if spec.kind == "prm":
-        ms = math_shepherd_rows(rows)
-        path = out_dir / f"{dataset_id}.math_shepherd.jsonl"
-        _write_atomically(path, lambda p: p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ms)))
-        files["math_shepherd"] = path
+        ratings = label_values(store, rollout_id, ("rating",), spec.labeler).get((spec.labeler, "rating"), {})
+        shaped = {"math_shepherd": math_shepherd_rows(rows), "prm800k": prm800k_rows(trees, rows, ratings),
+                  "processbench": processbench_rows(trees, hard)}
+        for name, out in shaped.items():
+            path = out_dir / f"{dataset_id}.{name}.jsonl"
+            _write_atomically(path, lambda p, out=out: p.write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)))
+            files[name] = path
+    if recorded:  # its files were lost: written again, the record stands
+        return BuiltDataset(dataset_id, spec.kind, rows, files, True)
     digest = hashlib.sha256(files["jsonl"].read_bytes()).hexdigest()
     dataset_row = {"dataset_id": dataset_id, "kind": spec.kind,
                    "spec": {**asdict(spec), "rollout_id": rollout_id, "files": {k: str(v) for k, v in files.items()}},

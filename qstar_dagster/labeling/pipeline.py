@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from qstar_dagster.generation.base import Generator
-from qstar_dagster.labeling import binary_search, judge, montecarlo, oracle
+from qstar_dagster.labeling import binary_search, imported, judge, montecarlo, oracle
 from qstar_dagster.labeling.agreement import agreement
+from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage import labels as labels_db
 from qstar_dagster.lineage.batches import write_batches
 from qstar_dagster.lineage.rollouts import rollout_policy
@@ -26,11 +27,15 @@ from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.problem import policy_prompt
 
 log = logging.getLogger(__name__)
 
 MC_METHODS = (montecarlo.LABELER, binary_search.LABELER)
 CONSENSUS = "consensus"
+# Labels other labelers are measured against, where a rollout has them: the domain's oracle,
+# and the human (or published) labels of an imported file.
+REFERENCE_LABELERS = (oracle.LABELER, *imported.LABELERS.values())
 
 
 @dataclass
@@ -90,17 +95,29 @@ def _run_batches(store: LineageStore, rollout_id: str, labeler: str, batch_trees
     return result
 
 
+def labeling_policy(store: LineageStore, rollout_id: str, policy: str | None = None) -> str:
+    """The policy that completes a rollout's steps: `policy`, else the one that sampled it."""
+    sampled_by, _ = rollout_policy(store, rollout_id)
+    if policy is None and sampled_by is None:
+        raise ValueError(f"rollout {rollout_id} was sampled by no policy checkpoint of this store (an imported "
+                         "file?); name the policy to complete its steps with (mc_labels config: policy)")
+    return policy or sampled_by
+
+
 def label_monte_carlo(store: LineageStore, rollout_id: str, load_generator: Callable[[], Generator],
                       spec: EstimatorSpec | None = None, methods: Sequence[str] = MC_METHODS,
                       batch_trees: int = 32, seed: int = 0, replace: bool = False,
-                      run_id: str | None = None, on_batch: OnBatch = None) -> list[LabelResult]:
+                      run_id: str | None = None, on_batch: OnBatch = None, policy: str | None = None) -> list[LabelResult]:
     """Math-Shepherd labels of every step (`mc`) and/or binary-search labels of each
-    solution's steps up to its first error (`binary_search`), with the rollout's policy."""
+    solution's steps up to its first error (`binary_search`), with `policy` (default: the
+    rollout's own), prompted the way it was trained."""
     spec = spec or EstimatorSpec()
     bad = set(methods) - set(MC_METHODS)
     if bad or not methods:
         raise ValueError(f"methods must be a non-empty subset of {list(MC_METHODS)}, got {list(methods)}")
-    policy, _ = rollout_policy(store, rollout_id)
+    sampled_by, _ = rollout_policy(store, rollout_id)
+    policy = labeling_policy(store, rollout_id, policy)
+    template = None if policy == sampled_by else artifacts.checkpoint_template(store.checkpoint(policy, "policy"))
     generator: Generator | None = None
 
     def gen() -> Generator:
@@ -114,6 +131,8 @@ def label_monte_carlo(store: LineageStore, rollout_id: str, load_generator: Call
             {"n_rollouts": spec.n} if method == montecarlo.LABELER else {}), replace)
 
         def batch_rows(trees: list[Tree], method=method) -> list[dict]:
+            for t in trees if template is not None else ():  # another policy's prompt format
+                t.prompt = policy_prompt(t.problem.problem, template)
             estimator = PrefixEstimator(gen(), spec, seed=_seed(trees, seed))
             if method == montecarlo.LABELER:
                 return montecarlo.label_rows(montecarlo.label_trees(trees, estimator), run_id=run_id,
@@ -194,22 +213,28 @@ def solutions_of(trees: Sequence[Tree]) -> list[list[str]]:
     return [[n.node_id for n in t.path(leaf)[1:]] for t in trees for leaf in t.terminals()]
 
 
-def agreement_rows(store: LineageStore, rollout_id: str, run_id: str | None = None) -> list[dict]:
-    """Every labeler against the oracle (in `oracle_region`), and every two labelers against
-    each other (on all steps both label). Without an oracle (other domains) only the pairs."""
+def agreement_rows(store: LineageStore, rollout_id: str, run_id: str | None = None,
+                   references: Sequence[str] = REFERENCE_LABELERS) -> list[dict]:
+    """Every labeler against each reference labeler the rollout has (`references`, in order:
+    a later reference is also measured against an earlier one), and the other labelers
+    against each other. Against the oracle, steps in `oracle_region`; against any other
+    labeler, the steps both label (human labelers rate up to the first error themselves).
+    Only the reference is cut to its region: the labeler's first error may lie beyond it."""
     labels = hard_labels(store, rollout_id)
     trees = load_trees(store, rollout_id)
     solutions = solutions_of(trees)
     prefix_ok = labels.pop(f"{oracle.LABELER}_prefix", {})
-    reference = labels.pop(oracle.LABELER, None)
-    region = oracle_region(trees, prefix_ok) if reference is not None else set()
+    refs = [r for r in dict.fromkeys(references) if r in labels]
+    others = sorted(n for n in labels if n not in refs)
     cost = labels_db.label_costs(store, rollout_id)
-    names = sorted(labels)
     pairs = []
-    if reference is not None:
-        in_region = {n: v for n, v in reference.items() if n in region}
-        pairs += [(a, oracle.LABELER, {n: v for n, v in labels[a].items() if n in region}, in_region) for a in names]
-    pairs += [(a, b, labels[a], labels[b]) for i, a in enumerate(names) for b in names[i + 1:]]
+    for i, ref in enumerate(refs):
+        reference = labels[ref]
+        if ref == oracle.LABELER:
+            region = oracle_region(trees, prefix_ok)
+            reference = {n: v for n, v in reference.items() if n in region}
+        pairs += [(a, ref, labels[a], reference) for a in [*refs[i + 1:], *others]]
+    pairs += [(a, b, labels[a], labels[b]) for i, a in enumerate(others) for b in others[i + 1:]]
     rows = []
     for name, ref_name, mine, ref in pairs:
         a = agreement(mine, ref, solutions)

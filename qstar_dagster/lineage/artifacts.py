@@ -14,9 +14,10 @@ from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, content_id
 
 
 def prompt_answers(store: LineageStore, prompt_set: str) -> list[dict]:
-    """(prompt_id, reference_answer) of the current version, in source order."""
-    return store.records("SELECT prompt_id, reference_answer FROM prompts WHERE prompt_set = ? ORDER BY idx",
-                         [prompt_set])
+    """(prompt_id, reference_answer, answer_from) of the current version, in source order;
+    answer_from is where a labeled file's answer came from (file, right_solution, unknown)."""
+    return store.records("SELECT prompt_id, reference_answer, meta->>'answer_from' AS answer_from FROM prompts "
+                         "WHERE prompt_set = ? ORDER BY idx", [prompt_set])
 
 
 def prompt_set_duplicates(store: LineageStore, prompt_set: str) -> int:

@@ -123,3 +123,24 @@ def held_out_rollout(store: LineageStore, prompt_set: str, policy: str | None) -
         except LookupError:
             continue
     return None
+
+
+def write_whole_rollout(store: LineageStore, rollout_id: str, node_rows: list[dict], label_rows: list[dict],
+                        tree_rows: list[dict]) -> bool:
+    """Write a rollout made at once (an imported file) in one transaction; False, and nothing
+    written, when the rollout is already there: its id is its content, so a re-run is a no-op."""
+    with store.transaction() as con:
+        if con.execute("SELECT count(*) FROM trees WHERE rollout_id = ?", [rollout_id]).fetchone()[0]:
+            return False
+        store.insert(con, "nodes", node_rows)
+        store.insert(con, "step_labels", label_rows)
+        store.insert(con, "trees", tree_rows)  # trees last, as rollouts write them
+    return True
+
+
+def imported_rollouts(store: LineageStore, prompt_set: str) -> list[dict]:
+    """The prompt set's imported rollouts (trees.search 'import:<format>'), newest first:
+    rollout_id, format."""
+    return store.records("""SELECT rollout_id, any_value(spec->>'format') AS format FROM trees
+                            WHERE prompt_set = ? AND search LIKE 'import:%' GROUP BY 1
+                            ORDER BY max(created_at) DESC""", [prompt_set])

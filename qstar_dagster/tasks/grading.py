@@ -31,6 +31,7 @@ DEFAULT_TIMEOUT_S = 5
 # --- extraction -----------------------------------------------------------------------
 
 _HASHES_RE = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
+_PRM800K_ANSWER_RE = re.compile(r"^#\s*Answer\s*\n\s*(.+?)\s*$", re.MULTILINE)  # PRM800K: "# Answer\n\n5"
 _THE_ANSWER_RE = re.compile(r"the (?:final )?answer is[:\s]*(.+?)(?:\.\s*$|\.\s+|\n|$)", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _CALC_RE = re.compile(r"<<[^<>]*>>")
@@ -59,13 +60,16 @@ def last_boxed(text: str) -> str | None:
 
 def extract_answer(text: str | None) -> str | None:
     """The final answer a solution states: the last \\boxed{}, else `#### x`, else
-    "The answer is x", else the last number in the text; None when there is none."""
+    PRM800K's `# Answer` heading, else "The answer is x", else the last number in the text;
+    None when there is none."""
     if not text:
         return None
     if (boxed := last_boxed(text)) is not None:
         return boxed
     if hashes := _HASHES_RE.findall(text):
         return hashes[-1].strip()
+    if headed := _PRM800K_ANSWER_RE.findall(text):
+        return headed[-1].strip()
     if said := _THE_ANSWER_RE.findall(text):
         return _strip_math_delimiters(said[-1])
     return _fallback_number(text)

@@ -1,4 +1,6 @@
-"""Loaders for problem files: GSM8K, MATH and generic JSONL, behind one `load_problems`.
+"""Loaders for problem files: GSM8K, MATH and generic JSONL, and the problems of
+process-supervision files (PRM800K, Math-Shepherd, ProcessBench: `process_files.py`), behind
+one `load_problems`.
 
 A file is read and checked whole before anything is returned: a bad line raises
 `ProblemFileError` naming the file, the line and the fix, so that a caller that writes
@@ -14,18 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from qstar_dagster.tasks.grading import last_boxed
-from qstar_dagster.tasks.problem import Problem
+from qstar_dagster.tasks.problem import Problem, ProblemFileError
+from qstar_dagster.tasks.process_files import (
+    LABELED_FORMATS,
+    LabeledSolution,
+    detect_labeled_format,
+    parse_line,
+    problems_of,
+)
 
-FORMATS = ("gsm8k", "math", "jsonl")
-
-
-class ProblemFileError(ValueError):
-    """A problem file that cannot be loaded, with where and what to do about it."""
-
-    def __init__(self, path: Path | str, problem: str, fix: str, line: int | None = None):
-        self.path, self.line, self.problem, self.fix = str(path), line, problem, fix
-        where = f"{path}, line {line}" if line is not None else str(path)
-        super().__init__(f"{where}: {problem}. Fix: {fix}")
+FORMATS = ("gsm8k", "math", "jsonl", *LABELED_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def detect_format(row: dict[str, Any]) -> str | None:
+    if labeled := detect_labeled_format(row):  # first: ProcessBench rows have a 'problem' too
+        return labeled
     if "question" in row and isinstance(row.get("answer"), str) and "####" in row["answer"]:
         return "gsm8k"
     if "problem" in row and ("solution" in row or "answer" in row) and (
@@ -78,8 +80,10 @@ def detect_format(row: dict[str, Any]) -> str | None:
 
 def _field(path: Path, lineno: int, row: dict, name: str, fix: str) -> str:
     value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None:
         raise ProblemFileError(path, f"no {name!r} field (fields: {sorted(row)})", fix, lineno)
+    if isinstance(value, str) and not value.strip():
+        raise ProblemFileError(path, f"the {name!r} field is empty", fix, lineno)
     return str(value).strip()
 
 
@@ -118,14 +122,37 @@ def _jsonl(path: Path, lineno: int, row: dict, fields: JsonlFields) -> Problem:
     return Problem(problem, answer, str(solution).strip() if solution else None, "jsonl", meta)
 
 
-def load_problems(path: str | Path, format: str | None = None, fields: JsonlFields | None = None) -> list[Problem]:
-    """Every problem in a JSONL file. `format` is gsm8k, math or jsonl; detected from the
-    first row when None. Raises ProblemFileError, naming file, line and fix, on bad input."""
-    path = Path(path)
+def _check(path: Path, format: str | None) -> None:
     if not path.is_file():
         raise ProblemFileError(path, "no such file", "check the path")
     if format is not None and format not in FORMATS:
         raise ProblemFileError(path, f"unknown format {format!r}", f"use one of {', '.join(FORMATS)} or leave it unset")
+
+
+def file_format(path: str | Path, format: str | None = None) -> str | None:
+    """`format`, else the format the file's first row has (None when it has none of them)."""
+    path = Path(path)
+    _check(path, format)
+    return format or next((detect_format(row) for _, row in _rows(path)), None)
+
+
+def load_labeled(path: str | Path, format: str | None = None) -> tuple[str, list[LabeledSolution]]:
+    """The format and every labeled solution of a process-supervision file, checked whole."""
+    path = Path(path)
+    format = file_format(path, format)
+    if format not in LABELED_FORMATS:
+        raise ProblemFileError(path, f"not a process-supervision file (format {format})",
+                               f"give a {', '.join(LABELED_FORMATS)} file, or pass format= one of them")
+    return format, [parse_line(path, lineno, row, format) for lineno, row in _rows(path)]
+
+
+def load_problems(path: str | Path, format: str | None = None, fields: JsonlFields | None = None) -> list[Problem]:
+    """Every problem in a JSONL file. `format` is one of FORMATS; detected from the first row
+    when None. Raises ProblemFileError, naming file, line and fix, on bad input."""
+    path = Path(path)
+    _check(path, format)
+    if (format or file_format(path)) in LABELED_FORMATS:
+        return [p for p, _ in problems_of(load_labeled(path, format)[1])]
     problems: list[Problem] = []
     for lineno, row in _rows(path):
         if format is None:
@@ -134,8 +161,9 @@ def load_problems(path: str | Path, format: str | None = None, fields: JsonlFiel
             if format is None:
                 raise ProblemFileError(
                     path, f"cannot tell the format from the fields {sorted(row)}",
-                    "use GSM8K (question, answer with '#### n'), MATH (problem, solution/answer) or "
-                    "problem/answer fields, or pass format='jsonl' with the field names", lineno,
+                    "use GSM8K (question, answer with '#### n'), MATH (problem, solution/answer), "
+                    "problem/answer fields or a PRM800K, Math-Shepherd or ProcessBench file, or pass "
+                    "format='jsonl' with the field names", lineno,
                 )
         if format == "gsm8k":
             problems.append(_gsm8k(path, lineno, row))

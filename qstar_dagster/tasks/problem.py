@@ -5,7 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+class ProblemFileError(ValueError):
+    """A problem (or process-supervision) file that cannot be loaded, with where and what to
+    do about it."""
+
+    def __init__(self, path: Path | str, problem: str, fix: str, line: int | None = None):
+        self.path, self.line, self.problem, self.fix = str(path), line, problem, fix
+        where = f"{path}, line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
 
 
 def content_id(prefix: str, *parts: Any) -> str:

@@ -9,7 +9,8 @@ from pathlib import Path
 from qstar_dagster.tasks import countdown
 from qstar_dagster.tasks.arith import ArithSpec, generate_problems
 from qstar_dagster.tasks.countdown import CountdownSpec
-from qstar_dagster.tasks.loaders import JsonlFields, ProblemFileError, load_problems
+from qstar_dagster.tasks.loaders import JsonlFields, ProblemFileError, file_format, load_problems
+from qstar_dagster.tasks.process_files import LABELED_FORMATS
 from qstar_dagster.tasks.problem import Problem
 
 
@@ -67,6 +68,13 @@ def inbox_key(path: Path) -> str:
 
 def inbox_files(inbox: Path) -> dict[str, Path]:
     return {inbox_key(p): p for p in sorted(inbox.glob("*.jsonl"))} if inbox.is_dir() else {}
+
+
+def labeled_inbox_file(name: str, inbox: Path, format: str | None = None) -> Path | None:
+    """The inbox file of prompt set `name` when it is a process-supervision file (PRM800K,
+    Math-Shepherd, ProcessBench), else None."""
+    path = inbox_files(inbox).get(name)
+    return path if path is not None and file_format(path, format) in LABELED_FORMATS else None
 
 
 def resolve_prompt_set(name: str, inbox: Path, *, format: str | None = None, fields: JsonlFields | None = None,

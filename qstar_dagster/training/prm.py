@@ -416,17 +416,23 @@ class LikelihoodScorer(_StepScorer):
                 for i, step_spans in enumerate(spans)]
 
 
-def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> dict:
-    """The PRM against the built-in oracle on held-out trees: step accuracy on the steps up
-    to each solution's first error (where step- and prefix-correct agree), recall of wrong
-    steps, ProcessBench first-error F1 over the finished solutions, chance (the share of the
-    majority label) for scale, the step AUC, and right-over-wrong sibling accuracy."""
+def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5,
+                 reference: dict[str, bool] | None = None) -> dict:
+    """The PRM against reference step labels on held-out trees: the built-in oracle's on the
+    steps up to each solution's first error (where step- and prefix-correct agree), or
+    `reference` (node id -> right; an imported file's human labels) on the steps it rates.
+    Step accuracy, recall of wrong steps, ProcessBench's metric over the finished solutions
+    (accuracy of the predicted first error on erroneous and on correct ones, and their
+    harmonic mean, `first_error_f1`), chance (the share of the majority label) for scale,
+    the step AUC, and right-over-wrong sibling accuracy."""
     from qstar_dagster.labeling.agreement import agreement
     from qstar_dagster.labeling.oracle import oracle_labels
     from qstar_dagster.labeling.pipeline import oracle_region, solutions_of
 
-    truth = oracle_labels(trees)
-    region = oracle_region(trees, {n: p for n, (_, p) in truth.items()})
+    if reference is None:
+        truth = oracle_labels(trees)
+        region = oracle_region(trees, {n: p for n, (_, p) in truth.items()})
+        reference = {n: truth[n][0] for n in region}
     items, ids = [], []
     for t in trees:
         for leaf in t.leaves():
@@ -437,14 +443,16 @@ def evaluate_prm(scorer: PRMScorer, trees: Sequence, threshold: float = 0.5) -> 
     scores = {}
     for path_ids, s in zip(ids, scorer.score_batch(items)):
         scores.update(zip(path_ids, s))
-    reference = {n: truth[n][0] for n in region}
-    labels = {n: scores[n] >= threshold for n in region if n in scores}
+    # every scored step: the predicted first error may lie beyond the reference's region
+    labels = {n: s >= threshold for n, s in scores.items()}
     a = agreement(labels, reference, solutions_of(trees))
     positive = sum(reference.values()) / len(reference) if reference else None
     return {"n_steps": a.n_steps, "step_accuracy": a.accuracy, "negative_recall": a.negative_recall,
             "negative_precision": a.negative_precision, "first_error_f1": a.first_error_f1,
+            "first_error_accuracy_erroneous": a.first_error_accuracy_erroneous,
+            "first_error_accuracy_correct": a.first_error_accuracy_correct, "n_solutions": a.n_solutions,
             "chance_accuracy": None if positive is None else max(positive, 1 - positive),
-            "step_auc": step_auc([(scores[n], reference[n]) for n in region if n in scores]),
+            "step_auc": step_auc([(scores[n], ok) for n, ok in reference.items() if n in scores]),
             **sibling_accuracy(trees, scores, reference)}
 
 
