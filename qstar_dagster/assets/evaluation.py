@@ -20,7 +20,8 @@ from qstar_dagster.evaluation.evaluate import (
 )
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.lineage import artifacts
-from qstar_dagster.lineage.rollouts import held_out_rollout
+from qstar_dagster.lineage import labels as labels_db
+from qstar_dagster.lineage.rollouts import held_out_rollout, imported_rollouts
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
@@ -35,7 +36,15 @@ class EvaluationConfig(spec_config(EvalSpec)):
                                        "trained on the training prompt set, and the base policies they started from)")
     prms: list[str] | None = Field(None, description="PRM checkpoint ids; unset: those trained on the partition's "
                                    "prompt set")
+    label_sets: list[str] = Field([], description="imported prompt sets (PRM800K, Math-Shepherd, ProcessBench files) "
+                                  "to score every PRM on against their labels: ProcessBench's first-error accuracies "
+                                  "and F1, step accuracy and AUC, sibling accuracy")
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
+
+
+# a PRM's figures against reference step labels (evaluate_prm), as evaluations methods prm_<figure>
+PRM_FIGURES = ("step_accuracy", "step_auc", "first_error_f1", "first_error_accuracy_erroneous",
+               "first_error_accuracy_correct", "sibling_accuracy")
 
 
 def method_name(method: str, n: int) -> str:
@@ -66,7 +75,8 @@ def _named(metrics: dict) -> dict:
     description="The checkpoints of a training prompt set (its partition) on a held-out prompt set: greedy, "
     "pass@N and majority@N, and with every PRM: best-of-N (min / prod / last of step scores) and PRM-weighted "
     "vote, for N in 1..16; every PRM against the oracle's step labels (accuracy, first-error F1, sibling "
-    "accuracy). Rows in the evaluations table; accuracy-vs-N plots.",
+    "accuracy), and against the labels of imported prompt sets (label_sets: ProcessBench's metric). Rows in the "
+    "evaluations table; accuracy-vs-N plots.",
 )
 def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: LineageStoreResource,
                compute: ComputeResource) -> MaterializeResult:
@@ -86,11 +96,14 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
             trees = load_trees(lineage, rollout) if rollout else []
             if trees and all(domain(t.problem.domain).has_oracle for t in trees):
                 m = evaluate_prm(scorers[prm["checkpoint_id"]], trees)
-                rows = _rows([prm["checkpoint_id"]], {f"prm_{f}": m[f] for f in ("step_accuracy", "first_error_f1",
-                                                                                   "sibling_accuracy")},
-                             key, m["n_steps"], context.run_id)
+                rows = _rows([prm["checkpoint_id"]], {f"prm_{f}": m[f] for f in PRM_FIGURES}, key, m["n_steps"],
+                             context.run_id)
                 with lineage.transaction() as con:
                     lineage.insert(con, "evaluations", rows)
+        for name in config.label_sets:  # every PRM against an imported file's labels
+            rows = _label_set_rows(lineage, name, prms, scorers, context)
+            with lineage.transaction() as con:
+                lineage.insert(con, "evaluations", rows)
         for policy in policies:
             pid = policy["checkpoint_id"]
             wanted = _rows([pid], _named({(m, n): 0 for m in ("pass", "majority") for n in spec.ns}
@@ -126,6 +139,27 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
         "query": MetadataValue.md("```\nqstar sql \"select checkpoint_ids, method, accuracy from evaluations "
                                   f"where prompt_set = '{config.eval_prompt_set}' order by 1, 2\"\n```"),
     })
+
+
+def _label_set_rows(lineage, name: str, prms: list[dict], scorers: dict, context) -> list[dict]:
+    imports = imported_rollouts(lineage, name)
+    if not imports:
+        raise LookupError(f"evaluation.label_sets: prompt set {name!r} has no imported labels; put its PRM800K, "
+                          f"Math-Shepherd or ProcessBench file in the inbox and materialize imported_labels for it")
+    rollout, labeler = imports[0]["rollout_id"], imports[0]["format"]
+    reference = labels_db.as_positive(labels_db.label_values(lineage, rollout, ("hard",), labeler)[(labeler, "hard")])
+    trees = load_trees(lineage, rollout)
+    version, _ = lineage.prompt_set_problems(name)
+    key = {"prompt_set": name, "version": version, "spec": {"reference": labeler, "rollout_id": rollout}}
+    rows = []
+    for prm in prms:
+        m = evaluate_prm(scorers[prm["checkpoint_id"]], trees, reference=reference)
+        rows += _rows([prm["checkpoint_id"]], {f"prm_{f}": m[f] for f in PRM_FIGURES}, key, m["n_steps"],
+                      context.run_id)
+        context.log.info(f"{prm['checkpoint_id']} on {name} ({labeler} labels): ProcessBench F1 "
+                         f"{m['first_error_f1']}, step accuracy {m['step_accuracy']}, sibling accuracy "
+                         f"{m['sibling_accuracy']} ({m['sibling_pairs']} pairs)")
+    return rows
 
 
 def accuracy_curves(store, prompt_set: str, version: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
