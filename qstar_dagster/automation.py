@@ -7,14 +7,15 @@ datasets out of date, as `AutomationCondition`s that Dagster evaluates (the
   seeing it again) starts no GPU work. It waits for a base policy and for running upstream work,
   and does not run for a prompt set whose blocking check (`not_empty`) failed.
 - `mc_labels`, `oracle_labels`, `label_agreement` and `step_datasets` follow their inputs
-  eagerly, ignoring the judge stages (they call a judge model: an explicit run's decision), so
-  a missing judge label never holds the Monte Carlo path back.
+  eagerly, ignoring the judge stages (they call a judge model: an explicit run's decision)
+  and `imported_labels` (the inbox sensor's, only for PRM800K / Math-Shepherd / ProcessBench
+  files), so a missing judge or imported label never holds the Monte Carlo path back.
 """
 
 from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition
 
-# Made only by an explicit run; never a reason for the refresh to wait or to run.
-EXPLICIT_ONLY = AssetSelection.assets("judge_model", "judge_labels", "consensus_labels")
+# Made only by an explicit run (or the inbox sensor); never a reason for the refresh to wait or to run.
+EXPLICIT_ONLY = AssetSelection.assets("judge_model", "judge_labels", "consensus_labels", "imported_labels")
 
 REFRESH_ASSETS = ("tot_rollouts", "mc_labels", "oracle_labels", "label_agreement", "step_datasets")
 

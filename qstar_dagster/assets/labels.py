@@ -8,6 +8,7 @@ The core lives in `qstar_dagster/labeling/`; these are its Dagster wrappers.
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
+import hashlib
 import json
 from collections.abc import Iterator
 
@@ -26,7 +27,7 @@ from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, partition_rollout, recorded_run
-from qstar_dagster.assets.prompts import file_sha, prompt_set_partitions
+from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.labeling import imported, pipeline
@@ -166,8 +167,8 @@ def imported_labels(context: AssetExecutionContext, config: ImportedLabelsConfig
             raise ValueError(f"{path} holds {len(missing)} problems the current version of prompt set "
                              f"{context.partition_key!r} lacks (the file changed since prompt_set ran); "
                              f"materialize prompt_set for {context.partition_key!r} again first")
-        built = imported.build_import(fmt, solutions, context.partition_key, version, str(path), file_sha(path),
-                                      context.run_id)
+        built = imported.build_import(fmt, solutions, context.partition_key, version, str(path),
+                                      hashlib.sha256(path.read_bytes()).hexdigest(), context.run_id)
         written = write_whole_rollout(lineage, built.rollout_id, built.node_rows, built.label_rows, built.tree_rows)
         with lineage.transaction() as con:
             run.finish(con)

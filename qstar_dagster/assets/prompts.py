@@ -147,7 +147,7 @@ def builtin_partition_keys() -> list[str]:
     return list(BUILTIN_PROMPT_SETS)
 
 
-def file_sha(path) -> str:
+def _file_sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
@@ -162,7 +162,7 @@ def prompt_inbox_sensor(context: SensorEvaluationContext, data_dir: DataDirResou
     new_keys = [k for k in builtin_partition_keys() if k not in existing]
     run_requests = []
     for key, path in inbox_files(data_dir.inbox).items():
-        sha = file_sha(path)
+        sha = _file_sha(path)
         if key not in existing:
             new_keys.append(key)
         if seen.get(key) != sha:
