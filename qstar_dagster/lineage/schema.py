@@ -242,6 +242,9 @@ VIEWS: dict[str, str] = {
         SELECT 'tree', tree_id, 'checkpoint', policy_checkpoint, 'sampled_by'
         FROM trees WHERE policy_checkpoint IS NOT NULL
         UNION ALL
+        -- an imported file's trees (PRM800K, Math-Shepherd, ProcessBench) come from the file
+        SELECT 'tree', tree_id, 'source', spec->>'source', 'imported_from' FROM trees WHERE search LIKE 'import:%'
+        UNION ALL
         SELECT 'step_label', node_id || '/' || labeler || '/' || kind, 'node', node_id, 'labels' FROM step_labels
         UNION ALL
         SELECT 'step_label', node_id || '/' || labeler || '/' || kind, 'checkpoint', labeler_checkpoint, 'labeled_by'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class Problem:
     domain: str = "jsonl"  # arith | gsm8k | math | jsonl
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
-    @property
+    @cached_property  # asked once per node when a tree is written
     def prompt_id(self) -> str:
         # Content-addressed: the same problem with the same reference is the same prompt,
         # whichever set or file it came from.

@@ -101,9 +101,12 @@ def test_dropped_files_become_prompt_sets_trees_and_labels_once(env):
     assert stats == {("prm800k", "hard"): 7, ("prm800k", "rating"): 7, ("math_shepherd", "hard"): 6,
                      ("processbench", "hard"): 5}
     # lineage: a label's node names its source lines, its tree the file and the lines' own ids
-    [src] = store.records("""SELECT t.spec->>'source' AS source, n.stats->'lines' AS lines FROM nodes n
+    [src] = store.records("""SELECT n.node_id, t.spec->>'source' AS source, n.stats->'lines' AS lines FROM nodes n
                              JOIN trees t USING (tree_id) WHERE n.text = 'Half of it is 24.'""")
     assert src["source"].endswith("pbench.jsonl") and json.loads(src["lines"]) == [2]
+    edges = {(e.relation, e.parent_kind) for e in store.lineage(src["node_id"])}
+    assert {("child_of", "node"), ("root_of", "tree"), ("imported_from", "source"), ("searches", "prompt"),
+            ("member_of", "prompt_set")} <= edges
     # answers the file does not give (no right solution of the problem) are said by the check, not failed
     [check] = [c for c in runs["pbench"].get_asset_check_evaluations() if c.check_name == "reference_answers_parseable"]
     assert check.passed and "2 unknown (the file gives neither an answer nor a right solution)" in check.description

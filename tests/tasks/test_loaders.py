@@ -35,6 +35,7 @@ def test_prompt_ids_are_content_hashes(gsm8k_file, tmp_path):
 @pytest.mark.parametrize("content,kwargs,line,what", [
     (b'{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n', {}, 2, "malformed JSON"),
     (b'{"problem": "a", "answer": "1"}\n{"problem": "b"}\n', {}, 2, "no 'answer' field"),
+    (b'{"problem": "a", "answer": "1"}\n{"problem": "  ", "answer": "2"}\n', {}, 2, "the 'problem' field is empty"),
     (b'{"problem": "a", "answer": "1"}\n{"problem": "caf\xe9", "answer": "2"}\n', {}, 2, "not UTF-8"),
     (b"\n  \n", {}, None, "the file is empty"),
     (b'{"prompt": "a", "target": "1"}\n', {}, 1, "cannot tell the format"),
