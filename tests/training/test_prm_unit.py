@@ -113,3 +113,33 @@ def test_the_default_prm_is_the_calibrated_likelihood_and_round_trips_through_it
     assert order == sorted(range(len(sums)), key=sums.__getitem__)
     with pytest.raises(ValueError, match="must be trained"):
         PRMTrainSpec(head="classifier")
+
+
+class _Constant:
+    """A scorer that calls every step right."""
+
+    def score_batch(self, items, batch_size=64):
+        return [[1.0] * len(steps) for _, steps in items]
+
+
+def test_a_prm_that_misses_an_error_is_wrong_on_that_solution():
+    """ProcessBench's accuracy on erroneous solutions counts a solution whose error the PRM
+    missed altogether as a miss. The PRM's labels used to be cut to the oracle's region (up
+    to the first error), which left such a solution with no decided first error: dropped."""
+    from qstar_dagster.generation.base import Completion
+    from qstar_dagster.search.tree import Tree
+    from qstar_dagster.tasks.steps import LINE
+    from qstar_dagster.training.prm import evaluate_prm
+
+    [problem] = generate_problems(1, seed=3)  # 17 * 3 - 40 - 42 * 2 = -62
+    tree = Tree("t", problem, problem.problem + "\n", LINE, 6)
+    for steps in (problem.reference_solution.split("\n"),
+                  ["17 * 3 = 52", "52 - 40 = 12", "12 - 42 = -30", "-30 * 2 = -60", "The answer is -60"]):
+        node = tree.root
+        for i, text in enumerate(steps):
+            node = next((tree.nodes[c] for c in node.children if tree.nodes[c].text == text), None) or tree.add_child(
+                node, Completion(text, 3, -1.0, "stop", stop_string=None if i == len(steps) - 1 else "\n"))
+    assert sorted(n.is_correct for n in tree.terminals()) == [False, True]
+    m = evaluate_prm(_Constant(), [tree])
+    assert m["n_solutions"] == 2
+    assert (m["first_error_accuracy_erroneous"], m["first_error_accuracy_correct"], m["first_error_f1"]) == (0.0, 1.0, 0.0)
