@@ -350,19 +350,25 @@ def lineage(artifact_id: str, as_json: bool, max_per_relation: int) -> None:
 @click.option("--port", default=8000, show_default=True)
 @click.option("--name", default=None, help="model name served in /v1/models (default: the path's last part)")
 @click.option("--device", default="cpu", show_default=True)
-def serve(model_path: str, host: str, port: int, name: str | None, device: str) -> None:
+@click.option("--max-n", default=16, show_default=True, help="most completions per prompt a request may ask for")
+@click.option("--max-prompts", default=64, show_default=True, help="most prompts per request")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="generate requests that arrive together in one batch (off: one request at a time)")
+def serve(model_path: str, host: str, port: int, name: str | None, device: str, max_n: int, max_prompts: int,
+          batching: bool) -> None:
     """Serve a local model over an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
-    /v1/models) through the transformers backend."""
+    /v1/models; streaming too) through the transformers backend."""
     import uvicorn
 
     from qstar_dagster.generation.hf import ModelNotFoundError, TransformersGenerator
-    from qstar_dagster.generation.server import make_app
+    from qstar_dagster.generation.server import ServeLimits, make_app
 
     try:
         gen = TransformersGenerator(model_path, device=device)
     except ModelNotFoundError as e:
         raise click.ClickException(str(e)) from None
-    uvicorn.run(make_app(gen, name or Path(model_path).name), host=host, port=port, log_level="warning")
+    limits = ServeLimits(max_n=max_n, max_prompts=max_prompts, batching=batching)
+    uvicorn.run(make_app(gen, name or Path(model_path).name, limits), host=host, port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -89,13 +89,22 @@ class TransformersGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[str], params: SamplingParams,
+                 prompt_seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """`params.n` completions per prompt. Sampling draws from one generator seeded with
+        `params.seed` for the whole call; with `prompt_seeds` (one per prompt), each prompt's
+        samples draw from a generator of its own, so what a prompt gets does not depend on
+        the other prompts it is batched with (the server batches requests this way)."""
+        if prompt_seeds is not None and len(prompt_seeds) != len(prompts):
+            raise ValueError(f"{len(prompt_seeds)} prompt seeds for {len(prompts)} prompts")
         rng = torch.Generator(device="cpu").manual_seed(params.seed)
         per_chunk = max(1, self.max_batch_sequences // params.n)
         out: list[list[Completion]] = []
         started, last_log, n_tokens = time.monotonic(), time.monotonic(), 0
         for i in range(0, len(prompts), per_chunk):
-            chunk = self._generate_chunk(list(prompts[i : i + per_chunk]), params, rng)
+            gens = None if prompt_seeds is None else [
+                torch.Generator(device="cpu").manual_seed(int(s)) for s in prompt_seeds[i:i + per_chunk]]
+            chunk = self._generate_chunk(list(prompts[i : i + per_chunk]), params, gens or rng)
             out.extend(chunk)
             n_tokens += sum(c.n_tokens for cs in chunk for c in cs)
             if time.monotonic() - last_log > self.progress_every_s:
@@ -165,7 +174,7 @@ class TransformersGenerator:
         tail = max((len(s) for s in params.stop), default=0) + 32
         for step in range(params.max_new_tokens):
             logprobs = torch.log_softmax(logits, -1)
-            chosen = _sample(logits, params, rng).to(self.device)
+            chosen = _sample(logits, params, rng, alive, n).to(self.device)
             history.append((alive, chosen, logprobs.gather(1, chosen[:, None])[:, 0]))
             done = torch.isin(chosen, eos)
             if stop_in_token is not None:
@@ -214,7 +223,10 @@ class TransformersGenerator:
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator) -> torch.Tensor:
+def _sample(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator | list[torch.Generator],
+            alive: torch.Tensor, n: int) -> torch.Tensor:
+    """One token per row. `rng` is one generator, or one per prompt (rows `alive`, n per
+    prompt, in order): each prompt's rows then draw from its own, as they would alone."""
     if params.temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / params.temperature, -1).cpu()
@@ -223,7 +235,18 @@ def _sample(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator) 
         drop = sorted_p.cumsum(-1) - sorted_p > params.top_p  # keep the smallest set reaching top_p
         sorted_p[drop] = 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=rng)[:, 0]
+    if isinstance(rng, torch.Generator):
+        return torch.multinomial(probs, 1, generator=rng)[:, 0]
+    owner = (alive.cpu() // n).tolist()
+    chosen = torch.empty(len(owner), dtype=torch.long)
+    start = 0
+    while start < len(owner):  # a prompt's rows stay contiguous as rows finish
+        end = start
+        while end < len(owner) and owner[end] == owner[start]:
+            end += 1
+        chosen[start:end] = torch.multinomial(probs[start:end], 1, generator=rng[owner[start]])[:, 0]
+        start = end
+    return chosen
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
