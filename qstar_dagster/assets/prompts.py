@@ -35,7 +35,12 @@ from qstar_dagster.lineage import LineageStore, artifacts
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.tasks.grading import is_parseable_answer
 from qstar_dagster.tasks.loaders import JsonlFields, ProblemFileError
-from qstar_dagster.tasks.prompt_sets import BUILTIN_PROMPT_SETS, inbox_files, labeled_inbox_file, resolve_prompt_set
+from qstar_dagster.tasks.prompt_sets import (
+    BUILTIN_PROMPT_SETS,
+    inbox_files,
+    labeled_inbox_file,
+    resolve_prompt_set,
+)
 
 prompt_set_partitions = DynamicPartitionsDefinition(name="prompt_sets")
 

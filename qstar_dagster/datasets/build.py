@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from qstar_dagster.labeling.agreement import first_error
 from qstar_dagster.lineage import artifacts
+from qstar_dagster.lineage.files import write_atomically
 from qstar_dagster.lineage.labels import as_positive, label_values
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
@@ -222,20 +222,14 @@ def _members(dataset_id: str, rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def export(rows: Sequence[dict], base: Path) -> dict[str, Path]:
     """`<base>.jsonl` and `<base>.parquet`, both readable by `datasets.load_dataset`."""
     import polars as pl
 
     base.parent.mkdir(parents=True, exist_ok=True)
     jsonl, parquet = base.with_suffix(".jsonl"), base.with_suffix(".parquet")
-    _write_atomically(jsonl, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
-    _write_atomically(parquet, lambda p: pl.DataFrame(list(rows) or None).write_parquet(p))
+    write_atomically(jsonl, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+    write_atomically(parquet, lambda p: pl.DataFrame(list(rows) or None).write_parquet(p))
     return {"jsonl": jsonl, "parquet": parquet}
 
 
@@ -270,7 +264,7 @@ def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_d
                   "processbench": processbench_rows(trees, hard)}
         for name, out in shaped.items():
             path = out_dir / f"{dataset_id}.{name}.jsonl"
-            _write_atomically(path, lambda p, out=out: p.write_text(
+            write_atomically(path, lambda p, out=out: p.write_text(
                 "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)))
             files[name] = path
     if recorded:  # its files were lost: written again, the record stands

@@ -220,7 +220,7 @@ class Batcher:
                 seeds = [prompt_seed(j.params.seed, i) for j in group for i in range(len(j.prompts))]
                 try:
                     results = self.gen.generate(prompts, params, prompt_seeds=seeds)
-                except Exception as e:  # noqa: BLE001  (a fault of the server's: every waiting request hears it)
+                except Exception as e:  # a fault of the server's: every waiting request hears of it
                     log.exception("generation failed for a batch of %d requests", len(group))
                     for j in group:
                         j.future.set_exception(e)
@@ -310,7 +310,7 @@ def make_app(gen: TransformersGenerator, model_name: str, limits: ServeLimits = 
                 return JSONResponse(chat_body(parsed, flat) if chat else completion_body(parsed, flat))
             except RequestError as e:
                 return e.response()
-            except Exception as e:  # noqa: BLE001  (the server's own fault: logged, and said as one)
+            except Exception as e:  # the server's own fault: logged, and said to be one
                 log.exception("%s failed", request.url.path)
                 return RequestError(f"internal server error ({type(e).__name__}); see the server's log",
                                     status=500).response()

@@ -207,6 +207,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         WHERE details->>'stage' IS NULL;
         """,
     ),
+    (
+        7,
+        "runs: the process that ran each, so a run that died can be marked interrupted",
+        """
+        -- status: started | success | failure | interrupted (its process died: marked by the
+        -- next run of the same asset and partition on the same host)
+        ALTER TABLE runs ADD COLUMN host VARCHAR;
+        ALTER TABLE runs ADD COLUMN pid INTEGER;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from qstar_dagster.lineage.files import process_alive
 from qstar_dagster.lineage.schema import LATEST_VERSION, MIGRATIONS, VIEWS
 from qstar_dagster.tasks.problem import Problem
 
@@ -154,14 +157,28 @@ class LineageStore:
     # --- runs ---------------------------------------------------------------------------
 
     def begin_run(self, run_id: str, asset_key: str, partition: str | None, config: dict | None,
-                  code_version: str | None) -> None:
+                  code_version: str | None) -> int:
+        """Record a run as started by this process; first mark this asset and partition's
+        earlier runs whose process on this host has died (killed, not failed) `interrupted`.
+        Returns how many were."""
+        host, me = socket.gethostname(), os.getpid()
         with self.transaction() as con:
+            dead = [run for run, pid in con.execute(
+                "SELECT run_id, pid FROM runs WHERE asset_key = ? AND partition = ? AND status = 'started' AND host = ? "
+                "AND run_id <> ? AND pid IS NOT NULL", [asset_key, partition or "", host, run_id]).fetchall()
+                if not process_alive(pid)]
+            if dead:
+                con.execute("UPDATE runs SET status = 'interrupted', ended_at = ? WHERE asset_key = ? AND partition = ? "
+                            "AND run_id IN (SELECT unnest(?))", [utcnow(), asset_key, partition or "", dead])
             con.execute(
-                "INSERT INTO runs (run_id, asset_key, partition, config, code_version, started_at, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'started') ON CONFLICT DO UPDATE SET "
-                "started_at = excluded.started_at, status = 'started', ended_at = NULL",
-                [run_id, asset_key, partition or "", json.dumps(config or {}, default=str), code_version, utcnow()],
+                "INSERT INTO runs (run_id, asset_key, partition, config, code_version, started_at, status, host, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'started', ?, ?) ON CONFLICT DO UPDATE SET "
+                "started_at = excluded.started_at, status = 'started', ended_at = NULL, host = excluded.host, "
+                "pid = excluded.pid",
+                [run_id, asset_key, partition or "", json.dumps(config or {}, default=str), code_version, utcnow(),
+                 host, me],
             )
+        return len(dead)
 
     def end_run(self, con: duckdb.DuckDBPyConnection, run_id: str, asset_key: str, partition: str | None,
                 status: str = "success") -> None:

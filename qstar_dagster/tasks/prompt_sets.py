@@ -10,8 +10,8 @@ from qstar_dagster.tasks import countdown
 from qstar_dagster.tasks.arith import ArithSpec, generate_problems
 from qstar_dagster.tasks.countdown import CountdownSpec
 from qstar_dagster.tasks.loaders import JsonlFields, ProblemFileError, file_format, load_problems
-from qstar_dagster.tasks.process_files import LABELED_FORMATS
 from qstar_dagster.tasks.problem import Problem
+from qstar_dagster.tasks.process_files import LABELED_FORMATS
 
 
 @dataclass(frozen=True)

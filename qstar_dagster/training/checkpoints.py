@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qstar_dagster.lineage.artifacts import checkpoint_row
+from qstar_dagster.lineage.files import remove_stale_scratch, scratch_path
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.problem import content_id
 
@@ -44,7 +45,8 @@ def read_summary(path: Path) -> dict | None:
 def train_atomically(path: Path, train: Callable[[Path], dict]) -> dict:
     """`train(dir)` into a scratch directory, save its summary there and rename it to `path`
     when complete, so a killed run never leaves a half-written checkpoint under the name."""
-    scratch = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    scratch = scratch_path(path)
+    remove_stale_scratch(path)
     shutil.rmtree(scratch, ignore_errors=True)
     summary = train(scratch)
     (scratch / SUMMARY).write_text(json.dumps(summary))

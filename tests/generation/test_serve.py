@@ -32,7 +32,8 @@ def streamed_texts(chunks, n: int, chat: bool = False) -> tuple[list[str], list[
 
 
 def test_completions_streamed_and_not_give_the_same_text(client):
-    kw = dict(model="tiny", prompt="Q: 1+2\nA:", max_tokens=20, n=3, seed=7, temperature=1.0, stop=["\n\n"])
+    kw = {"model": "tiny", "prompt": "Q: 1+2\nA:", "max_tokens": 20, "n": 3, "seed": 7, "temperature": 1.0,
+          "stop": ["\n\n"]}
     plain = client.completions.create(**kw)
     texts, finish = streamed_texts(client.completions.create(**kw, stream=True), 3)
     assert texts == [c.text for c in sorted(plain.choices, key=lambda c: c.index)]
@@ -43,7 +44,7 @@ def test_completions_streamed_and_not_give_the_same_text(client):
 
 
 def test_chat_streamed_and_not_give_the_same_text(client):
-    kw = dict(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=12, seed=3, n=2)
+    kw = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 12, "seed": 3, "n": 2}
     plain = client.chat.completions.create(**kw)
     texts, finish = streamed_texts(client.chat.completions.create(**kw, stream=True), 2, chat=True)
     assert texts == [c.message.content for c in plain.choices] and finish == ["length", "length"]
