@@ -78,11 +78,13 @@ def rolled(seeded, tmp_path_factory):
     return home
 
 
-TABLES = {"tot_rollouts": ("SELECT node_id, tree_id, parent_id, depth, text, is_terminal, is_correct FROM nodes "
-                           "ORDER BY node_id", "SELECT count(*) - count(DISTINCT node_id) FROM nodes"),
-          "mc_labels": ("SELECT node_id, labeler, kind, value, n_rollouts, n_correct FROM step_labels "
-                        "ORDER BY node_id, labeler, kind",
-                        "SELECT count(*) - count(DISTINCT (node_id, labeler, kind)) FROM step_labels")}
+# per stage: its rows, and how many of them repeat another's key
+TABLES = {
+    "tot_rollouts": ("SELECT node_id, tree_id, parent_id, depth, text, is_terminal, is_correct FROM nodes ORDER BY 1",
+                     "SELECT count(*) - count(DISTINCT node_id) FROM nodes"),
+    "mc_labels": ("SELECT node_id, labeler, kind, value, n_rollouts, n_correct FROM step_labels ORDER BY 1, 2, 3",
+                  "SELECT count(*) - count(DISTINCT (node_id, labeler, kind)) FROM step_labels"),
+}
 
 
 @pytest.mark.parametrize("asset,config,base", [("tot_rollouts", ROLLOUTS, "seeded"), ("mc_labels", MC, "rolled")])
@@ -110,7 +112,7 @@ def test_a_stage_killed_inside_a_transaction_resumes_to_the_rows_of_an_uninterru
     statuses = store.records("SELECT status FROM runs WHERE asset_key = ? ORDER BY started_at", [asset])
     assert [r["status"] for r in statuses] == ["interrupted", "success"]
     shown = subprocess.run([str(Path(sys.executable).with_name("qstar")), "sql",
-                            f"select asset_key, status from runs where status = 'interrupted'"],
+                            "select asset_key, status from runs where status = 'interrupted'"],
                            env={**os.environ, "QSTAR_HOME": str(killed)}, capture_output=True, text=True, check=True)
     assert asset in shown.stdout and "interrupted" in shown.stdout
 
