@@ -148,3 +148,19 @@ def test_concurrent_requests_share_a_batch_and_each_gets_what_it_gets_alone(in_p
     batches, requests_ = batcher.batches - before[0], batcher.batched_requests - before[1]
     assert requests_ == 8 and batches < 8  # some requests were generated together
     assert together == alone
+
+
+def test_a_fault_of_the_server_is_a_logged_500(tiny_model_dir, caplog):
+    from starlette.testclient import TestClient
+
+    gen = TransformersGenerator(str(tiny_model_dir))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model fell over")
+
+    gen.generate = broken
+    with TestClient(make_app(gen, "tiny")) as http:
+        r = http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "RuntimeError" in r.json()["error"]["message"] and "fell over" not in r.json()["error"]["message"]
+    assert any("generation failed" in rec.getMessage() and rec.exc_info for rec in caplog.records)
