@@ -35,7 +35,9 @@ def recorded_run(context: AssetExecutionContext, store: LineageStore, config: di
     partition = context.partition_key if context.has_partition_key else None
     code_version = f"{qstar_dagster.__version__}/{context.assets_def.code_versions_by_key.get(context.asset_key)}"
     ref = RunRef(store, context.run_id, asset_key, partition)
-    store.begin_run(context.run_id, asset_key, partition, config, code_version)
+    if died := store.begin_run(context.run_id, asset_key, partition, config, code_version):
+        context.log.warning(f"{died} earlier run(s) of {asset_key}{f'[{partition}]' if partition else ''} died "
+                            "(their process is gone): marked interrupted in the store's runs table")
     try:
         yield ref
     except BaseException:
