@@ -348,7 +348,8 @@ def lineage(artifact_id: str, as_json: bool, max_per_relation: int) -> None:
 @click.argument("model_path")
 @click.option("--host", default="127.0.0.1", show_default=True, help="bind address (loopback by default)")
 @click.option("--port", default=8000, show_default=True)
-@click.option("--name", default=None, help="model name served in /v1/models (default: the path's last part)")
+@click.option("--name", default=None, help="model name served in /v1/models (default: the path's last part; "
+              "for the factory's policy servers: the checkpoint id)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--max-n", default=16, show_default=True, help="most completions per prompt a request may ask for")
 @click.option("--max-prompts", default=64, show_default=True, help="most prompts per request")
@@ -360,15 +361,21 @@ def serve(model_path: str, host: str, port: int, name: str | None, device: str, 
     /v1/models; streaming too) through the transformers backend."""
     import uvicorn
 
-    from qstar_dagster.generation.hf import ModelNotFoundError, TransformersGenerator
+    from qstar_dagster.generation.hf import (
+        ModelNotFoundError,
+        TransformersGenerator,
+        resolve_model_dir,
+    )
     from qstar_dagster.generation.server import ServeLimits, make_app
+    from qstar_dagster.lineage.files import weights_sha256
 
     try:
         gen = TransformersGenerator(model_path, device=device)
     except ModelNotFoundError as e:
         raise click.ClickException(str(e)) from None
     limits = ServeLimits(max_n=max_n, max_prompts=max_prompts, batching=batching)
-    uvicorn.run(make_app(gen, name or Path(model_path).name, limits), host=host, port=port, log_level="warning")
+    app = make_app(gen, name or Path(model_path).name, limits, weights_sha256(resolve_model_dir(model_path)))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -75,8 +75,8 @@ def arith_policy_dir(tmp_path_factory):
     return path
 
 
-def serve_model(model_dir, name: str):
-    """`qstar serve` on a free port in a subprocess; yields its base URL."""
+def start_server(model_dir, name: str) -> tuple[subprocess.Popen, str]:
+    """`qstar serve` on a free port in a subprocess, answering: (its process, its base URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -85,15 +85,22 @@ def serve_model(model_dir, name: str):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        if proc.poll() is not None:
+            pytest.fail(proc.stdout.read())
+        try:
+            requests.get(f"{url}/v1/models", timeout=1)
+            return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.25)
+    proc.kill()
+    pytest.fail(f"qstar serve {model_dir} did not answer in 60 s")
+
+
+def serve_model(model_dir, name: str):
+    """`qstar serve` on a free port in a subprocess; yields its base URL."""
+    proc, url = start_server(model_dir, name)
     try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail(proc.stdout.read())
-            try:
-                requests.get(f"{url}/v1/models", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.25)
         yield url
     finally:
         proc.terminate()

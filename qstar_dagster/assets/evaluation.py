@@ -18,7 +18,7 @@ from qstar_dagster.evaluation.evaluate import (
     sample,
     score_samples,
 )
-from qstar_dagster.generation.backends import check_backend, make_generator
+from qstar_dagster.generation.backends import check_backend
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage import labels as labels_db
 from qstar_dagster.lineage.rollouts import held_out_rollout, imported_rollouts
@@ -116,7 +116,7 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
                 context.log.info(f"{pid}: already evaluated on {config.eval_prompt_set}")
                 continue
             template = artifacts.checkpoint_template(policy)
-            gen = make_generator(config.backend, policy["path"], compute.torch_device(), compute.torch_dtype())
+            gen = compute.policy_generator(policy, config.backend)
             sampled = sample(gen, problems, spec, template)
             rows = _rows([pid], _named(policy_metrics(sampled, spec.ns)), key, len(problems), context.run_id)
             for prm in prms:

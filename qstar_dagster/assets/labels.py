@@ -29,7 +29,7 @@ from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, partition_rollout, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
-from qstar_dagster.generation.backends import check_backend, make_generator
+from qstar_dagster.generation.backends import check_backend
 from qstar_dagster.labeling import imported, pipeline
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.lineage import labels as labels_db
@@ -99,8 +99,7 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
         rollout_id = partition_rollout(context, lineage, config.rollout_id)
         policy = pipeline.labeling_policy(lineage, rollout_id, config.policy)
         results = pipeline.label_monte_carlo(
-            lineage, rollout_id, lambda: make_generator(config.backend, lineage.checkpoint(policy, "policy")["path"],
-                                                        compute.torch_device(), compute.torch_dtype()),
+            lineage, rollout_id, lambda: compute.policy_generator(lineage.checkpoint(policy, "policy"), config.backend),
             spec, config.methods, config.batch_trees, config.seed, config.replace, context.run_id, policy=policy)
         with lineage.transaction() as con:
             run.finish(con)

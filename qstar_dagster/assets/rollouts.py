@@ -21,7 +21,7 @@ from qstar_dagster.assets._config import spec_config, to_spec
 from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import prompts_changed
-from qstar_dagster.generation.backends import check_backend, make_generator
+from qstar_dagster.generation.backends import check_backend
 from qstar_dagster.lineage.artifacts import checkpoint_template
 from qstar_dagster.lineage.rollouts import rollout_summary, tree_shape, tree_violations
 from qstar_dagster.plots import bar_plots_markdown
@@ -76,9 +76,9 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
         template = checkpoint_template(policy)
         plan = plan_rollout(name, version, problems[: config.max_problems], policy["checkpoint_id"], spec,
                             config.batch_size, template)
-        result = run_rollout(lineage, plan, lambda: make_generator(config.backend, policy["path"],
-                                                                   compute.torch_device(), compute.torch_dtype()),
-                             context.run_id, load_prm=lambda path: PRMScorer(path, compute.torch_device()))
+        made = []  # the generator, once run_rollout has asked for one (it does not when nothing is left)
+        result = run_rollout(lineage, plan, lambda: made.append(compute.policy_generator(policy, config.backend))
+                             or made[-1], context.run_id, load_prm=lambda path: PRMScorer(path, compute.torch_device()))
         with lineage.transaction() as con:
             run.finish(con)
     summary = rollout_summary(lineage, plan.rollout_id)
@@ -86,9 +86,12 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
     context.log.info(f"rollout {plan.rollout_id}: {summary['trees']} trees, {summary['nodes']} nodes, "
                      f"selected-path accuracy {summary['selected_accuracy']:.1%}, any path {summary['pass_at_k']:.1%}, "
                      f"{summary['tokens_per_second']:.0f} tokens/s")
+    served = {"policy_server_requests": MetadataValue.json(dict(zip(made[0].base_urls, made[0].requests))),
+              "policy_server_failovers": made[0].failovers} if made and hasattr(made[0], "base_urls") else {}
     yield MaterializeResult(metadata={
         "rollout_id": plan.rollout_id,
         "policy_checkpoint": policy["checkpoint_id"],
+        **served,
         "algorithm": spec.algorithm,
         "value_function": f"prm:{spec.prm_checkpoint}" if spec.value == "prm" else spec.value,
         "trees": summary["trees"],

@@ -189,7 +189,7 @@ class Batcher:
     def __init__(self, gen: TransformersGenerator, limits: ServeLimits):
         self.gen, self.limits = gen, limits
         self.jobs: queue.Queue[_Job] = queue.Queue()
-        self.batches = self.batched_requests = 0  # what the bench and tests read
+        self.batches = self.batched_requests = self.generated_tokens = 0  # /metrics
         threading.Thread(target=self._loop, name="qstar-serve-batcher", daemon=True).start()
 
     def submit(self, prompts: list[str], params: SamplingParams) -> Future:
@@ -227,6 +227,7 @@ class Batcher:
                     continue
                 self.batches += 1
                 self.batched_requests += len(group)
+                self.generated_tokens += sum(c.n_tokens for cs in results for c in cs)
                 at = 0
                 for j in group:
                     j.future.set_result(results[at:at + len(j.prompts)])
@@ -251,11 +252,22 @@ def _sse(payload) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def make_app(gen: TransformersGenerator, model_name: str, limits: ServeLimits = ServeLimits()) -> Starlette:
+def make_app(gen: TransformersGenerator, model_name: str, limits: ServeLimits = ServeLimits(),
+             weights_sha256: str | None = None) -> Starlette:
+    """`weights_sha256`: the served weights' hash, listed in /v1/models, so that a client can
+    check it is talking to the checkpoint it means (the factory's policy servers do)."""
     batcher = Batcher(gen, limits)
 
     async def models(_: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "qstar"}]})
+        card = {"id": model_name, "object": "model", "owned_by": "qstar"}
+        return JSONResponse({"object": "list", "data": [card | ({"sha256": weights_sha256} if weights_sha256 else {})]})
+
+    async def metrics(_: Request) -> Response:
+        """Prometheus' text format: what the server has done since it started."""
+        lines = [f"# TYPE qstar_{name}_total counter\nqstar_{name}_total {value}" for name, value in (
+            ("requests", batcher.batched_requests), ("batches", batcher.batches),
+            ("generated_tokens", batcher.generated_tokens))]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     def usage(parsed: Parsed, flat: list[Completion]) -> dict:
         used = sum(c.n_tokens for c in flat)
@@ -266,13 +278,15 @@ def make_app(gen: TransformersGenerator, model_name: str, limits: ServeLimits = 
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name, "usage": usage(parsed, flat), "choices": [{
                     "index": i, "text": c.text, "finish_reason": c.finish_reason,
+                    "stop_reason": c.stop_string,  # as vLLM says it: the stop string that ended it, or null
                     "logprobs": {"token_logprobs": c.token_logprobs} if parsed.params.logprobs else None,
                 } for i, c in enumerate(flat)]}
 
     def chat_body(parsed: Parsed, flat: list[Completion]) -> dict:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": model_name, "usage": usage(parsed, flat), "choices": [{
-                    "index": i, "finish_reason": c.finish_reason, "message": {"role": "assistant", "content": c.text},
+                    "index": i, "finish_reason": c.finish_reason, "stop_reason": c.stop_string,
+                    "message": {"role": "assistant", "content": c.text},
                     "logprobs": {"content": [{"logprob": lp} for lp in c.token_logprobs]}
                     if parsed.params.logprobs else None,
                 } for i, c in enumerate(flat)]}
@@ -317,7 +331,8 @@ def make_app(gen: TransformersGenerator, model_name: str, limits: ServeLimits = 
         return handle
 
     app = Starlette(routes=[
-        Route("/v1/models", models), Route("/v1/completions", endpoint(chat=False), methods=["POST"]),
+        Route("/v1/models", models), Route("/metrics", metrics),
+        Route("/v1/completions", endpoint(chat=False), methods=["POST"]),
         Route("/v1/chat/completions", endpoint(chat=True), methods=["POST"]),
     ])
     app.state.batcher = batcher

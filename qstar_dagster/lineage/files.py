@@ -1,9 +1,11 @@
-"""Files written whole or not at all: a scratch name beside the target (`.tmp-<name>-<pid>`),
-renamed into place when complete; scratch that a killed process left is removed by the next
-writer of the same target. Used for datasets, checkpoints and their summaries."""
+"""Checkpoint and dataset files: the one hash of a model's weights, and files written whole
+or not at all (a scratch name beside the target, `.tmp-<name>-<pid>`, renamed into place
+when complete; scratch that a killed process left is removed by the next writer of the same
+target). Used for datasets, checkpoints and their summaries, and by `qstar serve`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -53,3 +55,15 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     tmp = scratch_path(path)
     write(tmp)
     os.replace(tmp, path)
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """One hash over a checkpoint's weight files, to tell two checkpoints at one path apart."""
+    h = hashlib.sha256()
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()

@@ -1,5 +1,7 @@
-"""Where models run: device, dtype, CPU threads. Assets that need a GPU also declare the
-Dagster pool `gpu` (see README), so two GPU steps never share a card by accident."""
+"""Where models run: device, dtype, CPU threads, or policy servers (OpenAI-compatible
+endpoints serving the policy, for the stages that sample from it). Assets that need a GPU
+also declare the Dagster pool `gpu` (see README), so two GPU steps never share a card by
+accident."""
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
@@ -11,6 +13,12 @@ class ComputeResource(ConfigurableResource):
     device: str = Field("auto", description="auto (cuda:0 when there is one, else cpu), cpu, or cuda:N")
     dtype: str = Field("auto", description="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     threads: int | None = Field(None, description="torch CPU threads; unset: torch's default")
+    policy_servers: list[str] = Field([], description="base URLs (e.g. http://gpu-1:8000/v1) of OpenAI-compatible "
+                                      "servers of the policy checkpoint, served under its checkpoint id (qstar serve "
+                                      "--name ID, vLLM --served-model-name ID): rollouts, Monte Carlo labels and the "
+                                      "evaluation sample from them, spread over all and moved off one that dies; "
+                                      "empty: the policy runs in this process")
+    policy_server_concurrency: int = Field(8, description="requests in flight per stage across the policy servers")
     _threads_before: int | None = PrivateAttr(None)
 
     # torch's thread count is process-wide: set for a run's steps, restored after, so runs in
@@ -50,3 +58,18 @@ class ComputeResource(ConfigurableResource):
             return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
         except KeyError:
             raise ValueError(f"compute.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}") from None
+
+    def policy_generator(self, checkpoint: dict, backend: str = "transformers"):
+        """The Generator a stage samples a policy checkpoint (a checkpoints row) with: its
+        policy servers, checked to serve this checkpoint's name and weights, or the model
+        loaded here with `backend`."""
+        if not self.policy_servers:
+            from qstar_dagster.generation.backends import make_generator
+
+            return make_generator(backend, checkpoint["path"], self.torch_device(), self.torch_dtype())
+        from qstar_dagster.generation.openai_http import OpenAICompatibleGenerator
+
+        gen = OpenAICompatibleGenerator(self.policy_servers, checkpoint["checkpoint_id"],
+                                        max_concurrency=self.policy_server_concurrency)
+        gen.check_model(checkpoint.get("sha256"))
+        return gen

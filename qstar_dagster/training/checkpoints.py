@@ -4,7 +4,6 @@ into place when complete, reused when recorded and still on disk."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,25 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from qstar_dagster.lineage.artifacts import checkpoint_row
-from qstar_dagster.lineage.files import remove_stale_scratch, scratch_path
+from qstar_dagster.lineage.files import remove_stale_scratch, scratch_path, weights_sha256
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.tasks.problem import content_id
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "training.json"
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """One hash over a checkpoint's weight files, to tell two checkpoints at one path apart."""
-    h = hashlib.sha256()
-    files = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def read_summary(path: Path) -> dict | None:
