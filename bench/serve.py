@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,30 +23,11 @@ import time
 from pathlib import Path
 
 import openai
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
-
-
-def start(model: Path, batching: bool) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).with_name("qstar")
-    proc = subprocess.Popen([str(exe), "serve", str(model), "--port", str(port), "--name", "m",
-                             "--batching" if batching else "--no-batching"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            requests.get(f"{url}/v1/models", timeout=1)
-            return proc, url
-        except requests.ConnectionError:
-            time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("qstar serve did not start")
+from tests.conftest import start_server
 
 
 def load(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
@@ -104,7 +82,7 @@ def main() -> None:
             tok.save_pretrained(model)
         out = {}
         for name, batching in (("one at a time", False), ("batched", True)):
-            proc, url = start(model, batching)
+            proc, url = start_server(model, "m", "--batching" if batching else "--no-batching")
             try:
                 load(url, 2, 3, args.max_tokens)  # warm-up
                 out[name] = load(url, args.clients, args.seconds, args.max_tokens)

@@ -75,13 +75,14 @@ def arith_policy_dir(tmp_path_factory):
     return path
 
 
-def start_server(model_dir, name: str) -> tuple[subprocess.Popen, str]:
-    """`qstar serve` on a free port in a subprocess, answering: (its process, its base URL)."""
+def start_server(model_dir, name: str, *options: str) -> tuple[subprocess.Popen, str]:
+    """`qstar serve` (with `options`) on a free port in a subprocess, answering: (its process,
+    its base URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("qstar")
-    proc = subprocess.Popen([str(exe), "serve", str(model_dir), "--port", str(port), "--name", name],
+    proc = subprocess.Popen([str(exe), "serve", str(model_dir), "--port", str(port), "--name", name, *options],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
