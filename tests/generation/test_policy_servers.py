@@ -20,10 +20,10 @@ from qstar_dagster.tasks.arith import generate_problems
 
 from ..conftest import EASY_ARITH, start_server
 
-# Best-of-N: its trees are what was sampled. Beam search's pruning breaks ties between candidates
-# of equal likelihood (the same step sampled twice: 73 such sibling groups in these trees) by
-# float noise in the last digits, which differs between server processes and batches: beam
-# through one server twice gives the same trees, through two it did not.
+# Best-of-N: its trees are what was sampled. Beam search is not reproducible across servers yet:
+# through one server twice it gives the same trees, through server A and through server B (the
+# same weights, no kill) different ones; counting the same step sampled twice as one candidate
+# did not change that (undiagnosed; README, Policy servers).
 ROLLOUTS = {"algorithm": "best_of_n", "n": 3, "step_max_tokens": 12, "max_depth": 4, "batch_size": 2}
 NODES = "SELECT node_id, parent_id, text, is_terminal, is_correct FROM nodes ORDER BY node_id"
 LOGPROBS = "SELECT node_id, logprob FROM nodes ORDER BY node_id"
