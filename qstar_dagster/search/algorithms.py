@@ -171,8 +171,15 @@ class Search:
             for tree, child in children:
                 if not child.is_terminal:
                     frontier[tree.tree_id].append(child)
-            for nodes in frontier.values():
-                nodes.sort(key=lambda n: -(n.value or 0.0))  # stable: equal values keep sampling order
+            for tid, nodes in frontier.items():
+                # One partial solution sampled twice (the same steps from the root) is one candidate
+                # with one value: its copies tie exactly, so float noise in their scores (which
+                # differs between backends, servers and batches) cannot reorder them. The sort is
+                # stable: ties keep sampling order.
+                value: dict[tuple[str, ...], float] = {}
+                for n in nodes:
+                    value.setdefault(_steps(by_id[tid], n), n.value or 0.0)
+                nodes.sort(key=lambda n, t=by_id[tid]: -value[_steps(t, n)])
                 del nodes[self.spec.beam_width:]
 
     def _mcts(self, trees: list[Tree]) -> None:
@@ -233,3 +240,8 @@ def search(trees: list[Tree], spec: SearchSpec, generator: Generator, value: Val
     s = Search(spec, generator, value, spec.seed if seed is None else seed)
     s.run(trees)
     return trees, s.stats
+
+
+def _steps(tree: Tree, node) -> tuple[str, ...]:
+    """The texts of the steps from the root to `node`: what the partial solution says."""
+    return tuple(n.text for n in tree.path(node)[1:])

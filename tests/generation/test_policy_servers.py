@@ -20,11 +20,10 @@ from qstar_dagster.tasks.arith import generate_problems
 
 from ..conftest import EASY_ARITH, start_server
 
-# Best-of-N: its trees are what was sampled. Beam search is not reproducible across servers yet:
-# through one server twice it gives the same trees, through server A and through server B (the
-# same weights, no kill) different ones; counting the same step sampled twice as one candidate
-# did not change that (undiagnosed; README, Policy servers).
-ROLLOUTS = {"algorithm": "best_of_n", "n": 3, "step_max_tokens": 12, "max_depth": 4, "batch_size": 2}
+BEST_OF_N = {"algorithm": "best_of_n", "n": 3, "step_max_tokens": 12, "max_depth": 4, "batch_size": 2}
+# Beam prunes by likelihood: the same partial solution sampled twice (73 such groups in these
+# trees) must tie exactly, or float noise that differs between servers reorders its copies.
+BEAM = {"algorithm": "beam", "k": 2, "beam_width": 2, "step_max_tokens": 12, "max_depth": 4, "batch_size": 2}
 NODES = "SELECT node_id, parent_id, text, is_terminal, is_correct FROM nodes ORDER BY node_id"
 LOGPROBS = "SELECT node_id, logprob FROM nodes ORDER BY node_id"
 
@@ -68,13 +67,14 @@ def served_requests(url: str) -> int:
     return int(next(line.split()[1] for line in text.splitlines() if line.startswith("qstar_requests_total")))
 
 
-def test_a_rollout_through_two_servers_one_killed_mid_run_ends_as_through_one(seeded, servers, tmp_path):
+@pytest.mark.parametrize("config", [BEST_OF_N, BEAM], ids=["best_of_n", "beam"])
+def test_a_rollout_through_two_servers_one_killed_mid_run_ends_as_through_one(seeded, servers, tmp_path, config):
     home, _ = seeded
     (_, a), (b_proc, b) = servers
     one, two = tmp_path / "one", tmp_path / "two"
     shutil.copytree(home, one)
     shutil.copytree(home, two)
-    run(one, tot_rollouts, ROLLOUTS, servers=[f"{a}/v1"])
+    run(one, tot_rollouts, config, servers=[f"{a}/v1"])
     through_a = served_requests(a)
 
     killed = {}
@@ -87,7 +87,7 @@ def test_a_rollout_through_two_servers_one_killed_mid_run_ends_as_through_one(se
 
     killer = threading.Thread(target=kill_b_once_it_has_served)
     killer.start()
-    result = run(two, tot_rollouts, ROLLOUTS, servers=[f"{b}/v1", f"{a}/v1"])
+    result = run(two, tot_rollouts, config, servers=[f"{b}/v1", f"{a}/v1"])
     killer.join(5)
     assert killed["after"] >= 5 and b_proc.poll() is not None  # B served, then died before the run ended
     [mat] = result.asset_materializations_for_node("tot_rollouts")
@@ -107,9 +107,9 @@ def test_a_server_of_another_model_is_refused(seeded, arith_policy_dir, tiny_mod
     other_weights, url_weights = start_server(tiny_model_dir, checkpoint)
     try:
         shutil.copytree(home, tmp_path / "h")
-        wrong_name = run(tmp_path / "h", tot_rollouts, ROLLOUTS, servers=[f"{url_name}/v1"], raise_on_error=False)
+        wrong_name = run(tmp_path / "h", tot_rollouts, BEST_OF_N, servers=[f"{url_name}/v1"], raise_on_error=False)
         assert f"start it with --name {checkpoint}" in wrong_name.failure_data_for_node("tot_rollouts").error.cause.message
-        wrong_weights = run(tmp_path / "h", tot_rollouts, ROLLOUTS, servers=[f"{url_weights}/v1"], raise_on_error=False)
+        wrong_weights = run(tmp_path / "h", tot_rollouts, BEST_OF_N, servers=[f"{url_weights}/v1"], raise_on_error=False)
         assert "serves other weights" in wrong_weights.failure_data_for_node("tot_rollouts").error.cause.message
     finally:
         for proc in (other_name, other_weights):
