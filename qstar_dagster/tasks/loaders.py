@@ -9,6 +9,7 @@ only after loading never half-writes a prompt set.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -129,21 +130,33 @@ def _check(path: Path, format: str | None) -> None:
         raise ProblemFileError(path, f"unknown format {format!r}", f"use one of {', '.join(FORMATS)} or leave it unset")
 
 
+def _with_format(path: Path, format: str | None) -> tuple[str | None, Iterator[tuple[int, dict[str, Any]]]]:
+    """The file's rows (the file read once), and `format`, else the one its first row has."""
+    rows = _rows(path)
+    first = next(rows)  # an empty file raises here
+    return format or detect_format(first[1]), itertools.chain([first], rows)
+
+
 def file_format(path: str | Path, format: str | None = None) -> str | None:
     """`format`, else the format the file's first row has (None when it has none of them)."""
     path = Path(path)
     _check(path, format)
-    return format or next((detect_format(row) for _, row in _rows(path)), None)
+    return _with_format(path, format)[0]
+
+
+def _labeled(path: Path, format: str | None, rows) -> list[LabeledSolution]:
+    if format not in LABELED_FORMATS:
+        raise ProblemFileError(path, f"not a process-supervision file (format {format})",
+                               f"give a {', '.join(LABELED_FORMATS)} file, or pass format= one of them")
+    return [parse_line(path, lineno, row, format) for lineno, row in rows]
 
 
 def load_labeled(path: str | Path, format: str | None = None) -> tuple[str, list[LabeledSolution]]:
     """The format and every labeled solution of a process-supervision file, checked whole."""
     path = Path(path)
-    format = file_format(path, format)
-    if format not in LABELED_FORMATS:
-        raise ProblemFileError(path, f"not a process-supervision file (format {format})",
-                               f"give a {', '.join(LABELED_FORMATS)} file, or pass format= one of them")
-    return format, [parse_line(path, lineno, row, format) for lineno, row in _rows(path)]
+    _check(path, format)
+    format, rows = _with_format(path, format)
+    return format, _labeled(path, format, rows)
 
 
 def load_problems(path: str | Path, format: str | None = None, fields: JsonlFields | None = None) -> list[Problem]:
@@ -151,10 +164,11 @@ def load_problems(path: str | Path, format: str | None = None, fields: JsonlFiel
     when None. Raises ProblemFileError, naming file, line and fix, on bad input."""
     path = Path(path)
     _check(path, format)
-    if (format or file_format(path)) in LABELED_FORMATS:
-        return [p for p, _ in problems_of(load_labeled(path, format)[1])]
+    detected, rows = _with_format(path, format)
+    if detected in LABELED_FORMATS:
+        return [p for p, _ in problems_of(_labeled(path, detected, rows))]
     problems: list[Problem] = []
-    for lineno, row in _rows(path):
+    for lineno, row in rows:
         if format is None:
             # Custom field names mean generic JSONL, unless the row is plainly GSM8K or MATH.
             format = detect_format(row) or ("jsonl" if fields is not None else None)
