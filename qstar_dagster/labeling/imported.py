@@ -30,15 +30,9 @@ from qstar_dagster.search.tree import Node, Tree
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.grading import extract_answer
 from qstar_dagster.tasks.problem import content_id, policy_prompt
-from qstar_dagster.tasks.process_files import (
-    LABELED_FORMATS,
-    PRM800K,
-    LabeledSolution,
-    problems_of,
-)
+from qstar_dagster.tasks.process_files import PRM800K, LabeledSolution, problems_of
 from qstar_dagster.tasks.steps import step_format
 
-LABELERS = {f: f for f in LABELED_FORMATS}  # each format's labels go under its own name
 SEARCH_PREFIX = "import:"  # trees.search of an imported rollout: import:<format>
 
 
@@ -54,15 +48,14 @@ class _Rated:
 class ImportedRollout:
     rollout_id: str
     format: str
-    labeler: str
     trees: list[Tree]
     tree_rows: list[dict]
     node_rows: list[dict]
     label_rows: list[dict]
 
     @property
-    def n_labeled_steps(self) -> int:
-        return len({r["node_id"] for r in self.label_rows})
+    def labeler(self) -> str:
+        return self.format  # each format's labels go under its own name
 
 
 def rollout_id_of(format: str, prompt_set: str, version: str, file_sha256: str) -> str:
@@ -86,7 +79,7 @@ def _label_rows(format: str, node_id: str, r: _Rated, run_id: str | None) -> lis
         positive = sum(x > 0 for x in r.ratings)
         values = {"hard": float(2 * positive > len(r.ratings))}
     raw = json.dumps({"lines": r.lines, "ratings": r.ratings, "flagged": r.flagged, "human": r.human})
-    return [{"node_id": node_id, "labeler": LABELERS[format], "kind": kind, "value": value,
+    return [{"node_id": node_id, "labeler": format, "kind": kind, "value": value,
              "n_rollouts": len(r.ratings), "n_correct": positive, "cost_tokens": 0, "raw": raw,
              "labeler_checkpoint": None, "created_run": run_id} for kind, value in values.items()]
 
@@ -158,4 +151,4 @@ def build_import(format: str, solutions: Sequence[LabeledSolution], prompt_set: 
             "selected_node": chosen and chosen.node_id, "selected_correct": bool(chosen and chosen.is_correct),
             "any_correct": any(n.is_correct for n in tree.terminals()), "created_run": run_id, "created_at": utcnow(),
         })
-    return ImportedRollout(rollout_id, format, LABELERS[format], trees, tree_rows, node_rows, label_rows)
+    return ImportedRollout(rollout_id, format, trees, tree_rows, node_rows, label_rows)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from qstar_dagster.generation.base import Generator
-from qstar_dagster.labeling import binary_search, imported, judge, montecarlo, oracle
+from qstar_dagster.labeling import binary_search, judge, montecarlo, oracle
 from qstar_dagster.labeling.agreement import agreement
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage import labels as labels_db
@@ -28,6 +28,7 @@ from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import policy_prompt
+from qstar_dagster.tasks.process_files import LABELED_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MC_METHODS = (montecarlo.LABELER, binary_search.LABELER)
 CONSENSUS = "consensus"
 # Labels other labelers are measured against, where a rollout has them: the domain's oracle,
 # and the human (or published) labels of an imported file.
-REFERENCE_LABELERS = (oracle.LABELER, *imported.LABELERS.values())
+REFERENCE_LABELERS = (oracle.LABELER, *LABELED_FORMATS)
 
 
 @dataclass
