@@ -40,7 +40,7 @@ from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
 from qstar_dagster.search.estimate import EstimatorSpec
 from qstar_dagster.tasks.loaders import load_labeled
-from qstar_dagster.tasks.process_files import LABELED_FORMATS, problems_of
+from qstar_dagster.tasks.process_files import LABELED_FORMATS
 from qstar_dagster.tasks.prompt_sets import labeled_inbox_file
 from qstar_dagster.training.judge import JudgeTrainSpec, build_judge
 
@@ -161,13 +161,13 @@ def imported_labels(context: AssetExecutionContext, config: ImportedLabelsConfig
     with recorded_run(context, lineage, config.model_dump()) as run:
         fmt, solutions = load_labeled(path, config.format)  # checked whole before anything is written
         version, problems = lineage.prompt_set_problems(context.partition_key)
-        missing = {p.prompt_id for p, _ in problems_of(solutions)} - {p.prompt_id for p in problems}
+        built = imported.build_import(fmt, solutions, context.partition_key, version, str(path),
+                                      hashlib.sha256(path.read_bytes()).hexdigest(), context.run_id)
+        missing = {t.problem.prompt_id for t in built.trees} - {p.prompt_id for p in problems}
         if missing:
             raise ValueError(f"{path} holds {len(missing)} problems the current version of prompt set "
                              f"{context.partition_key!r} lacks (the file changed since prompt_set ran); "
                              f"materialize prompt_set for {context.partition_key!r} again first")
-        built = imported.build_import(fmt, solutions, context.partition_key, version, str(path),
-                                      hashlib.sha256(path.read_bytes()).hexdigest(), context.run_id)
         written = write_whole_rollout(lineage, built.rollout_id, built.node_rows, built.label_rows, built.tree_rows)
         with lineage.transaction() as con:
             run.finish(con)

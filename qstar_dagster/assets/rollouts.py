@@ -22,6 +22,7 @@ from qstar_dagster.assets._runs import forward_logs, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import prompts_changed
 from qstar_dagster.generation.backends import check_backend
+from qstar_dagster.generation.openai_http import OpenAICompatibleGenerator
 from qstar_dagster.lineage.artifacts import checkpoint_template
 from qstar_dagster.lineage.rollouts import rollout_summary, tree_shape, tree_violations
 from qstar_dagster.plots import bar_plots_markdown
@@ -86,8 +87,10 @@ def tot_rollouts(context: AssetExecutionContext, config: RolloutsConfig, store: 
     context.log.info(f"rollout {plan.rollout_id}: {summary['trees']} trees, {summary['nodes']} nodes, "
                      f"selected-path accuracy {summary['selected_accuracy']:.1%}, any path {summary['pass_at_k']:.1%}, "
                      f"{summary['tokens_per_second']:.0f} tokens/s")
-    served = {"policy_server_requests": MetadataValue.json(dict(zip(made[0].base_urls, made[0].requests))),
-              "policy_server_failovers": made[0].failovers} if made and hasattr(made[0], "base_urls") else {}
+    served = {}
+    if made and isinstance(made[0], OpenAICompatibleGenerator):  # through policy servers
+        served = {"policy_server_requests": MetadataValue.json(dict(zip(made[0].base_urls, made[0].requests))),
+                  "policy_server_failovers": made[0].failovers}
     yield MaterializeResult(metadata={
         "rollout_id": plan.rollout_id,
         "policy_checkpoint": policy["checkpoint_id"],
