@@ -7,7 +7,7 @@ export QSTAR_HOME
 export DAGSTER_HOME := $(QSTAR_HOME)/dagster
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo test ui lint clean
+.PHONY: install browser postgres demo test ui lint clean
 
 install: $(STAMP)
 
@@ -32,7 +32,15 @@ browser:
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "Chromium could not be installed here: the browser test will skip"
 
-test: install browser
+# Debian's PostgreSQL server binaries for the shared-store tests (tests/lineage/): the tests
+# start their own throwaway server; without the binaries they skip and say why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1; }; }; } || \
+	  echo "PostgreSQL could not be installed here: the shared-store tests will skip"
+
+test: install browser postgres
 	$(BIN)/python -m pytest -q
 
 # Dagster UI and daemon (schedules, sensors) on 127.0.0.1:3000, instance under $(DAGSTER_HOME).

@@ -25,7 +25,7 @@ def _home() -> Path:
     return Path(default_home())
 
 
-def _store_path() -> Path:
+def _store_path() -> str | Path:
     return default_store_path(_home())
 
 
@@ -62,8 +62,8 @@ def init() -> None:
 
     home = _home()
     prepare_instance(home)
-    LineageStore(_store_path())
-    click.echo(f"data directory {home}\nDagster instance {os.environ['DAGSTER_HOME']}\nlineage store {_store_path()}")
+    store = LineageStore(_store_path())
+    click.echo(f"data directory {home}\nDagster instance {os.environ['DAGSTER_HOME']}\nlineage store {store.path}")
 
 
 def _json_option(value: str | None, name: str) -> dict:
@@ -248,36 +248,29 @@ def _require_store():
     from qstar_dagster.lineage import LineageStore
 
     path = _store_path()
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         raise click.ClickException(f"no lineage store at {path}; run `make demo` (or `qstar init`) first, "
                                    "or set QSTAR_HOME to your data directory")
     return LineageStore(path)
 
 
-def _open_read_only():
-    import duckdb
-
-    _require_store()  # applies any pending migrations before reading
-    return duckdb.connect(str(_store_path()), read_only=True)
-
-
 def _print_sql(query: str, as_json: bool, max_rows: int = 100) -> None:
     import duckdb
 
-    con = _open_read_only()
-    try:
-        rel = con.sql(query)
-        if rel is None:
-            return
-        if as_json:
-            columns = rel.columns
-            click.echo(json.dumps([dict(zip(columns, r)) for r in rel.fetchall()], indent=2, default=str))
-        else:
-            rel.show(max_rows=max_rows, max_width=200)
-    except duckdb.Error as e:
-        raise click.ClickException(f"{type(e).__name__}: {e}") from None
-    finally:
-        con.close()
+    # opening the store applies pending migrations; the query then reads through a
+    # read-only connection (a shared store's is attached read-only)
+    with _require_store().connect(read_only=True) as con:
+        try:
+            rel = con.sql(query)
+            if rel is None:
+                return
+            if as_json:
+                columns = rel.columns
+                click.echo(json.dumps([dict(zip(columns, r)) for r in rel.fetchall()], indent=2, default=str))
+            else:
+                rel.show(max_rows=max_rows, max_width=200)
+        except duckdb.Error as e:
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
 
 
 @main.command()

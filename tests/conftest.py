@@ -127,3 +127,23 @@ def copied_env(seeded_home, tmp_path):
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test", "arith-train"])
     return instance, home, LineageStore(home / "lineage.duckdb")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (Debian's binaries, a fresh cluster);
+    skips, saying why, where this machine has none."""
+    from qstar_dagster.lineage import local_postgres
+
+    try:
+        server = local_postgres.start(durable=False)
+    except local_postgres.NoPostgres as e:
+        pytest.skip(f"shared-store tests need PostgreSQL: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A new empty database on the session's server: a shared store's URL."""
+    return postgres.new_database()

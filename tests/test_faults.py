@@ -125,7 +125,7 @@ def test_a_training_killed_before_its_checkpoint_is_in_place_leaves_no_orphan(se
     checkpoints = home / "checkpoints"
     [orphan] = list(checkpoints.glob(".tmp-*"))  # trained whole, killed before the rename
     store = LineageStore(home / "lineage.duckdb")
-    built_in = "SELECT checkpoint_id, path FROM checkpoints WHERE config->>'architecture' = 'char-llama'"
+    built_in = "SELECT checkpoint_id, path FROM checkpoints WHERE (config->>'architecture') = 'char-llama'"
     assert store.records(built_in) == []
 
     run_child("base_policy", str(home), json.dumps(TRAIN))

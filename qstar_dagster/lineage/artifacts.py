@@ -16,7 +16,7 @@ from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, content_id
 def prompt_answers(store: LineageStore, prompt_set: str) -> list[dict]:
     """(prompt_id, reference_answer, answer_from) of the current version, in source order;
     answer_from is where a labeled file's answer came from (file, right_solution, unknown)."""
-    return store.records("SELECT prompt_id, reference_answer, meta->>'answer_from' AS answer_from FROM prompts "
+    return store.records("SELECT prompt_id, reference_answer, (meta->>'answer_from') AS answer_from FROM prompts "
                          "WHERE prompt_set = ? ORDER BY idx", [prompt_set])
 
 
@@ -46,8 +46,8 @@ def latest_dataset(store: LineageStore, prompt_set: str, kind: str, labeler: str
     when given; for label-based kinds, from `labeler`'s labels); a clear error when none."""
     rows = store.records("""
         SELECT d.* FROM datasets d
-        WHERE d.kind = ? AND d.spec->>'rollout_id' IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?)
-          AND (? IS NULL OR d.spec->>'labeler' = ?) AND (? IS NULL OR d.spec->>'rollout_id' = ?)
+        WHERE d.kind = ? AND (d.spec->>'rollout_id') IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?)
+          AND (? IS NULL OR (d.spec->>'labeler') = ?) AND (? IS NULL OR (d.spec->>'rollout_id') = ?)
         ORDER BY d.created_at DESC LIMIT 1""", [kind, prompt_set, labeler, labeler, rollout_id, rollout_id])
     if not rows:
         raise LookupError(f"no {kind} dataset{f' from {labeler} labels' if labeler else ''} of prompt set "
@@ -78,7 +78,7 @@ def checkpoints_of_prompt_set(store: LineageStore, kind: str, prompt_set: str) -
     return store.records("""
         WITH trained AS (
             SELECT c.checkpoint_id, c.base FROM checkpoints c JOIN datasets d ON d.dataset_id = c.trained_on_dataset
-            WHERE d.spec->>'rollout_id' IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?))
+            WHERE (d.spec->>'rollout_id') IN (SELECT DISTINCT rollout_id FROM trees WHERE prompt_set = ?))
         SELECT * FROM checkpoints
         WHERE kind = ? AND (checkpoint_id IN (SELECT checkpoint_id FROM trained)
                             OR checkpoint_id IN (SELECT base FROM trained)
@@ -97,7 +97,7 @@ def trained_from(store: LineageStore, base: str) -> dict[str, str]:
     """The latest checkpoint of each kind trained from `base`, keyed by kind ("prm", "judge")
     or, for policies, by trainer ("rft", "trl.DPOTrainer")."""
     rows = store.records("""
-        SELECT kind, config->>'trainer' AS trainer, arg_max(checkpoint_id, created_at) AS checkpoint_id
+        SELECT kind, (config->>'trainer') AS trainer, arg_max(checkpoint_id, created_at) AS checkpoint_id
         FROM checkpoints WHERE base = ? GROUP BY 1, 2""", [base])
     return {(r["trainer"] if r["kind"] == "policy" else r["kind"]): r["checkpoint_id"] for r in rows}
 
@@ -105,7 +105,7 @@ def trained_from(store: LineageStore, base: str) -> dict[str, str]:
 # --- evaluations --------------------------------------------------------------------------------
 
 # the stages that measure checkpoints: the base policy's own measurement when it is made, and
-# the evaluation sweep (every N, every PRM); details->>'stage' says which wrote a row
+# the evaluation sweep (every N, every PRM); (details->>'stage') says which wrote a row
 EVALUATION_STAGES = ("base_policy", "evaluation")
 
 
@@ -140,7 +140,7 @@ def latest_sweep(store: LineageStore, prompt_set: str, version: str | None = Non
     return store.records("""
         SELECT checkpoint_ids, method, accuracy FROM (
             SELECT *, row_number() OVER (PARTITION BY checkpoint_ids, method ORDER BY created_at DESC) AS k
-            FROM evaluations WHERE prompt_set = ? AND details->>'stage' = 'evaluation'
+            FROM evaluations WHERE prompt_set = ? AND (details->>'stage') = 'evaluation'
               AND (? IS NULL OR prompt_set_version = ?) AND (? IS NULL OR checkpoint_ids[1] = ?)) WHERE k = 1
         """, [prompt_set, version, version, policy, policy])
 

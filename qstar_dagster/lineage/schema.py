@@ -203,8 +203,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """
         -- the sweep's rows were the ones with an N in their details
         UPDATE evaluations SET details = json_merge_patch(details, json_object('stage',
-            CASE WHEN details->>'N' IS NOT NULL THEN 'evaluation' ELSE 'base_policy' END))
-        WHERE details->>'stage' IS NULL;
+            CASE WHEN (details->>'N') IS NOT NULL THEN 'evaluation' ELSE 'base_policy' END))
+        WHERE (details->>'stage') IS NULL;
         """,
     ),
     (
@@ -220,6 +220,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
+
+# A shared store's migrations run through DuckDB's postgres extension, which maps the DDL's
+# types; where a migration's DuckDB SQL cannot run over the extension (an UPDATE of a JSON
+# column), this is PostgreSQL's own text of it.
+POSTGRES_MIGRATIONS: dict[int, str] = {
+    6: """
+        UPDATE evaluations SET details = (details::jsonb || jsonb_build_object('stage',
+            CASE WHEN details->>'N' IS NOT NULL THEN 'evaluation' ELSE 'base_policy' END))::json
+        WHERE details->>'stage' IS NULL
+    """,
+}
 
 # Views are code, not data: they are dropped and recreated whenever a store is opened
 # read-write, so changing one needs no migration.
@@ -253,7 +264,7 @@ VIEWS: dict[str, str] = {
         FROM trees WHERE policy_checkpoint IS NOT NULL
         UNION ALL
         -- an imported file's trees (PRM800K, Math-Shepherd, ProcessBench) come from the file
-        SELECT 'tree', tree_id, 'source', spec->>'source', 'imported_from' FROM trees WHERE search LIKE 'import:%'
+        SELECT 'tree', tree_id, 'source', (spec->>'source'), 'imported_from' FROM trees WHERE search LIKE 'import:%'
         UNION ALL
         SELECT 'step_label', node_id || '/' || labeler || '/' || kind, 'node', node_id, 'labels' FROM step_labels
         UNION ALL
@@ -265,7 +276,7 @@ VIEWS: dict[str, str] = {
         -- Datasets made from one labeler's labels (prm, step_pairs) point at the labels they read.
         SELECT DISTINCT 'dataset', m.dataset_id, 'step_label', l.node_id || '/' || l.labeler || '/' || l.kind, 'labeled_by'
         FROM dataset_members m JOIN datasets d USING (dataset_id)
-        JOIN step_labels l ON l.node_id = m.node_id AND l.labeler = d.spec->>'labeler' AND l.kind = 'hard'
+        JOIN step_labels l ON l.node_id = m.node_id AND l.labeler = (d.spec->>'labeler') AND l.kind = 'hard'
         WHERE d.kind IN ('prm', 'step_pairs')
         UNION ALL
         SELECT 'checkpoint', checkpoint_id, 'dataset', trained_on_dataset, 'trained_on'
@@ -294,12 +305,15 @@ VIEWS: dict[str, str] = {
     # Every terminal node with its path from the root: the solution a rollout wrote, step by
     # step (steps[1] is the first step; the root holds no text).
     "rollout_paths": """
-        WITH RECURSIVE walk(leaf_id, node_id, parent_id, steps, node_ids) AS (
+        -- (the recursive steps read a materialized copy: DuckDB's postgres extension
+        -- scans a table once per query, so a shared store's walk stopped at the second step)
+        WITH RECURSIVE steps AS MATERIALIZED (SELECT node_id, parent_id, text FROM nodes),
+        walk(leaf_id, node_id, parent_id, steps, node_ids) AS (
             SELECT node_id, node_id, parent_id, [text], [node_id] FROM nodes WHERE is_terminal
             UNION ALL
             SELECT w.leaf_id, n.node_id, n.parent_id, list_prepend(n.text, w.steps),
                    list_prepend(n.node_id, w.node_ids)
-            FROM walk w JOIN nodes n ON n.node_id = w.parent_id
+            FROM walk w JOIN steps n ON n.node_id = w.parent_id
         )
         SELECT t.rollout_id, t.prompt_set, l.tree_id, l.prompt_id, w.leaf_id AS node_id,
                w.node_ids[2:] AS step_node_ids, w.steps[2:] AS steps,
@@ -323,10 +337,11 @@ VIEWS: dict[str, str] = {
     # checkpoint trained from a round-k policy is round k+1; a rollout sampled by a round-k
     # policy (and what was made from it: labels, datasets) feeds round k+1.
     "rounds": """
-        WITH RECURSIVE r(checkpoint_id, kind, round) AS (
-            SELECT checkpoint_id, kind, 0 FROM checkpoints WHERE kind = 'policy' AND trained_on_dataset IS NULL
+        WITH RECURSIVE ck AS MATERIALIZED (SELECT checkpoint_id, kind, base, trained_on_dataset FROM checkpoints),
+        r(checkpoint_id, kind, round) AS (
+            SELECT checkpoint_id, kind, 0 FROM ck WHERE kind = 'policy' AND trained_on_dataset IS NULL
             UNION ALL
-            SELECT c.checkpoint_id, c.kind, r.round + 1 FROM checkpoints c JOIN r ON c.base = r.checkpoint_id
+            SELECT c.checkpoint_id, c.kind, r.round + 1 FROM ck c JOIN r ON c.base = r.checkpoint_id
             WHERE r.kind = 'policy' AND c.kind IN ('policy', 'prm')
         ),
         rollouts AS (
@@ -336,7 +351,7 @@ VIEWS: dict[str, str] = {
         SELECT kind, checkpoint_id AS id, round, NULL AS prompt_set FROM r
         UNION ALL SELECT 'rollout', rollout_id, round, prompt_set FROM rollouts
         UNION ALL SELECT 'dataset:' || d.kind, d.dataset_id, o.round, o.prompt_set
-        FROM datasets d JOIN rollouts o ON o.rollout_id = d.spec->>'rollout_id'
+        FROM datasets d JOIN rollouts o ON o.rollout_id = (d.spec->>'rollout_id')
     """,
     "label_stats": """
         SELECT labeler, kind,

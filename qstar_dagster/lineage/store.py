@@ -1,4 +1,6 @@
-"""The lineage store: one DuckDB file, the factory's system of record.
+"""The lineage store: the factory's system of record. Embedded (the default): one DuckDB
+file. Shared: a PostgreSQL database that many processes on many machines write at once
+(a `postgresql://` URL; lineage/shared.py), read with the same DuckDB SQL and views.
 
 Every write goes through `transaction()`: it commits whole or not at all. Rows have
 content-hash or otherwise deterministic keys and are inserted with ON CONFLICT DO NOTHING,
@@ -6,7 +8,7 @@ so writing the same rows twice changes nothing and a killed run that is re-run a
 what is missing.
 
 DuckDB lets one process at a time open a file for writing, and Dagster runs steps in
-separate processes, so the store holds a connection only for the length of one
+separate processes, so the file store holds a connection only for the length of one
 transaction and waits (with backoff) while another process has the file.
 """
 
@@ -28,8 +30,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from qstar_dagster.lineage import shared
 from qstar_dagster.lineage.files import process_alive
-from qstar_dagster.lineage.schema import LATEST_VERSION, MIGRATIONS, VIEWS
+from qstar_dagster.lineage.schema import LATEST_VERSION, MIGRATIONS, POSTGRES_MIGRATIONS, VIEWS
 from qstar_dagster.tasks.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -54,15 +57,30 @@ class Edge:
 
 class LineageStore:
     def __init__(self, path: str | Path, *, lock_timeout_s: float = 120.0, target_version: int | None = None):
-        self.path = Path(path)
+        """`path`: a DuckDB file, or a postgresql:// URL of a shared store."""
+        self.shared = shared.is_shared(path)
+        self.url = str(path) if self.shared else None
+        # where it is, for messages: the file, or the URL without its password
+        self.path = shared.display(self.url) if self.shared else Path(path)
         self.lock_timeout_s = lock_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.shared:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.migrate(target_version)
 
     # --- connections and transactions ----------------------------------------------
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection for reading (and, on a file, writing). On a shared store it is
+        attached read-only: its writes go through `transaction()`."""
+        if self.shared:
+            con = shared.CONNECTIONS.reader(self.url, _make_views)
+            try:
+                yield con
+            except duckdb.ConnectionException:
+                shared.CONNECTIONS.drop("reader", self.url)
+                raise
+            return
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
@@ -80,8 +98,20 @@ class LineageStore:
             con.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection | shared.Transaction]:
         """All writes inside commit together; any exception rolls every one of them back."""
+        if self.shared:
+            con = shared.CONNECTIONS.writer(self.url)
+            try:
+                yield shared.Transaction(con)
+            except BaseException:
+                try:
+                    con.rollback()
+                except Exception:  # noqa: BLE001  (a broken connection: drop it, raise the cause)
+                    shared.CONNECTIONS.drop("writer", self.url)
+                raise
+            con.commit()
+            return
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -99,31 +129,50 @@ class LineageStore:
 
     def migrate(self, target: int | None = None) -> None:
         target = LATEST_VERSION if target is None else target
+        if not self.shared:
+            with self.connect() as con:
+                self._migrate(con, target)
+                if target == LATEST_VERSION:
+                    for view, sql in VIEWS.items():
+                        con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+            return
         with self.connect() as con:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
-            )
             current = _applied_version(con)
-            if current > LATEST_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has schema version {current}, newer than this code's "
-                    f"{LATEST_VERSION}; upgrade qstar-dagster to open it"
-                )
-            for version, name, sql in MIGRATIONS:
-                if current < version <= target:
-                    con.execute("BEGIN TRANSACTION")
-                    try:
+        if current >= target:
+            _refuse_newer(self.path, current)
+            return
+        # The tables are made through DuckDB's extension, which maps DuckDB's types to
+        # PostgreSQL's, so the migrations are one text for both; the views stay DuckDB-side.
+        with shared.migration_lock(self.url):
+            con = shared.duckdb_reader(self.url, read_only=False)
+            try:
+                self._migrate(con, target)
+            finally:
+                con.close()
+        shared.CONNECTIONS.drop("reader", self.url)  # it knew the old tables (and made no views)
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection, target: int) -> None:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+        )
+        current = _applied_version(con)
+        _refuse_newer(self.path, current)
+        for version, name, sql in MIGRATIONS:
+            if current < version <= target:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    if self.shared and version in POSTGRES_MIGRATIONS:
+                        con.execute(f"CALL postgres_execute('{shared.CATALOG}', "
+                                    f"'{POSTGRES_MIGRATIONS[version].replace(chr(39), chr(39) * 2)}')")
+                    else:
                         con.execute(sql)
-                        con.execute("INSERT INTO schema_version VALUES (?, ?, ?)", [version, name, utcnow()])
-                    except BaseException:
-                        con.execute("ROLLBACK")
-                        raise
-                    con.execute("COMMIT")
-                    log.info("lineage store %s: applied migration %d (%s)", self.path, version, name)
-            if target == LATEST_VERSION:
-                for view, sql in VIEWS.items():
-                    con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+                    con.execute("INSERT INTO schema_version VALUES (?, ?, ?)", [version, name, utcnow()])
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+                log.info("lineage store %s: applied migration %d (%s)", self.path, version, name)
 
     # --- generic writes and reads -------------------------------------------------------
 
@@ -133,16 +182,18 @@ class LineageStore:
         if not rows:
             return 0
         columns = list(dict.fromkeys(c for r in rows for c in r))  # a column a row lacks is NULL there
+        if isinstance(con, shared.Transaction):  # PostgreSQL takes the JSON columns as JSON values
+            return con.insert_json(table, columns, [{c: r.get(c) for c in columns} for r in rows])
         data = {
             c: [json.dumps(r[c], sort_keys=True, default=str) if c in _JSON_COLUMNS and r.get(c) is not None
                 else r.get(c) for r in rows]
             for c in columns
         }
-        before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         staged = pa.table(data)  # noqa: F841  (read by name in the SQL below)
         cols = ", ".join(columns)
-        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM staged ON CONFLICT DO NOTHING")
-        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] - before
+        # DuckDB answers an INSERT with the rows it inserted, conflicts skipped
+        return con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM staged ON CONFLICT DO NOTHING"
+                           ).fetchone()[0]
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple]]:
         with self.connect() as con:
@@ -172,7 +223,7 @@ class LineageStore:
                             "AND run_id IN (SELECT unnest(?))", [utcnow(), asset_key, partition or "", dead])
             con.execute(
                 "INSERT INTO runs (run_id, asset_key, partition, config, code_version, started_at, status, host, pid) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'started', ?, ?) ON CONFLICT DO UPDATE SET "
+                "VALUES (?, ?, ?, ?, ?, ?, 'started', ?, ?) ON CONFLICT (run_id, asset_key, partition) DO UPDATE SET "
                 "started_at = excluded.started_at, status = 'started', ended_at = NULL, host = excluded.host, "
                 "pid = excluded.pid",
                 [run_id, asset_key, partition or "", json.dumps(config or {}, default=str), code_version, utcnow(),
@@ -219,7 +270,7 @@ class LineageStore:
             for idx, p in members
         ])
         con.execute(
-            "INSERT INTO prompt_set_heads VALUES (?, ?) ON CONFLICT DO UPDATE SET version = excluded.version",
+            "INSERT INTO prompt_set_heads VALUES (?, ?) ON CONFLICT (prompt_set) DO UPDATE SET version = excluded.version",
             [prompt_set, version],
         )
         return PromptSetWrite(prompt_set, version, len(members), len(problems) - len(members),
@@ -271,12 +322,15 @@ class LineageStore:
     def lineage(self, artifact_id: str, max_depth: int = 50) -> list[Edge]:
         """Every edge on the way from an artifact (or a row's id) up to its sources."""
         sql = """
-            WITH RECURSIVE walk(child_kind, child_id, parent_kind, parent_id, relation, depth) AS (
+            -- edges materialized once: DuckDB's postgres extension scans a table once per
+            -- query, so a recursive step over a shared store's tables saw nothing the second time
+            WITH RECURSIVE edges AS MATERIALIZED (SELECT * FROM lineage_edges),
+            walk(child_kind, child_id, parent_kind, parent_id, relation, depth) AS (
                 SELECT child_kind, child_id, parent_kind, parent_id, relation, 1
-                FROM lineage_edges WHERE child_id = ?
+                FROM edges WHERE child_id = ?
                 UNION
                 SELECT e.child_kind, e.child_id, e.parent_kind, e.parent_id, e.relation, w.depth + 1
-                FROM lineage_edges e JOIN walk w ON e.child_id = w.parent_id
+                FROM edges e JOIN walk w ON e.child_id = w.parent_id
                 WHERE w.depth < ?
             )
             SELECT child_kind, child_id, parent_kind, parent_id, relation, min(depth) AS depth
@@ -312,9 +366,24 @@ def _version_hash(prompt_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest()[:12]
 
 
+def _refuse_newer(where, version: int) -> None:
+    if version > LATEST_VERSION:
+        raise RuntimeError(f"{where} has schema version {version}, newer than this code's {LATEST_VERSION}; "
+                           "upgrade qstar-dagster to open it")
+
+
+def _make_views(con: duckdb.DuckDBPyConnection) -> None:
+    """A shared store's views, made on each new reader as temporary views (PostgreSQL cannot
+    hold DuckDB SQL), once its schema is the one they are written for."""
+    if _applied_version(con) == LATEST_VERSION:
+        for view, sql in VIEWS.items():
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {sql}")
+
+
 def _applied_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version' "
+        "AND table_catalog = current_database()"
     ).fetchone()[0]
     if not exists:
         return 0

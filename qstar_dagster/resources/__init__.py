@@ -17,9 +17,10 @@ def default_home() -> str:
     return str(Path(os.environ.get("QSTAR_HOME", ".qstar")).resolve())
 
 
-def default_store_path(home: str | Path | None = None) -> Path:
-    """The lineage store of a data directory (default: $QSTAR_HOME or ./.qstar)."""
-    return Path(home or default_home()) / "lineage.duckdb"
+def default_store_path(home: str | Path | None = None) -> str | Path:
+    """$QSTAR_STORE when set (a shared store's postgresql:// URL, or a DuckDB file), else the
+    data directory's own file (default data directory: $QSTAR_HOME or ./.qstar)."""
+    return os.environ.get("QSTAR_STORE") or Path(home or default_home()) / "lineage.duckdb"
 
 
 class DataDirResource(ConfigurableResource):
@@ -42,7 +43,8 @@ class DataDirResource(ConfigurableResource):
 
 
 class LineageStoreResource(ConfigurableResource):
-    path: str | None = Field(None, description="DuckDB file; unset: lineage.duckdb in the data directory")
+    path: str | None = Field(None, description="a DuckDB file, or a shared store's postgresql:// URL; unset: "
+                                               "$QSTAR_STORE, else lineage.duckdb in the data directory")
 
     def store(self) -> LineageStore:
         return LineageStore(self.path or default_store_path())

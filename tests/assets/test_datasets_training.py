@@ -176,7 +176,7 @@ def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env,
     run(env, rft_policy, {"steps": 20})
     meta = metadata(run(env, evaluation, {"ns": [1, 2, 4], "max_new_tokens": 32}), "evaluation")
     assert meta["policies"] == 2 and meta["prms"] == 1
-    rows = store.records("SELECT checkpoint_ids, method, accuracy FROM evaluations WHERE details->>'stage' = 'evaluation'")
+    rows = store.records("SELECT checkpoint_ids, method, accuracy FROM evaluations WHERE (details->>'stage') = 'evaluation'")
     methods = {(len(r["checkpoint_ids"]), r["method"]) for r in rows}
     assert {(1, "greedy"), (1, "pass@4"), (1, "majority@2"), (2, "prm_best_of_4:min"), (2, "prm_best_of_2:prod"),
             (2, "prm_vote@4"), (1, "prm_first_error_f1")} <= methods
@@ -233,7 +233,7 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
                              "JOIN trees t USING (tree_id) WHERE t.rollout_id = ? AND l.labeler IN ('mc', "
                              "'binary_search')", [one["rollouts"]["rollout_id"]])
     assert labelers == [{"labeler": "mc"}]
-    [prm_data] = store.records("SELECT d.spec->>'labeler' AS labeler FROM checkpoints c JOIN datasets d "
+    [prm_data] = store.records("SELECT (d.spec->>'labeler') AS labeler FROM checkpoints c JOIN datasets d "
                                "ON d.dataset_id = c.trained_on_dataset WHERE c.checkpoint_id = ?", [prm1])
     assert prm_data == {"labeler": "mc"}
     with pytest.raises(ValueError, match="mc or binary_search"):

@@ -101,7 +101,7 @@ def test_dropped_files_become_prompt_sets_trees_and_labels_once(env):
     assert stats == {("prm800k", "hard"): 7, ("prm800k", "rating"): 7, ("math_shepherd", "hard"): 6,
                      ("processbench", "hard"): 5}
     # lineage: a label's node names its source lines, its tree the file and the lines' own ids
-    [src] = store.records("""SELECT n.node_id, t.spec->>'source' AS source, n.stats->'lines' AS lines FROM nodes n
+    [src] = store.records("""SELECT n.node_id, (t.spec->>'source') AS source, (n.stats->'lines') AS lines FROM nodes n
                              JOIN trees t USING (tree_id) WHERE n.text = 'Half of it is 24.'""")
     assert src["source"].endswith("pbench.jsonl") and json.loads(src["lines"]) == [2]
     edges = {(e.relation, e.parent_kind) for e in store.lineage(src["node_id"])}

@@ -2,12 +2,19 @@ import multiprocessing
 from datetime import datetime
 
 import duckdb
+import psycopg2.errors
 import pytest
 
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.lineage.schema import LATEST_VERSION
 from qstar_dagster.tasks.arith import generate_problems
 from qstar_dagster.tasks.problem import Problem
+
+
+@pytest.fixture(params=["file", "postgres"])
+def location(request, tmp_path):
+    """Every test of the store's API runs on the embedded file and on a shared PostgreSQL store."""
+    return tmp_path / "s.duckdb" if request.param == "file" else request.getfixturevalue("pg_url")
 
 
 def counts(store):
@@ -20,8 +27,8 @@ def write(store, name, problems, run="r1"):
         return store.write_prompt_set(con, name, "test", problems, run)
 
 
-def test_writing_the_same_prompt_set_twice_changes_nothing(tmp_path):
-    store = LineageStore(tmp_path / "s.duckdb")
+def test_writing_the_same_prompt_set_twice_changes_nothing(location):
+    store = LineageStore(location)
     problems = generate_problems(50, seed=1)
     first = write(store, "a", problems)
     before = counts(store)
@@ -32,8 +39,8 @@ def test_writing_the_same_prompt_set_twice_changes_nothing(tmp_path):
     assert (second.new_version, second.n_new_prompts, second.version) == (False, 0, first.version)
 
 
-def test_a_changed_source_is_a_new_version_and_old_members_stay(tmp_path):
-    store = LineageStore(tmp_path / "s.duckdb")
+def test_a_changed_source_is_a_new_version_and_old_members_stay(location):
+    store = LineageStore(location)
     problems = generate_problems(20, seed=1)
     v1 = write(store, "a", problems[:10])
     v2 = write(store, "a", problems[5:])
@@ -44,19 +51,19 @@ def test_a_changed_source_is_a_new_version_and_old_members_stay(tmp_path):
     assert counts(store)["prompt_texts"] == 20  # shared prompts stored once
 
 
-def test_duplicates_are_kept_once_and_counted(tmp_path):
-    store = LineageStore(tmp_path / "s.duckdb")
+def test_duplicates_are_kept_once_and_counted(location):
+    store = LineageStore(location)
     p = generate_problems(3, seed=1)
     w = write(store, "a", [p[0], p[1], p[0], p[2], p[1]])
     assert (w.n, w.n_duplicates) == (3, 2)
     assert [r["idx"] for r in store.records("SELECT idx FROM prompts ORDER BY idx")] == [0, 1, 3]
 
 
-def test_a_failure_mid_write_leaves_nothing(tmp_path):
-    store = LineageStore(tmp_path / "s.duckdb")
+def test_a_failure_mid_write_leaves_nothing(location):
+    store = LineageStore(location)
     good = generate_problems(30, seed=1)
     bad_row = Problem(problem=None, reference_answer="1")  # violates NOT NULL
-    with pytest.raises(duckdb.ConstraintException):
+    with pytest.raises((duckdb.ConstraintException, psycopg2.errors.NotNullViolation)):
         write(store, "a", good[:15] + [bad_row] + good[15:])
     assert counts(store) == dict.fromkeys(counts(store), 0)
     with pytest.raises(RuntimeError, match="boom"), store.transaction() as con:
@@ -65,23 +72,25 @@ def test_a_failure_mid_write_leaves_nothing(tmp_path):
     assert counts(store) == dict.fromkeys(counts(store), 0)
 
 
-def test_an_empty_prompt_set_is_refused(tmp_path):
-    store = LineageStore(tmp_path / "s.duckdb")
+def test_an_empty_prompt_set_is_refused(location):
+    store = LineageStore(location)
     with pytest.raises(ValueError, match="has no problems"):
         write(store, "a", [])
 
 
-def test_an_older_store_file_is_migrated_with_its_data(tmp_path):
-    path = tmp_path / "old.duckdb"
-    old = LineageStore(path, target_version=1)
+def tables(store):
+    return {r[0] for r in store.query("SELECT table_name FROM information_schema.tables "
+                                      "WHERE table_catalog = current_database()")[1]}
+
+
+def test_an_older_store_is_migrated_with_its_data(location):
+    old = LineageStore(location, target_version=1)
     assert old.schema_version() == 1
     problems = generate_problems(10, seed=4)
     write(old, "a", problems)
-    con = duckdb.connect(str(path))
-    assert "nodes" not in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    con.close()
+    assert "nodes" not in tables(old) and "prompt_texts" in tables(old)
 
-    store = LineageStore(path)
+    store = LineageStore(location)
     assert store.schema_version() == LATEST_VERSION
     assert store.query("SELECT count(*) FROM prompts WHERE prompt_set = 'a'")[1] == [(10,)]
     assert store.query("SELECT count(*) FROM nodes")[1] == [(0,)]
@@ -89,31 +98,28 @@ def test_an_older_store_file_is_migrated_with_its_data(tmp_path):
     assert [v for (v,) in applied] == list(range(1, LATEST_VERSION + 1))
 
 
-def test_evaluation_rows_of_an_older_store_learn_which_stage_wrote_them(tmp_path):
+def test_evaluation_rows_of_an_older_store_learn_which_stage_wrote_them(location):
     from qstar_dagster.lineage.artifacts import latest_sweep
 
-    path = tmp_path / "old.duckdb"
-    old = LineageStore(path, target_version=5)
+    old = LineageStore(location, target_version=5)
     rows = [{"eval_id": f"ev_{i}", "checkpoint_ids": ["ck_a"], "prompt_set": "s", "prompt_set_version": "v",
              "method": "pass@8", "n": 10, "accuracy": acc, "details": details, "created_run": None,
              "created_at": datetime(2026, 1, 1 + i)}
             for i, (acc, details) in enumerate([(0.5, {"k": 8}), (0.25, {"prompt_set": "s", "N": 8})])]
     with old.transaction() as con:
         old.insert(con, "evaluations", rows)
-    store = LineageStore(path)
-    stages = dict(store.query("SELECT accuracy, details->>'stage' FROM evaluations")[1])
+    store = LineageStore(location)
+    stages = dict(store.query("SELECT accuracy, (details->>'stage') FROM evaluations")[1])
     assert stages == {0.5: "base_policy", 0.25: "evaluation"}
     assert [r["accuracy"] for r in latest_sweep(store, "s")] == [0.25]  # the sweep's row, not the base policy's
 
 
-def test_a_store_newer_than_the_code_is_refused(tmp_path):
-    path = tmp_path / "new.duckdb"
-    LineageStore(path)
-    con = duckdb.connect(str(path))
-    con.execute("INSERT INTO schema_version VALUES (?, 'future', now())", [LATEST_VERSION + 1])
-    con.close()
+def test_a_store_newer_than_the_code_is_refused(location):
+    store = LineageStore(location)
+    with store.transaction() as con:
+        con.execute("INSERT INTO schema_version VALUES (?, 'future', ?)", [LATEST_VERSION + 1, datetime(2027, 1, 1)])
     with pytest.raises(RuntimeError, match="newer than this code"):
-        LineageStore(path)
+        LineageStore(location)
 
 
 def _writer(path, name, seed):
@@ -122,8 +128,8 @@ def _writer(path, name, seed):
         write(store, f"{name}{i}", generate_problems(20, seed=seed + i))
 
 
-def test_two_processes_can_write_the_same_store(tmp_path):
-    path = tmp_path / "s.duckdb"
+def test_two_processes_can_write_the_same_store(location):
+    path = location
     LineageStore(path)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, n, s)) for n, s in (("x", 0), ("y", 100))]
@@ -135,8 +141,8 @@ def test_two_processes_can_write_the_same_store(tmp_path):
     assert LineageStore(path).query("SELECT count(DISTINCT prompt_set) FROM prompts")[1] == [(10,)]
 
 
-def test_lineage_walks_from_a_step_label_to_its_sources(tmp_path):
-    store = LineageStore(tmp_path / "s.duckdb")
+def test_lineage_walks_from_a_step_label_to_its_sources(location):
+    store = LineageStore(location)
     p = generate_problems(1, seed=1)[0]
     set_version = write(store, "a", [p], run="run-prompts").version
     with store.transaction() as con:
@@ -169,8 +175,8 @@ def test_lineage_walks_from_a_step_label_to_its_sources(tmp_path):
     assert stats[1]["mean_value"] == 0.75 and stats[1]["tokens_per_label"] == 40
 
 
-def test_runs_are_recorded_start_and_end(tmp_path):
-    store = LineageStore(tmp_path / "s.duckdb")
+def test_runs_are_recorded_start_and_end(location):
+    store = LineageStore(location)
     store.begin_run("r1", "prompt_set", "a", {"n": 3}, "0.1/1")
     with store.transaction() as con:
         store.end_run(con, "r1", "prompt_set", "a", "success")
