@@ -337,6 +337,39 @@ def lineage(artifact_id: str, as_json: bool, max_per_relation: int) -> None:
     walk(artifact_id, 1, frozenset({artifact_id}))
 
 
+@main.group()
+def store() -> None:
+    """The lineage store: the data directory's DuckDB file, or a shared PostgreSQL store
+    (QSTAR_STORE=postgresql://user@host:port/db)."""
+
+
+@store.command("copy")
+@click.argument("target")
+@click.option("--from", "source", default=None,
+              help="the store to copy (default: the data directory's, $QSTAR_STORE or lineage.duckdb)")
+def store_copy(target: str, source: str | None) -> None:
+    """Copy every row of a store into TARGET (a postgresql:// URL or a DuckDB file), for example
+    a local store into the shared one. Rows TARGET has already are skipped: copying again adds
+    nothing, and a copy that was stopped resumes."""
+    from qstar_dagster.lineage import LineageStore, copy_store
+
+    if source and not source.startswith(("postgresql://", "postgres://")) and not Path(source).exists():
+        raise click.ClickException(f"no lineage store at {source}")
+    src = LineageStore(source) if source else _require_store()
+    dst = LineageStore(target)
+    started = time.monotonic()
+
+    def progress(table: str, read: int, new: int) -> None:
+        click.echo(f"  {table}: {read:,} rows read, {new:,} new ({read / (time.monotonic() - started):,.0f} rows/s)",
+                   err=True)
+
+    done = copy_store(src, dst, progress=progress)
+    for table, (read, new) in done.items():
+        click.echo(f"{table}: {read} rows, {new} new")
+    click.echo(f"copied {src.path} -> {dst.path}: {sum(n for _, n in done.values())} new rows "
+               f"in {time.monotonic() - started:.1f} s")
+
+
 @main.command()
 @click.argument("model_path")
 @click.option("--host", default="127.0.0.1", show_default=True, help="bind address (loopback by default)")

@@ -63,7 +63,11 @@ def extension_path() -> str:
 
 
 def _unreachable(url: str, error: Exception) -> SharedStoreError:
-    return SharedStoreError(f"cannot reach the shared lineage store {display(url)}: {str(error).strip()}; check that "
+    reason = str(error).strip().replace(url, display(url))  # the driver's message repeats the URL
+    password = urlsplit(url).password
+    if password:
+        reason = reason.replace(password, "***")
+    return SharedStoreError(f"cannot reach the shared lineage store {display(url)}: {reason}; check that "
                             "PostgreSQL is running there and that QSTAR_STORE (or the store resource's path) names it")
 
 
@@ -139,7 +143,7 @@ class Transaction:
         cur = self.con.cursor()
         cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{table}, %s) "
                     f"ORDER BY {order} ON CONFLICT DO NOTHING",
-                    [json.dumps([{c: _finite(v) for c, v in r.items()} for r in rows], default=str)])
+                    [json.dumps([{c: _finite(v) for c, v in r.items()} for r in rows], sort_keys=True, default=str)])
         return cur.rowcount
 
 

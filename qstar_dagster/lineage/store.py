@@ -348,6 +348,36 @@ class LineageStore:
         return rows[0][0] if rows else None
 
 
+def copy_store(source: LineageStore, target: LineageStore, batch_rows: int = 20_000,
+               progress=None) -> dict[str, tuple[int, int]]:
+    """Copy every row of `source` into `target` (for example a local file into a shared
+    store); rows whose key `target` already has are skipped, so copying again adds nothing.
+    Each batch commits on its own: a copy that dies resumes where it stopped when re-run.
+    Returns table -> (rows read, rows new)."""
+    if str(source.path) == str(target.path):
+        raise ValueError(f"copying the lineage store {source.path} onto itself")
+    with source.connect(read_only=True) as con:
+        tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_type = 'BASE TABLE' AND table_name <> 'schema_version' ORDER BY table_name").fetchall()]
+    done = {}
+    for table in tables:
+        read = new = 0
+        with source.connect(read_only=True) as con:
+            result = con.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in result.description]
+            while batch := result.fetchmany(batch_rows):
+                rows = [{c: json.loads(v) if c in _JSON_COLUMNS and isinstance(v, str) else v
+                         for c, v in zip(columns, r)} for r in batch]
+                with target.transaction() as out:
+                    new += target.insert(out, table, rows)
+                read += len(rows)
+                if progress:
+                    progress(table, read, new)
+        done[table] = (read, new)
+    return done
+
+
 class PromptSetNotFoundError(LookupError):
     pass
 
