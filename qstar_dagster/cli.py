@@ -14,11 +14,39 @@ from qstar_dagster.resources import default_home, default_store_path
 from qstar_dagster.rounds import ROUND_LABELERS, RoundSpec
 from qstar_dagster.spec import help_of
 
-DAGSTER_YAML = """\
-# Written by `qstar init`: the Dagster instance of this data directory.
+WRITTEN_BY = "# Written by `qstar init`"
+
+
+def instance_yaml(gpus: int, postgres: bool) -> str:
+    """The data directory's Dagster instance: telemetry off; the `gpu` pool (every asset that
+    loads a model declares it) limited to the machine's GPUs, so steps never share one; with
+    `postgres`, runs, events and schedules in PostgreSQL ($QSTAR_DAGSTER_POSTGRES_URL), which
+    a webserver, a daemon and many run workers can share, instead of SQLite files here."""
+    text = f"""{WRITTEN_BY}: the Dagster instance of this data directory.
 telemetry:
   enabled: false
 """
+    if gpus:
+        text += f"""concurrency:
+  pools:
+    # the only pool is `gpu`: at most this many model-loading steps run at once
+    default_limit: {gpus}
+"""
+    else:
+        text += "# no GPU here: the `gpu` pool has no limit (`qstar init --gpus N` sets one)\n"
+    if postgres:
+        text += """storage:
+  postgres:
+    postgres_url:
+      env: QSTAR_DAGSTER_POSTGRES_URL
+"""
+    return text
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _home() -> Path:
@@ -29,20 +57,32 @@ def _store_path() -> str | Path:
     return default_store_path(_home())
 
 
-def prepare_instance(home: Path):
-    """The Dagster instance under `home`/dagster, with telemetry off and the built-in
-    prompt sets registered as partitions."""
+def prepare_instance(home: Path, gpus: int | None = None):
+    """The Dagster instance under `home`/dagster (instance_yaml; a dagster.yaml someone else
+    wrote is left as it is), its `gpu` pool limit set, the built-in prompt sets registered as
+    partitions."""
     from dagster import DagsterInstance
 
     from qstar_dagster.assets.prompts import builtin_partition_keys, prompt_set_partitions
+    from qstar_dagster.resources.compute import GPU_POOL
 
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
     dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (dagster_home / "dagster.yaml").exists():
-        (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    config = dagster_home / "dagster.yaml"
+    gpus = _gpu_count() if gpus is None else gpus
+    instance_db = os.environ.get("QSTAR_DAGSTER_POSTGRES_URL", "")
+    if instance_db and not instance_db.startswith("postgresql+psycopg2://"):
+        # SQLAlchemy 2.1 reads a plain postgresql:// as psycopg 3, on which dagster-postgres's
+        # NOTIFY fails; the lineage store's QSTAR_STORE is the plain form (libpq reads it)
+        raise click.ClickException("QSTAR_DAGSTER_POSTGRES_URL must name the psycopg2 driver: "
+                                   "postgresql+psycopg2://user:password@host:5432/dagster")
+    if not config.exists() or config.read_text().startswith(WRITTEN_BY):
+        config.write_text(instance_yaml(gpus, postgres=bool(instance_db)))
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     (home / "inbox").mkdir(parents=True, exist_ok=True)
     instance = DagsterInstance.get()
+    if gpus and instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count != gpus:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpus)
     existing = set(instance.get_dynamic_partitions(prompt_set_partitions.name))
     missing = [k for k in builtin_partition_keys() if k not in existing]
     if missing:
@@ -56,14 +96,21 @@ def main() -> None:
 
 
 @main.command()
-def init() -> None:
-    """Create the data directory, its Dagster instance and the lineage store."""
+@click.option("--gpus", type=int, default=None,
+              help="limit of the `gpu` pool: model-loading steps at once (default: this machine's GPUs; none: no limit)")
+def init(gpus: int | None) -> None:
+    """Create the data directory, its Dagster instance and the lineage store. With
+    QSTAR_DAGSTER_POSTGRES_URL set, the instance keeps its runs in that PostgreSQL database;
+    with QSTAR_STORE=postgresql://..., the lineage store is the shared one there."""
     from qstar_dagster.lineage import LineageStore
 
     home = _home()
-    prepare_instance(home)
+    instance = prepare_instance(home, gpus)
     store = LineageStore(_store_path())
-    click.echo(f"data directory {home}\nDagster instance {os.environ['DAGSTER_HOME']}\nlineage store {store.path}")
+    click.echo(f"data directory {home}\nDagster instance {os.environ['DAGSTER_HOME']} "
+               f"({type(instance.run_storage).__name__}; gpu pool limit "
+               f"{instance.event_log_storage.get_concurrency_info('gpu').slot_count or 'none'})\n"
+               f"lineage store {store.path}")
 
 
 def _json_option(value: str | None, name: str) -> dict:

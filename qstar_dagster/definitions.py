@@ -1,5 +1,7 @@
 """The Dagster code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
 
+import os
+
 from dagster import Definitions
 
 from qstar_dagster.assets.datasets import step_datasets
@@ -44,7 +46,22 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
         sensors=[prompt_inbox_sensor, refresh_automation],
         resources={"data_dir": data, "store": store, "compute": ComputeResource(),
                    "judge": JudgeResource()},
+        executor=_executor(),
     )
+
+
+def _executor():
+    """QSTAR_EXECUTOR=k8s: every step of a run in a Kubernetes job of its own (dagster-k8s's
+    k8s_job_executor; a GPU asset's pod asks for a GPU through its op tags). Unset: Dagster's
+    default, steps as processes of the run's host."""
+    choice = os.environ.get("QSTAR_EXECUTOR", "")
+    if choice in ("", "multiprocess"):
+        return None
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"QSTAR_EXECUTOR must be k8s or multiprocess (or unset), got {choice!r}")
 
 
 defs = make_definitions()

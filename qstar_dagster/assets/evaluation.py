@@ -24,7 +24,7 @@ from qstar_dagster.lineage import labels as labels_db
 from qstar_dagster.lineage.rollouts import held_out_rollout, imported_rollouts
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
-from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.training.prm import PRMScorer, evaluate_prm
@@ -70,7 +70,7 @@ def _named(metrics: dict) -> dict:
 
 @asset(
     partitions_def=prompt_set_partitions,  # the training prompt set whose checkpoints it measures
-    group_name="evaluation", code_version="1", pool=GPU_POOL, kinds={"pytorch", "duckdb"},
+    group_name="evaluation", code_version="1", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch", "duckdb"},
     deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
     description="The checkpoints of a training prompt set (its partition) on a held-out prompt set: greedy, "
     "pass@N and majority@N, and with every PRM: best-of-N (min / prod / last of step scores) and PRM-weighted "

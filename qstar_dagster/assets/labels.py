@@ -36,7 +36,7 @@ from qstar_dagster.lineage import labels as labels_db
 from qstar_dagster.lineage.rollouts import resolve_rollout, step_counts, write_whole_rollout
 from qstar_dagster.plots import bar_plots_markdown, heatmaps_markdown, line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
-from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.resources.judge import JudgeResource
 from qstar_dagster.search.estimate import EstimatorSpec
 from qstar_dagster.tasks.loaders import load_labeled
@@ -79,7 +79,7 @@ CHECK_MC_RATES = "mc_label_rates_sane"
     partitions_def=prompt_set_partitions,
     group_name="labels",
     code_version="1",
-    pool=GPU_POOL,
+    pool=GPU_POOL, op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "duckdb"},
     deps=[AssetKey("tot_rollouts")],
     automation_condition=follows_inputs(),
@@ -200,7 +200,7 @@ class JudgeModelConfig(spec_config(JudgeTrainSpec)):
 @asset(
     group_name="labels",
     code_version="1",
-    pool=GPU_POOL,
+    pool=GPU_POOL, op_tags=GPU_OP_TAGS,
     kinds={"pytorch"},
     deps=[AssetKey("tot_rollouts")],
     description="The built-in step judge (checkpoint kind judge): the policy fine-tuned to answer the PRM800K "
@@ -249,7 +249,7 @@ CHECK_UNPARSED = "judge_unparsed_rate"
     partitions_def=prompt_set_partitions,
     group_name="labels",
     code_version="1",
-    pool=GPU_POOL,
+    pool=GPU_POOL, op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "duckdb"},
     deps=[AssetKey("tot_rollouts"), AssetKey("judge_model")],
     check_specs=[AssetCheckSpec(CHECK_UNPARSED, asset="judge_labels",

@@ -11,7 +11,7 @@ from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.backends import check_backend, make_generator
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
-from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
 from qstar_dagster.training.base_policy import (
     BasePolicyConfig,
@@ -33,7 +33,7 @@ class BasePolicyAssetConfig(spec_config(BasePolicyConfig, base=spec_config(Polic
 @asset(
     group_name="policy",
     code_version="1",
-    pool=GPU_POOL,
+    pool=GPU_POOL, op_tags=GPU_OP_TAGS,
     kinds={"pytorch"},
     deps=[AssetKey("prompt_set")],
     description="The policy checkpoint that search starts from: the built-in character-level Llama trained "

@@ -27,7 +27,7 @@ from qstar_dagster.lineage.artifacts import checkpoint_template
 from qstar_dagster.lineage.rollouts import rollout_summary, tree_shape, tree_violations
 from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
-from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.algorithms import SearchSpec
 from qstar_dagster.search.rollouts import plan_rollout, run_rollout
 from qstar_dagster.training.prm import PRMScorer
@@ -51,7 +51,7 @@ CHECK_TREES_SOUND = "trees_sound"
     partitions_def=prompt_set_partitions,
     group_name="rollouts",
     code_version="1",
-    pool=GPU_POOL,
+    pool=GPU_POOL, op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "duckdb"},
     deps=[AssetKey("prompt_set"), AssetKey("base_policy")],
     automation_condition=prompts_changed(),

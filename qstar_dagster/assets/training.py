@@ -19,7 +19,7 @@ from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.rollouts import held_out_rollout
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
-from qstar_dagster.resources.compute import GPU_POOL, ComputeResource
+from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
 from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.checkpoints import fine_tune
@@ -94,7 +94,7 @@ class PRMConfig(spec_config(PRMTrainSpec, base=TrainConfig)):
 
 @asset(
     partitions_def=prompt_set_partitions,  # the training prompt set
-    group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
+    group_name="training", code_version="1", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="A process reward model from the policy: by default generative (a step's score is the LM's own "
     "likelihood of it, with a bias fitted to a prm dataset's hard or soft labels; optionally fine-tuned with BCE, "
@@ -148,7 +148,7 @@ class RFTConfig(spec_config(RFTSpec, base=TrainConfig)):
 
 @asset(
     partitions_def=prompt_set_partitions,  # the training prompt set
-    group_name="training", code_version="1", pool=GPU_POOL, kinds={"pytorch"},
+    group_name="training", code_version="1", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="Rejection-sampling fine-tuning: the policy fine-tuned on the rft dataset (right, deduplicated "
     "solutions). Checkpoint kind policy; greedy / pass@8 / majority@8 on the held-out set.",
@@ -171,7 +171,7 @@ class DPOConfig(spec_config(DPOSpec, base=TrainConfig)):
 
 @asset(
     partitions_def=prompt_set_partitions,  # the training prompt set
-    group_name="training", code_version=str(DPO_REVISION), pool=GPU_POOL, kinds={"pytorch"},
+    group_name="training", code_version=str(DPO_REVISION), pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch"},
     deps=[AssetKey("step_datasets"), AssetKey("base_policy")],
     description="DPO (whole-solution pairs) or step-DPO (step pairs) with TRL's DPOTrainer, the starting policy "
     "as reference. Checkpoint kind policy; greedy / pass@8 / majority@8 on the held-out set.",

@@ -1,16 +1,22 @@
 """Where models run: device, dtype, CPU threads, or policy servers (OpenAI-compatible
 endpoints serving the policy, for the stages that sample from it). Assets that need a GPU
 also declare the Dagster pool `gpu` (see README), so two GPU steps never share a card by
-accident."""
+accident, and ask Kubernetes for one GPU (GPU_OP_TAGS)."""
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 GPU_POOL = "gpu"
 
+# On Kubernetes (dagster-k8s's run launcher or k8s_job_executor) a GPU asset's pod asks for
+# one GPU; Dagster's other executors ignore the tag.
+GPU_OP_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {
+    "requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}}}
+
 
 class ComputeResource(ConfigurableResource):
-    device: str = Field("auto", description="auto (cuda:0 when there is one, else cpu), cpu, or cuda:N")
+    device: str = Field("auto", description="auto (a GPU when there is one, on a machine with several the first "
+                        "that no other step has claimed; else cpu), cpu, or cuda:N")
     dtype: str = Field("auto", description="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     threads: int | None = Field(None, description="torch CPU threads; unset: torch's default")
     policy_servers: list[str] = Field([], description="base URLs (e.g. http://gpu-1:8000/v1) of OpenAI-compatible "
@@ -41,7 +47,11 @@ class ComputeResource(ConfigurableResource):
         import torch
 
         if self.device == "auto":
-            return "cuda:0" if torch.cuda.is_available() else "cpu"
+            if not torch.cuda.is_available():
+                return "cpu"
+            from qstar_dagster.resources.devices import claim_gpu
+
+            return f"cuda:{claim_gpu(torch.cuda.device_count())}"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"compute.device is {self.device!r} but this machine has no CUDA device; "
                                "set device to auto or cpu")
