@@ -30,9 +30,17 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from qstar_dagster.lineage import shared
 from qstar_dagster.lineage.files import process_alive
 from qstar_dagster.lineage.schema import LATEST_VERSION, MIGRATIONS, POSTGRES_MIGRATIONS, VIEWS
+from qstar_dagster.lineage.shared import (
+    CATALOG,
+    CONNECTIONS,
+    Transaction,
+    display,
+    duckdb_reader,
+    is_shared,
+    migration_lock,
+)
 from qstar_dagster.tasks.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -58,10 +66,10 @@ class Edge:
 class LineageStore:
     def __init__(self, path: str | Path, *, lock_timeout_s: float = 120.0, target_version: int | None = None):
         """`path`: a DuckDB file, or a postgresql:// URL of a shared store."""
-        self.shared = shared.is_shared(path)
+        self.shared = is_shared(path)
         self.url = str(path) if self.shared else None
         # where it is, for messages: the file, or the URL without its password
-        self.path = shared.display(self.url) if self.shared else Path(path)
+        self.path = display(self.url) if self.shared else Path(path)
         self.lock_timeout_s = lock_timeout_s
         if not self.shared:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,11 +82,11 @@ class LineageStore:
         """A DuckDB connection for reading (and, on a file, writing). On a shared store it is
         attached read-only: its writes go through `transaction()`."""
         if self.shared:
-            con = shared.CONNECTIONS.reader(self.url, _make_views)
+            con = CONNECTIONS.reader(self.url, _make_views)
             try:
                 yield con
             except duckdb.ConnectionException:
-                shared.CONNECTIONS.drop("reader", self.url)
+                CONNECTIONS.drop("reader", self.url)
                 raise
             return
         deadline = time.monotonic() + self.lock_timeout_s
@@ -98,17 +106,17 @@ class LineageStore:
             con.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection | shared.Transaction]:
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection | Transaction]:
         """All writes inside commit together; any exception rolls every one of them back."""
         if self.shared:
-            con = shared.CONNECTIONS.writer(self.url)
+            con = CONNECTIONS.writer(self.url)
             try:
-                yield shared.Transaction(con)
+                yield Transaction(con)
             except BaseException:
                 try:
                     con.rollback()
                 except Exception:  # noqa: BLE001  (a broken connection: drop it, raise the cause)
-                    shared.CONNECTIONS.drop("writer", self.url)
+                    CONNECTIONS.drop("writer", self.url)
                 raise
             con.commit()
             return
@@ -143,13 +151,13 @@ class LineageStore:
             return
         # The tables are made through DuckDB's extension, which maps DuckDB's types to
         # PostgreSQL's, so the migrations are one text for both; the views stay DuckDB-side.
-        with shared.migration_lock(self.url):
-            con = shared.duckdb_reader(self.url, read_only=False)
+        with migration_lock(self.url):
+            con = duckdb_reader(self.url, read_only=False)
             try:
                 self._migrate(con, target)
             finally:
                 con.close()
-        shared.CONNECTIONS.drop("reader", self.url)  # it knew the old tables (and made no views)
+        CONNECTIONS.drop("reader", self.url)  # it knew the old tables (and made no views)
 
     def _migrate(self, con: duckdb.DuckDBPyConnection, target: int) -> None:
         con.execute(
@@ -163,7 +171,7 @@ class LineageStore:
                 con.execute("BEGIN TRANSACTION")
                 try:
                     if self.shared and version in POSTGRES_MIGRATIONS:
-                        con.execute(f"CALL postgres_execute('{shared.CATALOG}', "
+                        con.execute(f"CALL postgres_execute('{CATALOG}', "
                                     f"'{POSTGRES_MIGRATIONS[version].replace(chr(39), chr(39) * 2)}')")
                     else:
                         con.execute(sql)
@@ -182,7 +190,7 @@ class LineageStore:
         if not rows:
             return 0
         columns = list(dict.fromkeys(c for r in rows for c in r))  # a column a row lacks is NULL there
-        if isinstance(con, shared.Transaction):  # PostgreSQL takes the JSON columns as JSON values
+        if isinstance(con, Transaction):  # PostgreSQL takes the JSON columns as JSON values
             return con.insert_json(table, columns, [{c: r.get(c) for c in columns} for r in rows])
         data = {
             c: [json.dumps(r[c], sort_keys=True, default=str) if c in _JSON_COLUMNS and r.get(c) is not None
