@@ -10,8 +10,9 @@ def default_model() -> str:
     from qstar_dagster.lineage import LineageStore
     from qstar_dagster.resources import default_store_path
 
-    path = default_store_path()
-    row = LineageStore(path).latest_checkpoint("policy", base_only=True) if path.exists() else None
+    path = default_store_path()  # $QSTAR_STORE (a shared store's URL) or the data directory's file
+    row = LineageStore(path).latest_checkpoint("policy", base_only=True) \
+        if isinstance(path, str) or path.exists() else None
     if row is None:
         sys.exit(f"no base policy recorded in {path}; run `make demo` first, or pass --model PATH")
     return row["path"]

@@ -25,6 +25,7 @@ Last line: JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -64,6 +65,7 @@ def _ext(name: str) -> str:
 
 def _ducklake(location: dict) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"LOAD '{_ext('postgres_scanner')}'")
     con.execute(f"LOAD '{_ext('ducklake')}'")
     con.execute(f"ATTACH 'ducklake:postgres:{location['url']}' AS lake (DATA_PATH '{location['data']}')")
@@ -103,7 +105,8 @@ class Writer:
                 self.con.execute("COMMIT")
                 return attempt
             except duckdb.Error:
-                self.con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):  # a failed commit has ended the transaction
+                    self.con.execute("ROLLBACK")
                 if self.backend == "pg-extension" or attempt == 20:  # a key error does not go away
                     raise
                 time.sleep(0.01 * attempt)
