@@ -17,7 +17,7 @@ from qstar_dagster.assets.labels import (
 )
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set
-from qstar_dagster.assets.rollouts import tot_rollouts
+from qstar_dagster.assets.rollouts import tot_rollouts, trees_sound
 from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
 from qstar_dagster.automation import refresh_automation
 from qstar_dagster.jobs import (
@@ -43,6 +43,7 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
                 consensus_labels, imported_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy, evaluation],
         jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job, evaluation_job, refresh_job,
               expert_iteration_round],
+        asset_checks=[trees_sound],
         sensors=[prompt_inbox_sensor, refresh_automation],
         resources={"data_dir": data, "store": store, "compute": ComputeResource(),
                    "judge": JudgeResource()},

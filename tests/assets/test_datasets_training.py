@@ -30,7 +30,7 @@ def run(env, asset, config=None, partition="arith-train"):
     instance, home, _ = env
     return materialize([asset], instance=instance, resources=resources(home),
                        partition_key=partition if asset.partitions_def else None,
-                       run_config={"ops": {asset.op.name: {"config": config or {}}}})
+                       run_config={"ops": {asset.node_def.name: {"config": config or {}}}})
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_a_prm_trained_on_oracle_labels_beats_chance_on_held_out_steps(env):
 def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
     _, _, store = env
     run(env, step_datasets, {"labeler": "mc"})
-    meta = metadata(run(env, asset, config), asset.op.name)
+    meta = metadata(run(env, asset, config), asset.node_def.name)
     [new] = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [meta["checkpoint_id"]])
     [base] = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [new["base"]])
     before, after = load_file(f"{base['path']}/model.safetensors"), load_file(f"{new['path']}/model.safetensors")

@@ -44,7 +44,7 @@ def run(env, assets, partition, config=None, raise_on_error=True):
     instance, home, _ = env
     return materialize(assets, instance=instance, resources=resources(home), partition_key=partition,
                        raise_on_error=raise_on_error,
-                       run_config={"ops": {a.op.name: {"config": (config or {}).get(a.op.name, {})} for a in assets}})
+                       run_config={"ops": {a.node_def.name: {"config": (config or {}).get(a.node_def.name, {})} for a in assets}})
 
 
 def metadata(result, name):

@@ -44,7 +44,7 @@ def run(env, asset, config=None, partition="arith-test", judge=None, raise_on_er
     instance, home, _ = env
     return materialize([asset], instance=instance, resources=resources(home, judge), raise_on_error=raise_on_error,
                        partition_key=partition if asset.partitions_def else None,
-                       run_config={"ops": {asset.op.name: {"config": config or {}}}})
+                       run_config={"ops": {asset.node_def.name: {"config": config or {}}}})
 
 
 def metadata(result, name):

@@ -1,12 +1,14 @@
 """The tot_rollouts asset in a real Dagster instance, writing to a real DuckDB store."""
 
 
+from dataclasses import replace
+
 import pytest
 from dagster import DagsterInstance, materialize
 
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_set, prompt_set_partitions
-from qstar_dagster.assets.rollouts import RolloutsConfig, tot_rollouts
+from qstar_dagster.assets.rollouts import RolloutsConfig, tot_rollouts, trees_sound
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
@@ -46,8 +48,8 @@ def env(seeded_home, tmp_path):
 
 def rollouts(env, config=None, raise_on_error=True, partition="arith-test"):
     instance, home, _ = env
-    return materialize([tot_rollouts], instance=instance, resources=resources(home), partition_key=partition,
-                       raise_on_error=raise_on_error,
+    return materialize([tot_rollouts, trees_sound], instance=instance, resources=resources(home),
+                       partition_key=partition, raise_on_error=raise_on_error,
                        run_config={"ops": {"tot_rollouts": {"config": {**ROLLOUTS, **(config or {})}}}})
 
 
@@ -146,8 +148,54 @@ def test_bad_config_and_missing_policy_fail_clearly_before_any_work(env, tmp_pat
     instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test"])
     materialize([prompt_set], instance=instance, resources=resources(empty), partition_key="arith-test",
                 run_config={"ops": {"prompt_set": {"config": {"n": 5}}}})
-    result = materialize([tot_rollouts], instance=instance, resources=resources(empty), partition_key="arith-test",
-                         raise_on_error=False)
+    result = materialize([tot_rollouts, trees_sound], instance=instance, resources=resources(empty),
+                         partition_key="arith-test", raise_on_error=False)
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "no policy checkpoint in the lineage store" in failure.step_failure_data.error.to_string()
     assert "materialize base_policy first" in failure.step_failure_data.error.to_string()
+
+
+def test_sharded_rollouts_make_the_serial_runs_trees_and_each_shard_resumes_on_its_own(env, seeded_home, tmp_path):
+    _, _, store = env
+    sharded = rollouts(env, {"shards": 2})
+    meta = metadata(sharded)
+    steps = {e.step_key for e in sharded.all_events if e.is_step_success}
+    assert {"tot_rollouts.search_rollout_shard[shard_0]", "tot_rollouts.search_rollout_shard[shard_1]"} <= steps
+    assert meta["shards"] == 2 and meta["batches_searched"] == 3 and meta["trees"] == 7
+    [check] = sharded.get_asset_check_evaluations()
+    assert check.passed
+    assert store.records("SELECT status FROM runs WHERE asset_key = 'tot_rollouts'") == [{"status": "success"}]
+
+    serial_env = copied_env(seeded_home, tmp_path / "serial")
+    serial = metadata(rollouts(serial_env))
+    query = "SELECT node_id, tree_id, parent_id, text, is_terminal, is_correct FROM nodes ORDER BY node_id"
+    assert serial["rollout_id"] == meta["rollout_id"] and serial["shards"] == 1
+    assert store.records(query) == serial_env[2].records(query)  # the same trees, node for node
+    logprobs = "SELECT logprob FROM nodes WHERE logprob IS NOT NULL ORDER BY node_id"
+    # (a model instance of its own per shard: the same samples, log-probabilities to float noise)
+    assert [r[0] for r in store.query(logprobs)[1]] == pytest.approx(
+        [r[0] for r in serial_env[2].query(logprobs)[1]], rel=1e-6)
+
+    # more shards than batches: one shard per batch, none empty
+    assert metadata(rollouts(env, {"shards": 9, "seed": 2}))["shards"] == 3
+    with pytest.raises(Exception, match="shards must be >= 1"):
+        rollouts(env, {"shards": 0})
+
+    # a shard written before (a run that died after it): the re-run searches only the rest
+    half = copied_env(seeded_home, tmp_path / "half")
+    run_rollout_shard_only(half, shard=1, of=2)
+    again = metadata(rollouts(half, {"shards": 2}))
+    assert again["batches_in_store_before"] == 1 and again["batches_searched"] == 2
+    assert half[2].records(query) == serial_env[2].records(query)
+
+
+def run_rollout_shard_only(env, shard: int, of: int) -> None:
+    """Write what shard `shard` of `of` would, through the core, as a run that died after it."""
+    _, _, store = env
+    policy = store.checkpoint(None, "policy")
+    version, problems = store.prompt_set_problems("arith-test")
+    config = RolloutsConfig(**ROLLOUTS)
+    plan = plan_rollout("arith-test", version, problems[: config.max_problems], policy["checkpoint_id"],
+                        config.spec(), config.batch_size)
+    mine = replace(plan, batches=tuple(b for b in plan.batches if b.index % of == shard))
+    run_rollout(store, mine, lambda: TransformersGenerator(policy["path"]))

@@ -38,7 +38,7 @@ def run(home, asset, config, servers=(), raise_on_error=True):
                                   "store": LineageStoreResource(path=str(home / "lineage.duckdb")),
                                   "compute": ComputeResource(device="cpu", policy_servers=list(servers),
                                                              policy_server_concurrency=4)},
-                       run_config={"ops": {asset.op.name: {"config": config}}})
+                       run_config={"ops": {asset.node_def.name: {"config": config}}})
 
 
 @pytest.fixture(scope="module")
