@@ -1,5 +1,6 @@
 """Benchmark: one prompt set's rollouts serial (shards=1) against sharded (shards=4), side by
-side in one run, each a real Dagster run with the multiprocess executor on a real instance.
+side in one run, each a real Dagster run with the multiprocess executor on a real instance (forkserver start
+method, the heavy modules preloaded, for both).
 
 Setup: a data directory with --problems problems of arith-train and a small base policy
 trained here. Then the same `tot_rollouts` config runs twice, each on its own copy of that
@@ -44,6 +45,9 @@ from qstar_dagster.resources.compute import ComputeResource
 SET = "arith-train"
 POLICY = {"hidden": 64, "layers": 2, "heads": 2, "steps": 150, "batch_size": 32, "lr": 5e-3, "warmup": 10,
           "eval_every": 150, "eval_k": 2, "eval_max_new_tokens": 32}
+# The step processes fork from a server that has imported these once (Dagster's forkserver
+# start method): a fresh process per step otherwise spends ~10 s importing torch and Dagster.
+PRELOAD = ["torch", "transformers", "qstar_dagster.assets.rollouts"]
 ROLLOUTS = {"algorithm": "beam", "k": 3, "beam_width": 2, "step_max_tokens": 24, "max_depth": 6, "batch_size": 8}
 
 
@@ -52,17 +56,17 @@ def rollouts_job():
     job = define_asset_job("bench_rollouts", selection=[tot_rollouts.key], partitions_def=prompt_set_partitions,
                            executor_def=multiprocess_executor)
     return Definitions(assets=[prompt_set, base_policy, tot_rollouts], asset_checks=[trees_sound], jobs=[job],
-                       resources={"store": LineageStoreResource(path=os.environ["QSTAR_BENCH_STORE"]),
-                                  "data_dir": DataDirResource(path=os.environ["QSTAR_BENCH_HOME"]),
+                       resources={"store": LineageStoreResource(), "data_dir": DataDirResource(),
                                   "compute": ComputeResource(device="cpu")}).resolve_job_def("bench_rollouts")
 
 
 def setup(home: Path, problems: int, instance) -> None:
     resources = {"store": LineageStoreResource(path=str(home / "lineage.duckdb")),
                  "data_dir": DataDirResource(path=str(home)), "compute": ComputeResource(device="cpu")}
-    instance.add_dynamic_partitions(prompt_set_partitions.name, [SET])
-    materialize([prompt_set], instance=instance, resources=resources, partition_key=SET,
-                run_config={"ops": {"prompt_set": {"config": {"n": problems}}}})
+    for key, n in {SET: problems, "arith-test": 12}.items():  # the base policy is evaluated on arith-test
+        instance.add_dynamic_partitions(prompt_set_partitions.name, [key])
+        materialize([prompt_set], instance=instance, resources=resources, partition_key=key,
+                    run_config={"ops": {"prompt_set": {"config": {"n": n}}}})
     materialize([base_policy], instance=instance, resources=resources,
                 run_config={"ops": {"base_policy": {"config": POLICY}}})
 
@@ -73,10 +77,12 @@ def trees(store_path: Path) -> list[tuple]:
 
 
 def measured(home: Path, store_path: Path, instance, shards: int, threads: int, concurrency: int) -> dict:
-    os.environ["QSTAR_BENCH_STORE"], os.environ["QSTAR_BENCH_HOME"] = str(store_path), str(home)
+    # (in run config, not the environment: the forkserver keeps the environment it started with)
     config = {"ops": {"tot_rollouts": {"config": {**ROLLOUTS, "shards": shards}}},
-              "resources": {"compute": {"config": {"device": "cpu", "threads": threads}}},
-              "execution": {"config": {"multiprocess": {"max_concurrent": concurrency}}}}
+              "resources": {"compute": {"config": {"device": "cpu", "threads": threads}},
+                            "store": {"config": {"path": str(store_path)}}, "data_dir": {"config": {"path": str(home)}}},
+              "execution": {"config": {"max_concurrent": concurrency, "start_method": {"forkserver": {
+                  "preload_modules": PRELOAD}}}}}
     started = time.perf_counter()
     with execute_job(reconstructable(rollouts_job), instance=instance, run_config=config,
                      tags={"dagster/partition": SET}) as result:
@@ -84,8 +90,19 @@ def measured(home: Path, store_path: Path, instance, shards: int, threads: int, 
         assert result.success, f"the {shards}-shard run failed"
         [mat] = result.asset_materializations_for_node("tot_rollouts")
         meta = {k: v.value for k, v in mat.metadata.items()}
+        # each search step's own time, start to success (its process's start-up is before it)
+        starts, searches = {}, []
+        for record in instance.all_logs(result.run_id):
+            event = record.dagster_event
+            if event is None or "search_rollout_shard" not in (event.step_key or ""):
+                continue
+            if event.event_type_value == "STEP_START":
+                starts[event.step_key] = record.timestamp
+            elif event.event_type_value == "STEP_SUCCESS":
+                searches.append(record.timestamp - starts[event.step_key])
     return {"shards": shards, "threads": threads, "seconds": round(seconds, 1), "trees": meta["trees"],
-            "nodes": meta["nodes"], "batches": meta["batches_searched"], "rollout_id": meta["rollout_id"]}
+            "nodes": meta["nodes"], "batches": meta["batches_searched"], "rollout_id": meta["rollout_id"],
+            "search_step_seconds": sorted(round(x, 1) for x in searches)}
 
 
 def main() -> None:
@@ -112,7 +129,8 @@ def main() -> None:
               f"batches of {ROLLOUTS['batch_size']}, {os.cpu_count()} cores")
         for r in (serial, sharded):
             print(f"  shards={r['shards']} (torch threads {r['threads']}): {r['seconds']:6.1f} s  "
-                  f"{r['trees']} trees, {r['nodes']} nodes, {r['batches']} batches searched")
+                  f"{r['trees']} trees, {r['nodes']} nodes, {r['batches']} batches searched; search steps "
+                  f"{', '.join(f'{x:.1f}' for x in r['search_step_seconds'])} s")
         print(f"sharded is {ratio:.2f}x the serial run's speed; identical trees: {same}")
         print(json.dumps({"bench": "sharded_rollouts", "problems": args.problems, "cores": os.cpu_count(),
                           "serial": serial, "sharded": sharded, "speedup": round(ratio, 2), "identical_trees": same}))
