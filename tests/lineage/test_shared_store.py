@@ -13,57 +13,14 @@ from qstar_dagster.cli import main
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.lineage.shared import SharedStoreError
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
-from qstar_dagster.tasks.arith import generate_problems
-
-BATCHES, SHARED_NODES, OWN_NODES = 6, 40, 10
-
-
-def _batch(writer: int, batch: int) -> list[dict]:
-    """One tree's nodes: SHARED_NODES that every writer writes (the same content ids, as
-    two workers labeling the same steps would) and OWN_NODES only this writer writes."""
-    ids = [f"n_{batch}_{i}" for i in range(SHARED_NODES)] + [f"n_{batch}_w{writer}_{j}" for j in range(OWN_NODES)]
-    return [{"node_id": i, "tree_id": f"t_{batch}", "prompt_id": "p", "parent_id": None if k == 0 else f"n_{batch}_0",
-             "depth": int(k > 0), "text": i, "stats": {"writer_independent": True}} for k, i in enumerate(ids)]
-
-
-def _labels(writer: int, batch: int) -> list[dict]:
-    return [{"node_id": n["node_id"], "labeler": "mc", "kind": "soft", "value": 0.5, "n_rollouts": 8, "n_correct": 4,
-             "cost_tokens": 10} for n in _batch(writer, batch)[1:]]
-
-
-def _write_all(store: LineageStore, writer: int) -> None:
-    problems = generate_problems(30, seed=writer % 3)  # writers 0, 3, 6 share their problems
-    store.begin_run(f"run-{writer}", "test", f"w{writer}", None, None)
-    with store.transaction() as con:
-        store.write_prompt_set(con, f"set-{writer % 3}", "test", problems, f"run-{writer}")
-    for batch in range(BATCHES):
-        with store.transaction() as con:  # nodes and their labels commit together
-            store.insert(con, "nodes", _batch(writer, batch))
-            store.insert(con, "step_labels", _labels(writer, batch))
-    with store.transaction() as con:
-        store.end_run(con, f"run-{writer}", "test", f"w{writer}")
-
-
-def _writer(url: str, writer: int, errors) -> None:
-    try:
-        _write_all(LineageStore(url), writer)
-    except Exception as e:  # noqa: BLE001  (reported to the test, which fails on any)
-        errors.put(f"writer {writer}: {type(e).__name__}: {e}")
-
-
-def _reader(url: str, stop, errors, seen) -> None:
-    store = LineageStore(url)
-    last = 0
-    try:
-        while not stop.is_set():
-            [(n,)] = store.query("SELECT count(*) FROM nodes")[1]
-            store.lineage("n_0_1/mc/soft")
-            if n < last:
-                errors.put(f"reader saw nodes go from {last} to {n}")
-            last = n
-            seen.append(n)
-    except Exception as e:  # noqa: BLE001
-        errors.put(f"reader: {type(e).__name__}: {e}")
+from tests.lineage.shared_writers import (
+    BATCHES,
+    OWN_NODES,
+    SHARED_NODES,
+    read_process,
+    write_all,
+    write_process,
+)
 
 
 def _answers(store: LineageStore) -> dict:
@@ -82,9 +39,9 @@ def test_eight_writers_and_a_reader_lose_nothing_and_answer_as_a_local_store(pg_
     LineageStore(pg_url)
     ctx = multiprocessing.get_context("spawn")
     errors, stop, seen = ctx.Queue(), ctx.Event(), ctx.Manager().list()
-    reader = ctx.Process(target=_reader, args=(pg_url, stop, errors, seen))
+    reader = ctx.Process(target=read_process, args=(pg_url, stop, errors, seen))
     reader.start()
-    writers = [ctx.Process(target=_writer, args=(pg_url, w, errors)) for w in range(8)]
+    writers = [ctx.Process(target=write_process, args=(pg_url, w, errors)) for w in range(8)]
     for p in writers:
         p.start()
     for p in writers:
@@ -105,7 +62,7 @@ def test_eight_writers_and_a_reader_lose_nothing_and_answer_as_a_local_store(pg_
 
     local = LineageStore(tmp_path / "local.duckdb")  # the same rows, written one writer after another
     for w in range(8):
-        _write_all(local, w)
+        write_all(local, w)
     assert _answers(shared) == _answers(local)
 
 
@@ -113,7 +70,7 @@ def test_copy_moves_a_local_store_to_the_shared_one_and_again_adds_nothing(pg_ur
     path = tmp_path / "local.duckdb"
     local = LineageStore(path)
     for w in range(2):
-        _write_all(local, w)
+        write_all(local, w)
     with local.transaction() as con:  # a JSON column, a list column and a timestamp
         local.insert(con, "evaluations", [{
             "eval_id": "ev_1", "checkpoint_ids": ["ck_a", "ck_b"], "prompt_set": "set-0", "method": "majority@8",
