@@ -399,8 +399,9 @@ def store_copy(target: str, source: str | None) -> None:
     a local store into the shared one. Rows TARGET has already are skipped: copying again adds
     nothing, and a copy that was stopped resumes."""
     from qstar_dagster.lineage import LineageStore, copy_store
+    from qstar_dagster.lineage.shared import is_shared
 
-    if source and not source.startswith(("postgresql://", "postgres://")) and not Path(source).exists():
+    if source and not is_shared(source) and not Path(source).exists():
         raise click.ClickException(f"no lineage store at {source}")
     src = LineageStore(source) if source else _require_store()
     dst = LineageStore(target)

@@ -29,15 +29,24 @@ class RunRef:
         self.store.end_run(con, self.run_id, self.asset_key, self.partition, "success")
 
 
-@contextmanager
-def recorded_run(context: AssetExecutionContext, store: LineageStore, config: dict[str, Any] | None):
-    asset_key = context.asset_key.to_user_string()
+def start_run(context, store: LineageStore, asset_key: str, config: dict[str, Any] | None,
+              code_version: str | None) -> RunRef:
+    """Record this run of `asset_key` (and partition) as started; say so in the log when
+    earlier runs are found dead. For the steps of a graph-backed asset too, which have no
+    `context.asset_key` of their own."""
     partition = context.partition_key if context.has_partition_key else None
-    code_version = f"{qstar_dagster.__version__}/{context.assets_def.code_versions_by_key.get(context.asset_key)}"
-    ref = RunRef(store, context.run_id, asset_key, partition)
-    if died := store.begin_run(context.run_id, asset_key, partition, config, code_version):
+    if died := store.begin_run(context.run_id, asset_key, partition, config,
+                               f"{qstar_dagster.__version__}/{code_version}"):
         context.log.warning(f"{died} earlier run(s) of {asset_key}{f'[{partition}]' if partition else ''} died "
                             "(their process is gone): marked interrupted in the store's runs table")
+    return RunRef(store, context.run_id, asset_key, partition)
+
+
+@contextmanager
+def recorded_run(context: AssetExecutionContext, store: LineageStore, config: dict[str, Any] | None):
+    ref = start_run(context, store, context.asset_key.to_user_string(), config,
+                    context.assets_def.code_versions_by_key.get(context.asset_key))
+    asset_key, partition = ref.asset_key, ref.partition
     try:
         yield ref
     except BaseException:

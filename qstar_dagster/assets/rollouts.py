@@ -29,9 +29,8 @@ from dagster import (
 )
 from pydantic import Field
 
-import qstar_dagster
 from qstar_dagster.assets._config import spec_config, to_spec
-from qstar_dagster.assets._runs import forward_logs, partition_rollout
+from qstar_dagster.assets._runs import forward_logs, partition_rollout, start_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import prompts_changed
 from qstar_dagster.generation.backends import check_backend
@@ -92,10 +91,7 @@ def plan_rollout_shards(context: OpExecutionContext, config: RolloutsConfig, sto
     check_backend(config.backend)
     if config.shards < 1:
         raise ValueError(f"tot_rollouts config shards must be >= 1, got {config.shards}")
-    code_version = f"{qstar_dagster.__version__}/{CODE_VERSION}"
-    if died := lineage.begin_run(context.run_id, ASSET, context.partition_key, config.model_dump(), code_version):
-        context.log.warning(f"{died} earlier run(s) of {ASSET}[{context.partition_key}] died (their process is "
-                            "gone): marked interrupted in the store's runs table")
+    start_run(context, lineage, ASSET, config.model_dump(), CODE_VERSION)
     try:
         plan, _ = _plan(context, lineage, config)
     except BaseException:

@@ -191,7 +191,7 @@ class Connections:
     def drop(self, kind: str, url: str) -> None:
         con = self._local.__dict__.get(os.getpid(), {}).pop((kind, url), None)
         if con is not None:
-            with suppress(Exception):  # it is being thrown away because it broke
+            with suppress(Exception):  # broken, or outdated by a migration: closing is best effort
                 con.close()
 
     def reader(self, url: str, setup: Callable[[duckdb.DuckDBPyConnection], None]) -> duckdb.DuckDBPyConnection:

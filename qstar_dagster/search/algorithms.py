@@ -176,10 +176,11 @@ class Search:
                 # with one value: its copies tie exactly, so float noise in their scores (which
                 # differs between backends, servers and batches) cannot reorder them. The sort is
                 # stable: ties keep sampling order.
+                steps = {id(n): _steps(by_id[tid], n) for n in nodes}  # each path walked once
                 value: dict[tuple[str, ...], float] = {}
                 for n in nodes:
-                    value.setdefault(_steps(by_id[tid], n), n.value or 0.0)
-                nodes.sort(key=lambda n, t=by_id[tid]: -value[_steps(t, n)])
+                    value.setdefault(steps[id(n)], n.value or 0.0)
+                nodes.sort(key=lambda n: -value[steps[id(n)]])
                 del nodes[self.spec.beam_width:]
 
     def _mcts(self, trees: list[Tree]) -> None:
