@@ -1,0 +1,137 @@
+"""Benchmark: where does the built-in policy's training plateau, per domain setting?
+
+Issue 16 asks for shipped base policies trained to a plateau (1,000 further steps of the same
+training gain under 2 points of greedy accuracy) on domain settings where that plateau
+leaves room: greedy 30-70%, pass@8 at least 20 points above greedy, and on Countdown at least
+80% of the sampled steps valid. For each setting this trains the built-in policy once per
+schedule in --steps (same seed and data; each a full warm-up + cosine schedule, so "1,000
+further steps" is a schedule 1,000 steps longer, not more steps at a decayed rate) and
+measures every policy on the same 200 held-out problems, side by side:
+
+    python bench/base_plateau.py --settings "arith:max_operand=99,max_multiplier=9;countdown:3:1-20:10-99" \
+        --steps 2000,3000
+
+A setting is `arith:<ArithSpec field>=<value>,...` (none: the defaults) or
+`countdown:n:min-max:target_min-target_max`. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from countdown import measure as countdown_measure
+from countdown import parse_spec, setting_problems
+
+from qstar_dagster.evaluation.evaluate import EvalSpec, policy_metrics, sample
+from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.tasks import arith
+from qstar_dagster.tasks.prompt_sets import builtin_problems
+from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
+
+
+def arith_spec(text: str) -> arith.ArithSpec:
+    """"max_operand=99,max_multiplier=9" -> ArithSpec(max_operand=99, max_multiplier=9)."""
+    fields = {f.name: f.type for f in dataclasses.fields(arith.ArithSpec)}
+    kwargs = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key not in fields or key == "operators":
+            raise SystemExit(f"--settings: {key!r} is not an integer ArithSpec field; fields: "
+                             f"{', '.join(k for k in fields if k != 'operators')}")
+        kwargs[key] = value.lower() == "true" if fields[key] in (bool, "bool") else int(value)
+    return arith.ArithSpec(**kwargs)
+
+
+def problems_of(setting: str, n_train: int, n_test: int) -> tuple[list, list]:
+    """(training problems, held-out problems) of one setting, disjoint."""
+    kind, _, rest = setting.partition(":")
+    if kind == "arith":
+        spec = arith_spec(rest)
+        test = arith.generate_problems(n_test, seed=2, spec=spec)
+        held = {p.problem for p in test}
+        train = [p for p in arith.generate_problems(n_train + n_test, seed=1, spec=spec) if p.problem not in held]
+        return train[:n_train], test
+    if kind == "countdown":
+        game24 = frozenset(p.problem for p in builtin_problems("game24"))
+        problems = setting_problems(parse_spec(rest), n_train + n_test, game24)
+        return problems[n_test:], problems[:n_test]
+    raise SystemExit(f"--settings entry {setting!r}: start it with arith: or countdown:")
+
+
+def measure(setting: str, path: Path, held_out: list) -> dict:
+    gen = TransformersGenerator(str(path))
+    if setting.startswith("countdown"):
+        return countdown_measure(gen, held_out)
+    sampled = sample(gen, held_out, EvalSpec(ns=(8,), max_new_tokens=96))
+    m, n = policy_metrics(sampled, [8]), len(sampled)
+    return {"problems": n, "greedy": m[("greedy", 1)], "pass_at_8": m[("pass", 8)],
+            "majority_at_8": m[("majority", 8)],
+            "random_sample": sum(sum(s.correct) / len(s.correct) for s in sampled) / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--settings", default="arith:", help="';'-separated domain settings (see the docstring)")
+    ap.add_argument("--steps", default="2000,3000", help="comma-separated schedules, shortest first")
+    ap.add_argument("--hidden", type=int, default=BasePolicyConfig().hidden)
+    ap.add_argument("--layers", type=int, default=BasePolicyConfig().layers)
+    ap.add_argument("--heads", type=int, default=BasePolicyConfig().heads)
+    ap.add_argument("--lr", type=float, default=BasePolicyConfig().lr)
+    ap.add_argument("--problems", type=int, default=200, help="held-out problems per setting")
+    ap.add_argument("--save", default="/tmp/plateau", help="where trained policies go")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    schedules = [int(s) for s in args.steps.split(",")]
+    cfg = BasePolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, lr=args.lr, eval_every=0)
+    runs: dict[str, dict] = {}
+    for setting in filter(None, (s.strip() for s in args.settings.split(";"))):
+        # one pass over distinct problems for the longest schedule (fewer where the setting has fewer)
+        train, held_out = problems_of(setting, max(schedules) * cfg.batch_size, args.problems)
+        runs[setting] = {"train_problems": len(train), "schedules": {}}
+        for steps in schedules:
+            path = Path(args.save) / f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
+            summary = train_base_policy(train, path, dataclasses.replace(cfg, steps=steps))
+            figures = measure(setting, path, held_out)
+            runs[setting]["schedules"][steps] = {"final_loss": round(summary["final_loss"], 4),
+                                                 "seconds": round(summary["train_seconds"], 1), **figures}
+            print(f"{setting} {steps} steps: loss {summary['final_loss']:.3f}, greedy {figures['greedy']:.1%}, "
+                  f"pass@8 {figures['pass_at_8']:.1%} ({summary['train_seconds']:.0f}s)", flush=True)
+        done = runs[setting]["schedules"]
+        last, before = done[schedules[-1]], done[schedules[-2]] if len(schedules) > 1 else None
+        runs[setting]["plateau"] = before is not None and last["greedy"] - before["greedy"] < 0.02
+        runs[setting]["gain_of_longest"] = None if before is None else round(last["greedy"] - before["greedy"], 3)
+
+    columns = [(s, n) for s in runs for n in schedules]
+    print("".ljust(26) + "".join(f"{s[:22]:>24}" for s, _ in columns))
+    print("".ljust(26) + "".join(f"{f'{n} steps':>24}" for _, n in columns))
+    for label, key in [("greedy", "greedy"), ("pass@8", "pass_at_8"), ("majority@8", "majority_at_8"),
+                       ("a random sample", "random_sample"), ("sampled steps valid", "valid_steps"),
+                       ("valid, target in reach", "solvable_of_valid")]:
+        cells = [runs[s]["schedules"][n].get(key) for s, n in columns]
+        if any(c is not None for c in cells):
+            print(f"{label:26}" + "".join(f"{'–' if c is None else f'{c:.1%}':>24}" for c in cells))
+    for label, key in [("beam, likelihood", "beam_likelihood"), ("beam, oracle (ceiling)", "beam_oracle")]:
+        cells = [(runs[s]["schedules"][n].get(key) or {}).get("selected") for s, n in columns]
+        if any(c is not None for c in cells):
+            print(f"{label:26}" + "".join(f"{'–' if c is None else f'{c:.1%}':>24}" for c in cells))
+    print(f"{'final loss':26}" + "".join(f"{runs[s]['schedules'][n]['final_loss']:>24}" for s, n in columns))
+    print(f"{'train seconds':26}" + "".join(f"{runs[s]['schedules'][n]['seconds']:>24}" for s, n in columns))
+    for s, r in runs.items():
+        print(f"{s}: {r['train_problems']} training problems; the longest schedule gains "
+              f"{r['gain_of_longest']} greedy -> {'plateau' if r['plateau'] else 'not at a plateau'}")
+    print(json.dumps({"bench": "base_plateau", "machine": platform.machine(), "threads": args.threads,
+                      "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "lr": cfg.lr},
+                      "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
