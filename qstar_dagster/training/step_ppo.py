@@ -1,0 +1,532 @@
+"""Step-level RL: PPO on a policy's own samples with a reward per reasoning step.
+
+Each iteration samples a group of solutions per training problem with the current policy,
+cuts each into steps (the domain's step format), scores every step (a PRM, Monte Carlo
+values, or the domain's oracle), adds the outcome (the domain's grade) at the solution's
+end, turns the rewards into per-token advantages by one of three credit assignments, and
+takes a few epochs of PPO's clipped objective with a KL penalty against the starting policy.
+
+Credit assignment (`credit`):
+
+- `step`: each step's tokens see only that step's reward. A step is its own episode: the
+  value head predicts the step's reward from inside it, and GAE stops at the step's end
+  (nothing bootstraps from later steps), so a right step is not blamed for a later slip and
+  a wrong step stays punished when the answer comes out right (BACKGROUND.md, step-level PPO).
+- `gae`: each step's reward sits on its last token, and token-level GAE runs across the
+  whole solution (OpenR's TPPO): a step's advantage includes what follows it.
+- `group`: no critic. The problem's group of samples is the baseline (GRPO with process
+  supervision): step rewards are normalised over all the group's steps, a token's
+  advantage is the sum of the normalised rewards of its step and the steps after it, plus
+  the normalised outcome.
+
+Step rewards are shaped against reward hacking (`shaping`): `clip` (min(score - 0.5, 0):
+no step earns more than nothing, so writing more steps never pays, Gao et al. 2410.15115),
+`delta` (score_k - score_{k+1}: the return from a step telescopes to its own score), or
+`none`. The oracle's step accuracy of the samples is logged beside the reward, so a policy
+that learns to please the PRM instead of solving shows as the two curves parting.
+
+Pure core: plain torch on any Hugging Face causal LM; sampling goes through a `Generator`
+(`sampler(model, tokenizer)`), so the transformers backend samples from the weights being
+trained. `assets/training.py` wraps it for Dagster.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from qstar_dagster.generation.base import Generator, SamplingParams
+from qstar_dagster.spec import option
+from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
+from qstar_dagster.tasks.steps import step_format
+
+log = logging.getLogger(__name__)
+
+CREDITS = ("step", "gae", "group")
+REWARDS = ("prm", "mc", "oracle", "none")  # none: the outcome alone (outcome-only RL)
+SHAPINGS = ("clip", "delta", "none")
+STATE = "state.pt"  # the progress of an unfinished training, in its progress directory
+
+
+@dataclass(frozen=True)
+class StepPPOSpec:
+    iterations: int = option(12, "PPO iterations (sample, score, update)")
+    problems_per_iteration: int = option(32, "training problems sampled per iteration")
+    group_size: int = option(4, "samples per problem (the baseline of credit=group)")
+    temperature: float = option(0.7, "sampling temperature; log-probabilities are taken at the same temperature")
+    max_new_tokens: int = option(96, "tokens per solution")
+    reward: str = option("prm", f"step rewards from: {', '.join(REWARDS)} (none: the outcome alone)")
+    credit: str = option("step", f"credit assignment: {', '.join(CREDITS)}")
+    shaping: str = option("clip", f"step-reward shaping against hacking: {', '.join(SHAPINGS)}")
+    outcome_weight: float = option(1.0, "weight of the outcome reward (1 right, 0 wrong) at the solution's end")
+    mc_n: int = option(4, "reward=mc: completions per step prefix")
+    ppo_epochs: int = option(2, "passes over each iteration's samples")
+    minibatch_size: int = option(32, "sequences per optimizer step")
+    lr: float = option(2e-5, "learning rate (AdamW, constant)")
+    clip: float = option(0.2, "PPO's clip range of the probability ratio")
+    kl_coef: float = option(0.05, "weight of the KL penalty against the starting policy")
+    vf_coef: float = option(0.5, "weight of the value loss (credit step and gae)")
+    gamma: float = option(1.0, "discount per token")
+    lam: float = option(0.95, "GAE's lambda")
+    eval_every: int = option(4, "iterations between held-out greedy measurements; 0: at the end only")
+    seed: int = option(0, "seed of the problems, the samples and the value head")
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("reward", self.reward, REWARDS), ("credit", self.credit, CREDITS),
+                                     ("shaping", self.shaping, SHAPINGS)):
+            if value not in allowed:
+                raise ValueError(f"step_ppo {name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.credit == "group" and self.group_size < 2:
+            raise ValueError("credit=group needs group_size >= 2: the other samples of a problem are the baseline")
+        if self.iterations < 1 or self.problems_per_iteration < 1 or self.group_size < 1:
+            raise ValueError("iterations, problems_per_iteration and group_size must be >= 1")
+
+    @property
+    def needs_critic(self) -> bool:
+        return self.credit in ("step", "gae")
+
+
+# --- rewards and advantages: pure functions on lists, checked by hand in the tests -----------
+
+
+def shape(scores: Sequence[float], shaping: str, threshold: float = 0.5) -> list[float]:
+    """Step scores in [0, 1] (a PRM's probability, a Monte Carlo value, the oracle's 0/1) ->
+    step rewards."""
+    if shaping == "none":
+        return [float(s) for s in scores]
+    if shaping == "clip":
+        return [min(float(s) - threshold, 0.0) for s in scores]
+    if shaping == "delta":
+        return [float(s) - float(nxt) for s, nxt in zip(scores, scores[1:])] + [float(scores[-1])] if scores else []
+    raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {shaping!r}")
+
+
+def gae(rewards: Sequence[float], values: Sequence[float], gamma: float = 1.0, lam: float = 0.95) -> list[float]:
+    """Generalised advantage estimates of one episode (the value after its last token is 0)."""
+    out, running = [0.0] * len(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        nxt = values[t + 1] if t + 1 < len(values) else 0.0
+        running = rewards[t] + gamma * nxt - values[t] + gamma * lam * running
+        out[t] = running
+    return out
+
+
+def step_advantages(token_step: Sequence[int], rewards: Sequence[float], values: Sequence[float],
+                    gamma: float = 1.0, lam: float = 0.95) -> list[float]:
+    """credit=step: each step is an episode of its own tokens with its reward at its last
+    token; GAE within it, never across its end. `token_step[i]`: the step of token i."""
+    out: list[float] = []
+    start = 0
+    while start < len(token_step):
+        end = start
+        while end < len(token_step) and token_step[end] == token_step[start]:
+            end += 1
+        r = [0.0] * (end - start)
+        r[-1] = rewards[token_step[start]]
+        out += gae(r, values[start:end], gamma, lam)
+        start = end
+    return out
+
+
+def gae_advantages(token_step: Sequence[int], rewards: Sequence[float], values: Sequence[float],
+                   gamma: float = 1.0, lam: float = 0.95) -> list[float]:
+    """credit=gae: each step's reward on its last token, GAE across the whole solution."""
+    r = [0.0] * len(token_step)
+    for i, k in enumerate(token_step):
+        if i + 1 == len(token_step) or token_step[i + 1] != k:
+            r[i] += rewards[k]
+    return gae(r, values, gamma, lam)
+
+
+def group_advantages(group: Sequence[tuple[Sequence[float], float]], eps: float = 1e-6) -> list[list[float]]:
+    """credit=group: `group` is one problem's samples as (step rewards, outcome). Step rewards
+    are normalised over all the group's steps and the outcomes over its samples; a step's
+    advantage is the sum of the normalised rewards from it to the end, plus the normalised
+    outcome. Returns each sample's per-step advantages."""
+    def normalise(xs):
+        if not xs:
+            return lambda x: 0.0
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+        return lambda x: (x - mean) / (std + eps)
+
+    steps = normalise([r for rewards, _ in group for r in rewards])
+    outcome = normalise([o for _, o in group])
+    out = []
+    for rewards, o in group:
+        normed = [steps(r) for r in rewards]
+        out.append([sum(normed[k:]) + outcome(o) for k in range(len(rewards))])
+    return out
+
+
+def whiten(xs: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    n = mask.sum().clamp(min=1)
+    mean = (xs * mask).sum() / n
+    var = (((xs - mean) * mask) ** 2).sum() / n
+    return (xs - mean) / (var.sqrt() + eps) * mask
+
+
+# --- one sample, encoded --------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    problem: Problem
+    group: int  # index of its problem in the iteration
+    text: str
+    steps: list[str]
+    ids: list[int]  # prompt + completion tokens
+    n_prompt: int
+    token_step: list[int]  # the step of each completion token
+    correct: bool = False
+    scores: list[float] = field(default_factory=list)  # the reward source's step scores
+    oracle: list[bool] | None = None  # the oracle's verdict per step, where the domain has one
+    step_rewards: list[float] = field(default_factory=list)  # shaped step rewards
+    rewards: list[float] = field(default_factory=list)  # the same with the outcome added on the last step
+
+
+def encode_sample(tok, prompt: str, text: str, separator: str, finished: bool) -> tuple[list[int], int, list[int], list[str]]:
+    """(ids, prompt length, each completion token's step, the steps). The completion is
+    tokenized piece by piece (each step with its separator), so every token belongs to one
+    step; blank pieces and the end of sequence go with the step before them."""
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    n_prompt = len(ids)
+    pieces = text.split(separator)
+    token_step: list[int] = []
+    steps: list[str] = []
+    for i, piece in enumerate(pieces):
+        chunk = piece + (separator if i + 1 < len(pieces) else "")
+        if not chunk:
+            continue
+        if piece.strip():
+            steps.append(piece.strip())
+        k = max(0, len(steps) - 1)
+        new = tok(chunk, add_special_tokens=False)["input_ids"]
+        ids += new
+        token_step += [k] * len(new)
+    if finished and tok.eos_token_id is not None:
+        ids.append(tok.eos_token_id)
+        token_step.append(max(0, len(steps) - 1))
+    return ids, n_prompt, token_step, steps
+
+
+# --- the model: policy with a value head ----------------------------------------------------
+
+
+class ValueHead(torch.nn.Module):
+    """A scalar per token from the policy's last hidden state (the backbone is shared)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden).squeeze(-1)
+
+
+def _pad(samples: Sequence[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids [B, T] (right-padded), attention mask, and the mask of completion tokens whose
+    log-probability is trained ([B, T-1], aligned with the logits that predict them)."""
+    width = max(len(s.ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    action = torch.zeros((len(samples), width - 1))
+    for r, s in enumerate(samples):
+        ids[r, : len(s.ids)] = torch.tensor(s.ids)
+        mask[r, : len(s.ids)] = 1
+        action[r, s.n_prompt - 1: len(s.ids) - 1] = 1
+    return ids, mask, action
+
+
+def _forward(model, value_head, ids, mask, temperature: float):
+    """(log-probability of each next token at `temperature` [B, T-1], values [B, T-1] or None)."""
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=value_head is not None)
+    logits = out.logits[:, :-1].float() / max(temperature, 1e-6)
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    # the value of the state before each action token: the hidden state that predicts it
+    values = value_head(out.hidden_states[-1][:, :-1].float()) if value_head is not None else None
+    return logp, values
+
+
+def _per_token(samples: Sequence[Sample], width: int, values: torch.Tensor | None, spec: StepPPOSpec,
+               group_adv: dict[int, list[float]]) -> torch.Tensor:
+    """Advantages [B, width] aligned with `_pad`'s action mask."""
+    adv = torch.zeros((len(samples), width))
+    for r, s in enumerate(samples):
+        n = len(s.token_step)
+        if n == 0:
+            continue
+        a = s.n_prompt - 1
+        if spec.credit == "group":
+            per_step = group_adv[r]
+            row = [per_step[k] if k < len(per_step) else 0.0 for k in s.token_step]
+        else:
+            v = values[r, a: a + n].tolist()
+            rewards = s.rewards or [0.0]
+            fn = step_advantages if spec.credit == "step" else gae_advantages
+            row = fn(s.token_step, rewards, v, spec.gamma, spec.lam)
+        adv[r, a: a + n] = torch.tensor(row)
+    return adv
+
+
+# --- the training loop ----------------------------------------------------------------------
+
+ScoreFn = Callable[[Sequence[Sample], Generator], list[list[float]]]
+
+
+def oracle_scores(samples: Sequence[Sample], generator: Generator | None = None) -> list[list[float]]:
+    """The domain's step oracle as 0/1 step scores (for measurement; what MC labels estimate)."""
+    return [[float(v) for v in (s.oracle or [False] * len(s.steps))] for s in samples]
+
+
+def prm_scores(scorer) -> ScoreFn:
+    """A PRM's step scores: `scorer.score_batch([(problem, steps)])` (PRMScorer)."""
+    def score(samples: Sequence[Sample], generator: Generator | None = None) -> list[list[float]]:
+        items = [(s.problem.problem, s.steps) for s in samples if s.steps]
+        it = iter(scorer.score_batch(items) if items else [])
+        return [next(it) if s.steps else [] for s in samples]
+    return score
+
+
+def mc_scores(n: int, temperature: float, max_new_tokens: int, seed: int = 0) -> ScoreFn:
+    """Monte Carlo values of each step prefix (Math-Shepherd's soft label), with completions
+    from the policy being trained; the group's own finished samples count as completions."""
+    from qstar_dagster.generation.base import Completion
+    from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
+    from qstar_dagster.search.tree import Tree
+
+    def score(samples: Sequence[Sample], generator: Generator) -> list[list[float]]:
+        estimator = PrefixEstimator(generator, EstimatorSpec(n=n, temperature=temperature,
+                                                             max_new_tokens=max_new_tokens), seed=seed)
+        trees: dict[int, Tree] = {}
+        items, owners = [], []
+        for i, s in enumerate(samples):
+            fmt = step_format(s.problem.domain)
+            tree = trees.setdefault(s.group, Tree(f"ppo{s.group}", s.problem, policy_prompt(s.problem.problem), fmt,
+                                                  max(16, len(s.steps) + 1)))
+            node = tree.root
+            for k, text in enumerate(s.steps):
+                last = k + 1 == len(s.steps)
+                node = tree.add_child(node, Completion(text, 0, 0.0, "stop", stop_string=None if last else
+                                                       fmt.separator))
+                items.append((tree, node))
+                owners.append(i)
+        out: list[list[float]] = [[] for _ in samples]
+        for owner, est in zip(owners, estimator.estimate(items) if items else []):
+            out[owner].append(est.soft)
+        return out
+
+    return score
+
+
+@dataclass
+class Progress:
+    """What an unfinished training has done: saved after every iteration, so a killed run
+    resumes from its last saved iteration."""
+    iteration: int = 0
+    curves: dict = field(default_factory=lambda: {k: [] for k in (
+        "reward", "step_score", "oracle_step_accuracy", "sample_accuracy", "kl", "heldout_greedy", "loss")})
+    train_seconds: float = 0.0
+    sampled_tokens: int = 0
+
+
+def _fingerprint(spec: StepPPOSpec, extra: dict) -> str:
+    from qstar_dagster.tasks.problem import content_id
+    return content_id("ppo", asdict(spec), extra)
+
+
+def _save_state(progress_dir: Path, model, value_head, opt, progress: Progress, fingerprint: str) -> None:
+    progress_dir.mkdir(parents=True, exist_ok=True)
+    tmp = progress_dir / (STATE + ".tmp")
+    torch.save({"fingerprint": fingerprint, "model": model.state_dict(),
+                "value_head": value_head.state_dict() if value_head is not None else None,
+                "optimizer": opt.state_dict(), "progress": asdict(progress)}, tmp)
+    os.replace(tmp, progress_dir / STATE)  # a kill leaves the previous state whole
+
+
+def _load_state(progress_dir: Path | None, fingerprint: str) -> dict | None:
+    f = progress_dir / STATE if progress_dir else None
+    if not f or not f.is_file():
+        return None
+    try:
+        state = torch.load(f, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file: restart cleanly
+        log.warning("step_ppo: cannot read %s (%s); training from the start", f, e)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("step_ppo: %s was saved by another config; training from the start", f)
+        return None
+    return state
+
+
+def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: Path,
+                   spec: StepPPOSpec = StepPPOSpec(), *, score: ScoreFn | None = None,
+                   sampler: Callable[[object, object], Generator] | None = None,
+                   evaluate: Callable[[object, object], float] | None = None,
+                   progress_dir: Path | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
+                   identity: dict | None = None) -> dict:
+    """Train the policy in `base_dir` with step-level PPO on `problems` and save it to
+    `out_dir` as a standard causal LM. `score(samples, generator)`: the reward source's step
+    scores (None: `spec.reward` none or oracle); `sampler(model, tok)`: the generator that
+    samples from the weights being trained (default: transformers); `evaluate(model, tok)`:
+    held-out greedy accuracy for the curve. `progress_dir`: where the state of every finished
+    iteration is kept, so a killed training resumes (same spec and `identity`); removed at the end."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qstar_dagster.generation.hf import TransformersGenerator
+
+    if not problems:
+        raise ValueError("step_ppo: the training prompt set is empty")
+    if spec.reward in ("prm", "mc") and score is None:
+        raise ValueError(f"step_ppo reward={spec.reward} needs a score function (a PRM scorer or the policy)")
+    if spec.reward == "oracle":
+        score = oracle_scores
+    sampler = sampler or (lambda m, t: TransformersGenerator(m, t))
+    torch.manual_seed(spec.seed)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    value_head = ValueHead(model.config.hidden_size) if spec.needs_critic else None
+    params = list(model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    fingerprint = _fingerprint(spec, {"base": str(base_dir), "n_problems": len(problems), **(identity or {})})
+    progress = Progress()
+    if state := _load_state(progress_dir, fingerprint):
+        model.load_state_dict(state["model"])
+        if value_head is not None and state["value_head"] is not None:
+            value_head.load_state_dict(state["value_head"])
+        opt.load_state_dict(state["optimizer"])
+        progress = Progress(**state["progress"])
+        log.info("step_ppo: resuming after iteration %d of %d", progress.iteration, spec.iterations)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    started = time.monotonic() - progress.train_seconds
+    for it in range(progress.iteration + 1, spec.iterations + 1):
+        t0 = time.monotonic()
+        rng = random.Random(spec.seed * 100003 + it)  # the same problems for an iteration after a resume
+        batch = rng.sample(list(problems), min(spec.problems_per_iteration, len(problems)))
+        model.eval()
+        gen = sampler(model, tok)
+        prompts = [policy_prompt(p.problem, template) for p in batch]
+        completions = gen.generate(prompts, SamplingParams(n=spec.group_size, temperature=spec.temperature,
+                                                           max_new_tokens=spec.max_new_tokens, seed=spec.seed * 7919 + it))
+        samples: list[Sample] = []
+        for g, (p, prompt, cs) in enumerate(zip(batch, prompts, completions)):
+            d = domain(p.domain)
+            sep = step_format(p.domain).separator
+            for c in cs:
+                ids, n_prompt, token_step, steps = encode_sample(tok, prompt, c.text, sep, c.finish_reason == "stop")
+                if len(ids) == n_prompt:  # nothing generated: nothing to credit
+                    continue
+                s = Sample(p, g, c.text, steps, ids, n_prompt, token_step, correct=d.grade(p, c.text)[1])
+                s.oracle = d.oracle(p, steps).labels[: len(steps)] if d.has_oracle and steps else None
+                samples.append(s)
+        sampled_tokens = sum(len(s.token_step) for s in samples)
+        step_scores = score(samples, gen) if score is not None and spec.reward != "none" else [[] for _ in samples]
+        for s, sc in zip(samples, step_scores):
+            s.scores = list(sc)
+            s.step_rewards = (shape(s.scores, spec.shaping) if s.scores else [0.0] * len(s.steps)) or [0.0]
+            s.rewards = s.step_rewards[:-1] + [s.step_rewards[-1] + spec.outcome_weight * float(s.correct)]
+        stats = _update(model, reference, value_head, opt, samples, spec, pad_id)
+        progress.iteration = it
+        progress.sampled_tokens += sampled_tokens
+        oracle_steps = [v for s in samples if s.oracle for v in s.oracle]
+        all_scores = [x for s in samples for x in s.scores]
+        point = {"reward": sum(sum(s.rewards) for s in samples) / max(1, len(samples)),
+                 "step_score": sum(all_scores) / len(all_scores) if all_scores else None,
+                 "oracle_step_accuracy": sum(oracle_steps) / len(oracle_steps) if oracle_steps else None,
+                 "sample_accuracy": sum(s.correct for s in samples) / max(1, len(samples)),
+                 "kl": stats["kl"], "loss": stats["loss"]}
+        for k, v in point.items():
+            progress.curves[k].append((it, v))
+        if evaluate and ((spec.eval_every and it % spec.eval_every == 0) or it == spec.iterations):
+            model.eval()
+            progress.curves["heldout_greedy"].append((it, evaluate(model, tok)))
+        progress.train_seconds = time.monotonic() - started
+        rate = (time.monotonic() - started) / max(1, it - (state["progress"]["iteration"] if state else 0))
+        held = progress.curves["heldout_greedy"]
+        log.info("step_ppo: iteration %d/%d, reward %.3f, step score %s, oracle step accuracy %s, samples right %.1f%%, "
+                 "KL %.4f, %.0f tokens/s, ETA %.0fs%s", it, spec.iterations, point["reward"],
+                 _fmt(point["step_score"]), _fmt(point["oracle_step_accuracy"]), 100 * point["sample_accuracy"],
+                 point["kl"], sampled_tokens / max(1e-9, time.monotonic() - t0), (spec.iterations - it) * rate,
+                 f", held-out greedy {held[-1][1]:.1%}" if held and held[-1][0] == it else "")
+        if progress_dir is not None and it < spec.iterations:
+            _save_state(progress_dir, model, value_head, opt, progress, fingerprint)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    if value_head is not None:
+        torch.save(value_head.state_dict(), out_dir / "value_head.pt")
+    curves = progress.curves
+    return {"final_loss": curves["loss"][-1][1] if curves["loss"] else None,
+            "train_seconds": progress.train_seconds, "iterations": spec.iterations,
+            "sampled_tokens": progress.sampled_tokens, "n_train_problems": len(problems),
+            "final_reward": curves["reward"][-1][1], "final_kl": curves["kl"][-1][1],
+            "final_oracle_step_accuracy": curves["oracle_step_accuracy"][-1][1],
+            "loss_curve": curves["loss"], "curves": curves, "config": asdict(spec)}
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _update(model, reference, value_head, opt, samples: list[Sample], spec: StepPPOSpec, pad_id: int) -> dict:
+    """PPO epochs over one iteration's samples; returns the mean loss and KL."""
+    if not samples:
+        return {"loss": None, "kl": 0.0}
+    ids, mask, action = _pad(samples, pad_id)
+    with torch.no_grad():
+        old_logp, values = _forward(model, value_head, ids, mask, spec.temperature)
+        ref_logp, _ = _forward(reference, None, ids, mask, spec.temperature)
+    group_adv: dict[int, list[float]] = {}
+    if spec.credit == "group":
+        by_group: dict[int, list[int]] = {}
+        for r, s in enumerate(samples):
+            by_group.setdefault(s.group, []).append(r)
+        for rows in by_group.values():
+            group = [(samples[r].step_rewards, spec.outcome_weight * float(samples[r].correct)) for r in rows]
+            for r, a in zip(rows, group_advantages(group)):
+                group_adv[r] = a
+    adv = _per_token(samples, action.shape[1], values, spec, group_adv)
+    returns = adv + values if values is not None else None  # the value head's targets, before whitening
+    if spec.credit != "group":
+        adv = whiten(adv, action)
+    order = torch.Generator().manual_seed(spec.seed)
+    losses, kls = [], []
+    model.train()
+    for _ in range(spec.ppo_epochs):
+        perm = torch.randperm(len(samples), generator=order)
+        for start in range(0, len(samples), spec.minibatch_size):
+            idx = perm[start: start + spec.minibatch_size]
+            m = action[idx]
+            n = m.sum().clamp(min=1)
+            logp, v = _forward(model, value_head, ids[idx], mask[idx], spec.temperature)
+            ratio = torch.exp(logp - old_logp[idx])
+            a = adv[idx]
+            pg = -torch.min(ratio * a, ratio.clamp(1 - spec.clip, 1 + spec.clip) * a)
+            # k3 estimator of KL(policy || reference): non-negative, unbiased
+            delta = ref_logp[idx] - logp
+            kl = torch.exp(delta) - delta - 1
+            loss = ((pg + spec.kl_coef * kl) * m).sum() / n
+            if v is not None:
+                loss = loss + spec.vf_coef * (((v - returns[idx]) ** 2) * m).sum() / n
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            opt.step()
+            losses.append(loss.item())
+            kls.append(((kl * m).sum() / n).item())
+    model.eval()
+    return {"loss": sum(losses) / len(losses), "kl": sum(kls) / len(kls)}

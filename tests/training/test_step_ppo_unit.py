@@ -1,0 +1,98 @@
+"""Step-level PPO's credit assignment on hand-built rewards, each value worked out by hand."""
+
+import pytest
+
+from qstar_dagster.training.charlm import char_tokenizer
+from qstar_dagster.training.step_ppo import (
+    StepPPOSpec,
+    encode_sample,
+    gae,
+    gae_advantages,
+    group_advantages,
+    shape,
+    step_advantages,
+)
+
+
+def approx(xs):
+    return pytest.approx(xs, abs=1e-4)  # the normalisations' eps
+
+
+def test_gae_with_lambda_one_is_the_return_minus_the_value():
+    # rewards 0, 0, 1 and values 0.2, 0.5, 0.9: returns 1, 1, 1
+    assert gae([0, 0, 1], [0.2, 0.5, 0.9], gamma=1.0, lam=1.0) == approx([0.8, 0.5, 0.1])
+
+
+def test_gae_with_lambda_zero_is_the_one_step_td_error():
+    # delta_t = r_t + V_{t+1} - V_t, and V after the end is 0
+    assert gae([0, 0, 1], [0.2, 0.5, 0.9], gamma=1.0, lam=0.0) == approx([0.3, 0.4, 0.1])
+
+
+def test_step_credit_never_reaches_past_a_steps_end():
+    # two steps of two tokens; step 0 right (reward 0), step 1 wrong (reward -0.5); values 0.
+    # Each step's tokens see their own step's reward only.
+    token_step = [0, 0, 1, 1]
+    assert step_advantages(token_step, [0.0, -0.5], [0, 0, 0, 0], lam=1.0) == approx([0, 0, -0.5, -0.5])
+    # the same under gae: the right first step is blamed for the wrong second one
+    assert gae_advantages(token_step, [0.0, -0.5], [0, 0, 0, 0], lam=1.0) == approx([-0.5, -0.5, -0.5, -0.5])
+
+
+def test_step_credit_keeps_a_wrong_step_punished_when_the_answer_comes_out_right():
+    # step 0 wrong (-0.5), step 1 right and the answer right (outcome +1 on the last step)
+    token_step = [0, 1]
+    assert step_advantages(token_step, [-0.5, 1.0], [0, 0], lam=1.0) == approx([-0.5, 1.0])
+    assert gae_advantages(token_step, [-0.5, 1.0], [0, 0], lam=1.0) == approx([0.5, 1.0])
+
+
+def test_step_credit_subtracts_the_value_within_the_step():
+    # one step of three tokens, reward 1 at its end, values 0.5, 0.6, 0.7, lambda 0.5:
+    # deltas: 0.6-0.5=0.1, 0.7-0.6=0.1, 1-0.7=0.3; A2=0.3, A1=0.1+0.5*0.3=0.25, A0=0.1+0.5*0.25=0.225
+    assert step_advantages([0, 0, 0], [1.0], [0.5, 0.6, 0.7], lam=0.5) == approx([0.225, 0.25, 0.3])
+
+
+def test_group_credit_normalises_over_the_group_and_sums_what_follows():
+    # two samples of one problem: A has steps (0, 0) and is right, B has steps (0, -1) and is wrong.
+    # Step rewards 0, 0, 0, -1: mean -0.25, std sqrt(3)/4 = 0.4330; normalised 0 -> 0.5774, -1 -> -1.7321.
+    # Outcomes 1, 0: mean 0.5, std 0.5 -> +1, -1.
+    [a, b] = group_advantages([([0.0, 0.0], 1.0), ([0.0, -1.0], 0.0)])
+    n0, n1 = 0.25 / (3 ** 0.5 / 4), -0.75 / (3 ** 0.5 / 4)
+    assert a == approx([2 * n0 + 1, n0 + 1])
+    assert b == approx([n0 + n1 - 1, n1 - 1])
+
+
+def test_group_credit_on_outcomes_alone_is_grpo():
+    # no step rewards: every step of a sample gets its normalised outcome (right +1, wrong -1)
+    advantages = group_advantages([([0.0, 0.0], 1.0), ([0.0], 0.0), ([0.0, 0.0, 0.0], 1.0), ([0.0], 0.0)])
+    assert advantages == [approx([1, 1]), approx([-1]), approx([1, 1, 1]), approx([-1])]
+
+
+def test_a_group_of_equal_samples_teaches_nothing():
+    assert group_advantages([([0.5], 1.0), ([0.5], 1.0)]) == [approx([0.0]), approx([0.0])]
+
+
+def test_shaping():
+    scores = [0.9, 0.2, 0.6]
+    assert shape(scores, "none") == approx(scores)
+    assert shape(scores, "clip") == approx([0.0, -0.3, 0.0])  # nothing to gain from more steps
+    assert shape(scores, "delta") == approx([0.7, -0.4, 0.6])  # the return from step k is score_k
+    assert sum(shape(scores, "delta")) == pytest.approx(scores[0])
+
+
+def test_each_token_belongs_to_one_step():
+    tok = char_tokenizer()
+    ids, n_prompt, token_step, steps = encode_sample(tok, "Q\n", "1 + 2 = 3\n\nThe answer is 3", "\n", finished=True)
+    assert steps == ["1 + 2 = 3", "The answer is 3"]
+    completion = ids[n_prompt:]
+    assert len(completion) == len(token_step) == len("1 + 2 = 3\n\nThe answer is 3") + 1  # + end of sequence
+    assert token_step == [0] * len("1 + 2 = 3\n\n") + [1] * (len("The answer is 3") + 1)
+    assert completion[-1] == tok.eos_token_id
+    # a solution cut by the token budget has no end of sequence
+    _, _, cut_steps, _ = encode_sample(tok, "Q\n", "1 + 2 = 3\nThe ans", "\n", finished=False)
+    assert cut_steps == [0] * len("1 + 2 = 3\n") + [1] * len("The ans")
+
+
+def test_bad_config_says_what_is_allowed():
+    with pytest.raises(ValueError, match="credit must be one of step, gae, group"):
+        StepPPOSpec(credit="token")
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        StepPPOSpec(credit="group", group_size=1)
