@@ -130,7 +130,10 @@ DEMO_TRAIN_PROBLEMS = 384
 LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels", "label_agreement")
 # Round 1's training budget in the demo, where the assets' defaults train longer: a full epoch
 # of the demo's ~1,500 step pairs is ~100 s of step-DPO on 2 cores; 48 steps is half of it.
-DEMO_ROUND_TRAINING = {"dpo_policy": {"steps": 48}}
+# Step-PPO: 4 iterations of 16 problems x 4 samples (~30 s) show the stage work, not what it can gain
+# (bench/step_rl.py trains longer).
+DEMO_ROUND_TRAINING = {"dpo_policy": {"steps": 48},
+                       "step_ppo_policy": {"iterations": 4, "problems_per_iteration": 16, "eval_every": 0}}
 
 
 def _fmt(value, spec: str) -> str:
@@ -237,7 +240,7 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     data = done["datasets"]
     click.echo(f"round 1 datasets from {DEMO_TRAIN_SET}: " + ", ".join(
         f"{kind} {data[f'{kind}_rows']} rows" for kind in ("rft", "prm", "step_pairs", "pairs")))
-    for asset in ("prm_model", "rft_policy", "dpo_policy"):
+    for asset in ("prm_model", "rft_policy", "dpo_policy", "step_ppo_policy"):
         t = done[asset]
         if "skipped" in t:
             click.echo(f"{asset}: {t['skipped']}")

@@ -18,7 +18,7 @@ from qstar_dagster.assets.labels import (
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_inbox_sensor, prompt_set
 from qstar_dagster.assets.rollouts import tot_rollouts, trees_sound
-from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
+from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy, step_ppo_policy
 from qstar_dagster.automation import refresh_automation
 from qstar_dagster.jobs import (
     base_policy_job,
@@ -40,7 +40,8 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
     store = LineageStoreResource(path=str(default_store_path(data_dir)) if data_dir else None)
     return Definitions(
         assets=[prompt_set, base_policy, tot_rollouts, judge_model, mc_labels, judge_labels, oracle_labels,
-                consensus_labels, imported_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy, evaluation],
+                consensus_labels, imported_labels, label_agreement, step_datasets, prm_model, rft_policy, dpo_policy, step_ppo_policy,
+                evaluation],
         jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job, evaluation_job, refresh_job,
               expert_iteration_round],
         asset_checks=[trees_sound],

@@ -13,14 +13,14 @@ from qstar_dagster.assets.evaluation import evaluation
 from qstar_dagster.assets.labels import judge_model
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_set_partitions
-from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
+from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy, step_ppo_policy
 from qstar_dagster.automation import REFRESH_ASSETS
 from qstar_dagster.rounds import ROUND_ASSETS, ROUND_JOB
 
 # Every asset but the unpartitioned models (base policy, judge) is partitioned by prompt set:
 # the data stages by the set they search, label and build from; the trained checkpoints and
 # their evaluation by the training set they learn from.
-TRAINED = AssetSelection.assets(prm_model, rft_policy, dpo_policy)
+TRAINED = AssetSelection.assets(prm_model, rft_policy, dpo_policy, step_ppo_policy)
 UNPARTITIONED = AssetSelection.assets(base_policy, judge_model)
 embedded_pipeline = define_asset_job(
     "embedded_pipeline", selection=AssetSelection.all() - UNPARTITIONED - TRAINED - AssetSelection.assets(evaluation),
@@ -33,7 +33,8 @@ base_policy_job = define_asset_job(
 )
 training_job = define_asset_job(
     "training_job", selection=TRAINED, partitions_def=prompt_set_partitions,
-    description="Train the PRM, RFT and DPO checkpoints on a training prompt set's datasets.",
+    description="Train the PRM, RFT and DPO checkpoints on a training prompt set's datasets, and step-PPO on "
+    "its problems.",
 )
 evaluation_job = define_asset_job(
     "evaluation_job", selection=AssetSelection.assets(evaluation), partitions_def=prompt_set_partitions,
@@ -46,7 +47,7 @@ judge_model_job = define_asset_job(
 expert_iteration_round = define_asset_job(
     ROUND_JOB, selection=AssetSelection.assets(*ROUND_ASSETS), partitions_def=prompt_set_partitions,
     description="One expert-iteration round on a training prompt set (the partition): rollouts by the previous "
-    "round's policy, labels, datasets, the PRM, RFT and DPO checkpoints, evaluation. `qstar round --round k` "
+    "round's policy, labels, datasets, the PRM, RFT, DPO and step-PPO checkpoints, evaluation. `qstar round --round k` "
     "runs it with round k-1's checkpoints in its config and tag qstar/round=k.",
 )
 refresh_job = define_asset_job(

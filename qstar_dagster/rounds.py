@@ -6,7 +6,8 @@ base policy), guided by round k-1's PRM when there is one; labels them (Math-She
 Carlo by default, or binary search: it agrees with the oracle more for a fraction of the
 tokens, but labels only each finished solution's path up to its first error, so the datasets
 come out several times smaller and with almost no step pairs); builds the datasets; trains
-round k's PRM, RFT policy and DPO policy from round k-1's policy; and evaluates the training
+round k's PRM, RFT policy and DPO policy from round k-1's policy, then step-PPO from the same
+policy with the new PRM's step scores as rewards; and evaluates the training
 set's checkpoints on the held-out set. Every asset of the run is a materialization of the
 `train_set` partition, so the UI shows a round as one run and the asset graph shows what each
 stage was built from; which round an artifact belongs to is read off the checkpoint chain
@@ -27,8 +28,8 @@ ROUND_TAG = "qstar/round"
 # the round's assets in the order they run, and the name each one's metadata has in a round's result
 ROUND_ASSETS = {"tot_rollouts": "rollouts", "mc_labels": "labels", "step_datasets": "datasets",
                 "prm_model": "prm_model", "rft_policy": "rft_policy", "dpo_policy": "dpo_policy",
-                "evaluation": "evaluation"}
-TRAINING_ASSETS = ("prm_model", "rft_policy", "dpo_policy")
+                "step_ppo_policy": "step_ppo_policy", "evaluation": "evaluation"}
+TRAINING_ASSETS = ("prm_model", "rft_policy", "dpo_policy", "step_ppo_policy")
 
 # the mc_labels asset's methods (the labeling pipeline's MC_METHODS, whose import loads torch)
 ROUND_LABELERS = (montecarlo.LABELER, binary_search.LABELER)

@@ -19,7 +19,9 @@ TINY_POLICY = json.dumps({"hidden": 32, "layers": 1, "heads": 2, "steps": 20, "b
                           "eval_k": 2, "eval_max_new_tokens": 40})
 TINY_ROLLOUTS = json.dumps({"max_problems": 10, "k": 2, "beam_width": 2, "step_max_tokens": 24})
 TINY_ROUND = json.dumps({"training": {"prm_model": {"steps": 2}, "rft_policy": {"steps": 2},
-                                      "dpo_policy": {"steps": 1}},
+                                      "dpo_policy": {"steps": 1},
+                                      "step_ppo_policy": {"iterations": 1, "problems_per_iteration": 2,
+                                                          "group_size": 2, "max_new_tokens": 16}},
                          "evaluation": {"ns": [1, 2], "max_new_tokens": 16}})
 DEMO = ["demo", "--policy-config", TINY_POLICY, "--rollout-config", TINY_ROLLOUTS,
         "--label-config", json.dumps({"n": 2, "max_new_tokens": 16}), "--round-config", TINY_ROUND]

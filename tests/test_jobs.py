@@ -69,6 +69,7 @@ def test_orchestration_is_registered_and_ships_turned_off():
     assert round_job.partitions_def == prompt_set_partitions
     graph = defs.resolve_asset_graph()
     gpu_assets = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).pools == {"gpu"}}
-    assert {"tot_rollouts", "mc_labels", "judge_labels", "prm_model", "rft_policy", "dpo_policy"} <= gpu_assets
+    assert {"tot_rollouts", "mc_labels", "judge_labels", "prm_model", "rft_policy", "dpo_policy",
+            "step_ppo_policy"} <= gpu_assets
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
     assert automated == set(REFRESH_ASSETS)

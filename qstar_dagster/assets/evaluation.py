@@ -71,7 +71,8 @@ def _named(metrics: dict) -> dict:
 @asset(
     partitions_def=prompt_set_partitions,  # the training prompt set whose checkpoints it measures
     group_name="evaluation", code_version="1", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch", "duckdb"},
-    deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy")],
+    deps=[AssetKey("base_policy"), AssetKey("prm_model"), AssetKey("rft_policy"), AssetKey("dpo_policy"),
+          AssetKey("step_ppo_policy")],
     description="The checkpoints of a training prompt set (its partition) on a held-out prompt set: greedy, "
     "pass@N and majority@N, and with every PRM: best-of-N (min / prod / last of step scores) and PRM-weighted "
     "vote, for N in 1..16; every PRM against the oracle's step labels (accuracy, first-error F1, sibling "

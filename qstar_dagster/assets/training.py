@@ -1,10 +1,12 @@
 """Trained checkpoints from the factory's datasets: a PRM (step scorer), an RFT policy and a
-DPO / step-DPO policy, each recorded with the dataset it learned from, the checkpoint it
+DPO / step-DPO policy, and from the policy's own samples a step-PPO policy, each recorded with the dataset it learned from, the checkpoint it
 started from, its training metrics and its evaluation on a held-out prompt set.
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
+import json
 import random
+from dataclasses import asdict
 
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
@@ -15,14 +17,22 @@ from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.datasets.build import read_rows
 from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.backends import make_generator
+from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.rollouts import held_out_rollout
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
+from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
 from qstar_dagster.tasks.steps import step_format
-from qstar_dagster.training.checkpoints import fine_tune
+from qstar_dagster.training.base_policy import greedy_accuracy
+from qstar_dagster.training.checkpoints import (
+    build_checkpoint,
+    fine_tune,
+    name_checkpoint,
+    progress_path,
+)
 from qstar_dagster.training.dpo import DPO_REVISION, DPOSpec, train_dpo
 from qstar_dagster.training.prm import (
     PRM_SEPARATOR,
@@ -32,6 +42,14 @@ from qstar_dagster.training.prm import (
     train_prm,
 )
 from qstar_dagster.training.rft import RFTSpec, train_rft
+from qstar_dagster.training.step_ppo import (
+    STEP_PPO_REVISION,
+    STEP_PPO_TRAINER,
+    StepPPOSpec,
+    mc_scores,
+    prm_scores,
+    train_step_ppo,
+)
 
 
 class TrainConfig(Config):
@@ -193,3 +211,94 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
         train_config={"trainer": "trl.DPOTrainer", "revision": DPO_REVISION, "pairs": config.pairs, **spec.__dict__},
         train=train, evaluate=lambda lineage, _: _policy_eval(lineage, config.eval_prompt_set, compute),
         extra={"pairs": config.pairs})
+
+
+class StepPPOConfig(spec_config(StepPPOSpec)):
+    eval_prompt_set: str = Field("arith-test", description="held-out prompt set it is measured on")
+    base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the base policy")
+    prm_checkpoint: str | None = Field(None, description="reward=prm: the PRM whose step scores are the rewards; "
+                                       "unset: the latest PRM trained from the starting policy (in a round, the "
+                                       "round's)")
+    curve_problems: int = Field(100, description="held-out problems behind the greedy curve along training")
+
+
+@asset(
+    partitions_def=prompt_set_partitions,  # the training prompt set
+    group_name="training", code_version=str(STEP_PPO_REVISION), pool=GPU_POOL, op_tags=GPU_OP_TAGS,
+    kinds={"pytorch"}, deps=[AssetKey("prm_model"), AssetKey("base_policy")],
+    description="Step-level PPO: the policy trained online on its own samples of the training prompt set, each "
+    "step rewarded by the PRM (or Monte Carlo values, the oracle, or the outcome alone), credit by step, gae or "
+    "group. Checkpoint kind policy; greedy / pass@8 / majority@8 on the held-out set; reward, KL and accuracy "
+    "curves in the metadata.",
+)
+def step_ppo_policy(context: AssetExecutionContext, config: StepPPOConfig, store: LineageStoreResource,
+                    data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
+    spec = to_spec(config, StepPPOSpec)
+    lineage = store.store()
+    device = compute.torch_device()
+    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+        base = lineage.checkpoint(config.base_checkpoint, "policy")
+        prm = None
+        if spec.reward == "prm":
+            prm_id = config.prm_checkpoint or artifacts.trained_from(lineage, base["checkpoint_id"]).get("prm")
+            if prm_id is None:
+                raise LookupError(f"step_ppo_policy reward=prm needs a PRM trained from {base['checkpoint_id']}: "
+                                  f"materialize prm_model[{context.partition_key}] first, set prm_checkpoint, or "
+                                  "choose reward oracle, mc or none")
+            prm = lineage.checkpoint(prm_id, "prm")
+        version, problems = lineage.prompt_set_problems(context.partition_key)
+        _, held_out = lineage.prompt_set_problems(config.eval_prompt_set)
+        template = json.loads(base.get("config") or "{}").get("template") or DEFAULT_PROMPT_TEMPLATE
+        trained_on = f"{context.partition_key}@{version}"
+        train_config = {"trainer": STEP_PPO_TRAINER, "revision": STEP_PPO_REVISION, **asdict(spec),
+                        "reward_checkpoint": prm and prm["checkpoint_id"]}
+        identity = (base["checkpoint_id"], trained_on, train_config)
+        checkpoints_dir = data_dir.subdir("checkpoints")
+        progress = progress_path(checkpoints_dir, name_checkpoint("policy", identity))
+        curve = held_out[: config.curve_problems]
+
+        def train(path):
+            if spec.reward == "prm":
+                score = prm_scores(PRMScorer(prm["path"], device))
+            elif spec.reward == "mc":
+                score = mc_scores(spec.mc_n, spec.temperature, spec.max_new_tokens, spec.seed)
+            else:
+                score = None
+            return train_step_ppo(
+                base["path"], problems, path, spec, score=score, progress_dir=progress, template=template,
+                identity={"checkpoint": progress.name}, device=device,
+                evaluate=lambda model, tok: greedy_accuracy(TransformersGenerator(model, tok, device), curve,
+                                                            spec.max_new_tokens, template))
+
+        built = build_checkpoint(
+            lineage, checkpoints_dir, "policy", identity,
+            {"base": base["checkpoint_id"], "trained_on_prompt_set": trained_on,
+             "config": {"template": template, **train_config}},
+            train=train, evaluate=_policy_eval(lineage, config.eval_prompt_set, compute),
+            evaluated_on=config.eval_prompt_set, run_id=context.run_id)
+        with lineage.transaction() as con:
+            if built.row:
+                lineage.insert(con, "checkpoints", [built.row])
+            run.finish(con)
+    curves = built.training.get("curves") or {}
+    series = {k: [tuple(p) for p in curves.get(k, []) if p[1] is not None] for k in curves}
+    plots = line_plots_markdown([
+        ("reward and accuracy per iteration", "", {"reward": series.get("reward", []),
+                                                   "step score (reward source)": series.get("step_score", []),
+                                                   "oracle step accuracy": series.get("oracle_step_accuracy", []),
+                                                   "samples right": series.get("sample_accuracy", [])}),
+        ("KL to the starting policy", "KL", {"KL": series.get("kl", [])}),
+        (f"held-out greedy ({len(curve)} of {config.eval_prompt_set})", "accuracy",
+         {"greedy": series.get("heldout_greedy", [])}),
+    ])
+    return MaterializeResult(metadata={
+        "checkpoint_id": built.checkpoint_id, "path": str(built.path), "reused": built.reused,
+        "trained_on_prompt_set": trained_on, "reward": spec.reward, "credit": spec.credit,
+        "reward_checkpoint": prm and prm["checkpoint_id"], "iterations": spec.iterations,
+        "sampled_tokens": built.training.get("sampled_tokens"), "final_loss": built.training.get("final_loss"),
+        "train_seconds": built.training.get("train_seconds"), "final_reward": built.training.get("final_reward"),
+        "final_kl": built.training.get("final_kl"),
+        "final_oracle_step_accuracy": built.training.get("final_oracle_step_accuracy"),
+        **{k: v for k, v in built.metrics.items() if isinstance(v, (int, float)) or v is None},
+        "curves": MetadataValue.md(plots),
+        "lineage": MetadataValue.md(f"```\nqstar lineage {built.checkpoint_id}\n```")})

@@ -1,5 +1,6 @@
 """The summary a round ends with: the base policy against the round's trained policies on the
-held-out set (greedy, majority@8, PRM best-of-8 and PRM vote@8), and label agreement with the oracle."""
+held-out set (greedy, majority@8, PRM best-of-8 and PRM vote@8): RFT, step-DPO and step-PPO; and label
+agreement with the oracle."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def report(store: LineageStore, prompt_set: str = "arith-test") -> dict:
     judged = artifacts.latest_accuracies(store, prompt_set, prm_id, methods) if prm_id else {}
     for method in methods:
         out[method] = judged.get(method)
-    for prefix, ck in (("base", base_id), ("round1", trained.get("rft")), ("round1_dpo", trained.get("trl.DPOTrainer"))):
+    for prefix, ck in (("base", base_id), ("round1", trained.get("rft")), ("round1_dpo", trained.get("trl.DPOTrainer")),
+                       ("round1_step_ppo", trained.get("step_ppo"))):
         out[f"{prefix}_checkpoint"] = ck
         for k, v in (_figures(store, ck, prm_id, prompt_set) if ck else {}).items():
             out[f"{prefix}_{k}"] = v
@@ -47,7 +49,8 @@ def render(r: dict) -> str:
     lines = [f"held-out set {r['prompt_set']}; PRM {r['prm'] or '(none yet)'}",
              "| policy | checkpoint | greedy | majority@8 | PRM best-of-8 | PRM vote@8 | pass@8 |",
              "|---|---|---|---|---|---|---|"]
-    for prefix, name in (("base", "base"), ("round1", "round 1 (RFT)"), ("round1_dpo", "round 1 (step-DPO)")):
+    for prefix, name in (("base", "base"), ("round1", "round 1 (RFT)"), ("round1_dpo", "round 1 (step-DPO)"),
+                         ("round1_step_ppo", "round 1 (step-PPO)")):
         if r.get(f"{prefix}_checkpoint"):
             lines.append(f"| {name} | {r[f'{prefix}_checkpoint']} | {pct(r.get(f'{prefix}_greedy'))} | "
                          f"{pct(r.get(f'{prefix}_majority_at_8'))} | {pct(r.get(f'{prefix}_prm_best_of_8'))} | "

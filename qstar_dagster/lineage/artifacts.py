@@ -87,8 +87,8 @@ def checkpoints_of_prompt_set(store: LineageStore, kind: str, prompt_set: str) -
 
 
 def latest_base_policy_id(store: LineageStore) -> str | None:
-    """The most recently recorded base policy (not trained on a dataset), files or not."""
-    rows = store.records("""SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' AND trained_on_dataset IS NULL
+    """The most recently recorded base policy (made by no trainer), files or not."""
+    rows = store.records("""SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' AND (config->>'trainer') IS NULL
                             ORDER BY created_at DESC LIMIT 1""")
     return rows[0]["checkpoint_id"] if rows else None
 

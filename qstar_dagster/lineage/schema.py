@@ -288,6 +288,10 @@ VIEWS: dict[str, str] = {
         SELECT 'checkpoint', c.checkpoint_id, 'checkpoint', c.base, 'fine_tuned_from'
         FROM checkpoints c JOIN checkpoints b ON b.checkpoint_id = c.base
         UNION ALL
+        -- a policy trained by RL points at the PRM whose step scores were its rewards
+        SELECT 'checkpoint', checkpoint_id, 'checkpoint', (config->>'reward_checkpoint'), 'rewarded_by'
+        FROM checkpoints WHERE (config->>'reward_checkpoint') IS NOT NULL
+        UNION ALL
         SELECT 'evaluation', eval_id, 'checkpoint', unnest(checkpoint_ids), 'evaluates' FROM evaluations
         UNION ALL
         SELECT 'evaluation', e.eval_id, 'prompt_set', e.prompt_set || '@' || coalesce(e.prompt_set_version, h.version),
@@ -337,9 +341,12 @@ VIEWS: dict[str, str] = {
     # checkpoint trained from a round-k policy is round k+1; a rollout sampled by a round-k
     # policy (and what was made from it: labels, datasets) feeds round k+1.
     "rounds": """
-        WITH RECURSIVE ck AS MATERIALIZED (SELECT checkpoint_id, kind, base, trained_on_dataset FROM checkpoints),
+        WITH RECURSIVE ck AS MATERIALIZED (SELECT checkpoint_id, kind, base, (config->>'trainer') AS trainer
+                                           FROM checkpoints),
         r(checkpoint_id, kind, round) AS (
-            SELECT checkpoint_id, kind, 0 FROM ck WHERE kind = 'policy' AND trained_on_dataset IS NULL
+            -- a base policy is the one checkpoint kind made by no trainer (step-PPO's learns
+            -- from a prompt set, not a dataset, and is no base)
+            SELECT checkpoint_id, kind, 0 FROM ck WHERE kind = 'policy' AND trainer IS NULL
             UNION ALL
             SELECT c.checkpoint_id, c.kind, r.round + 1 FROM ck c JOIN r ON c.base = r.checkpoint_id
             WHERE r.kind = 'policy' AND c.kind IN ('policy', 'prm')

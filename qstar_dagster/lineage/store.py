@@ -320,8 +320,8 @@ class LineageStore:
 
     def latest_checkpoint(self, kind: str = "policy", base_only: bool = False) -> dict[str, Any] | None:
         """The most recently recorded checkpoint of `kind` whose files are still on disk;
-        `base_only`: among those not trained on a dataset (base policies)."""
-        rows = self.records(f"""SELECT * FROM checkpoints WHERE kind = ? {"AND trained_on_dataset IS NULL" if base_only
+        `base_only`: among those made by no trainer (base policies)."""
+        rows = self.records(f"""SELECT * FROM checkpoints WHERE kind = ? {"AND (config->>'trainer') IS NULL" if base_only
                                 else ""} ORDER BY created_at DESC""", [kind])
         return next((r for r in rows if r["path"] and Path(r["path"]).exists()), None)
 

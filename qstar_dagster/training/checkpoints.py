@@ -44,7 +44,18 @@ def train_atomically(path: Path, train: Callable[[Path], dict]) -> dict:
     return summary
 
 
-CURVES = {"loss_curve", "accuracy_curve", "config"}  # in the summary on disk, not in the row
+CURVES = {"loss_curve", "accuracy_curve", "curves", "config"}  # in the summary on disk, not in the row
+
+
+def name_checkpoint(kind: str, identity: Sequence[Any]) -> str:
+    """A checkpoint's id: what makes it (the kind and everything its training depends on)."""
+    return content_id("ck", kind, *identity)
+
+
+def progress_path(checkpoints_dir: Path, checkpoint_id: str) -> Path:
+    """Where a long training keeps the state of its finished iterations until the checkpoint
+    is complete, so a killed run resumes there (not in the scratch directory, which is per process)."""
+    return checkpoints_dir / f".progress-{checkpoint_id}"
 
 
 @dataclass
@@ -67,7 +78,7 @@ def build_checkpoint(store: LineageStore, checkpoints_dir: Path, kind: str, iden
     by `evaluate(path)`; reused, with nothing trained or measured, when it is recorded, on
     disk, and `evaluated(row)` finds its figures (default: the row's own). `record`: the row's
     lineage columns (base, trained_on_dataset or trained_on_prompt_set, config)."""
-    checkpoint_id = content_id("ck", kind, *identity)
+    checkpoint_id = name_checkpoint(kind, identity)
     path = given or checkpoints_dir / checkpoint_id
     recorded = checkpoint_row(store, checkpoint_id)
     if recorded and path.is_dir():

@@ -33,10 +33,12 @@ trained. `assets/training.py` wraps it for Dagster.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,6 +54,10 @@ from qstar_dagster.tasks.steps import step_format
 
 log = logging.getLogger(__name__)
 
+STEP_PPO_TRAINER = "step_ppo"  # the checkpoints' config.trainer
+# Bumped when the trainer's output changes for the same inputs; part of the checkpoint's id
+# and the step_ppo_policy asset's code version.
+STEP_PPO_REVISION = 1
 CREDITS = ("step", "gae", "group")
 REWARDS = ("prm", "mc", "oracle", "none")  # none: the outcome alone (outcome-only RL)
 SHAPINGS = ("clip", "delta", "none")
@@ -107,7 +113,7 @@ def shape(scores: Sequence[float], shaping: str, threshold: float = 0.5) -> list
     if shaping == "clip":
         return [min(float(s) - threshold, 0.0) for s in scores]
     if shaping == "delta":
-        return [float(s) - float(nxt) for s, nxt in zip(scores, scores[1:])] + [float(scores[-1])] if scores else []
+        return [float(s) - float(nxt) for s, nxt in itertools.pairwise(scores)] + [float(scores[-1])] if scores else []
     raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {shaping!r}")
 
 
@@ -263,7 +269,7 @@ def _forward(model, value_head, ids, mask, temperature: float):
 def _per_token(samples: Sequence[Sample], width: int, values: torch.Tensor | None, spec: StepPPOSpec,
                group_adv: dict[int, list[float]]) -> torch.Tensor:
     """Advantages [B, width] aligned with `_pad`'s action mask."""
-    adv = torch.zeros((len(samples), width))
+    adv = torch.zeros((len(samples), width))  # on the CPU: filled row by row
     for r, s in enumerate(samples):
         n = len(s.token_step)
         if n == 0:
@@ -361,7 +367,7 @@ def _load_state(progress_dir: Path | None, fingerprint: str) -> dict | None:
     if not f or not f.is_file():
         return None
     try:
-        state = torch.load(f, weights_only=False)
+        state = torch.load(f, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - a torn or foreign file: restart cleanly
         log.warning("step_ppo: cannot read %s (%s); training from the start", f, e)
         return None
@@ -376,7 +382,7 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
                    sampler: Callable[[object, object], Generator] | None = None,
                    evaluate: Callable[[object, object], float] | None = None,
                    progress_dir: Path | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
-                   identity: dict | None = None) -> dict:
+                   identity: dict | None = None, device: str = "cpu") -> dict:
     """Train the policy in `base_dir` with step-level PPO on `problems` and save it to
     `out_dir` as a standard causal LM. `score(samples, generator)`: the reward source's step
     scores (None: `spec.reward` none or oracle); `sampler(model, tok)`: the generator that
@@ -393,18 +399,18 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
         raise ValueError(f"step_ppo reward={spec.reward} needs a score function (a PRM scorer or the policy)")
     if spec.reward == "oracle":
         score = oracle_scores
-    sampler = sampler or (lambda m, t: TransformersGenerator(m, t))
+    sampler = sampler or (lambda m, t: TransformersGenerator(m, t, device=device))
     torch.manual_seed(spec.seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir).to(device)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
-    value_head = ValueHead(model.config.hidden_size) if spec.needs_critic else None
+    value_head = ValueHead(model.config.hidden_size).to(device) if spec.needs_critic else None
     params = list(model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     fingerprint = _fingerprint(spec, {"base": str(base_dir), "n_problems": len(problems), **(identity or {})})
     progress = Progress()
     if state := _load_state(progress_dir, fingerprint):
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])  # (saved from the same device kind or mapped by torch.load)
         if value_head is not None and state["value_head"] is not None:
             value_head.load_state_dict(state["value_head"])
         opt.load_state_dict(state["optimizer"])
@@ -469,6 +475,8 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
     tok.save_pretrained(out_dir)
     if value_head is not None:
         torch.save(value_head.state_dict(), out_dir / "value_head.pt")
+    if progress_dir is not None:
+        shutil.rmtree(progress_dir, ignore_errors=True)
     curves = progress.curves
     return {"final_loss": curves["loss"][-1][1] if curves["loss"] else None,
             "train_seconds": progress.train_seconds, "iterations": spec.iterations,
@@ -486,7 +494,8 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
     """PPO epochs over one iteration's samples; returns the mean loss and KL."""
     if not samples:
         return {"loss": None, "kl": 0.0}
-    ids, mask, action = _pad(samples, pad_id)
+    device = next(model.parameters()).device
+    ids, mask, action = (t.to(device) for t in _pad(samples, pad_id))
     with torch.no_grad():
         old_logp, values = _forward(model, value_head, ids, mask, spec.temperature)
         ref_logp, _ = _forward(reference, None, ids, mask, spec.temperature)
@@ -499,7 +508,7 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
             group = [(samples[r].step_rewards, spec.outcome_weight * float(samples[r].correct)) for r in rows]
             for r, a in zip(rows, group_advantages(group)):
                 group_adv[r] = a
-    adv = _per_token(samples, action.shape[1], values, spec, group_adv)
+    adv = _per_token(samples, action.shape[1], None if values is None else values.cpu(), spec, group_adv).to(device)
     returns = adv + values if values is not None else None  # the value head's targets, before whitening
     if spec.credit != "group":
         adv = whiten(adv, action)
@@ -507,7 +516,7 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
     losses, kls = [], []
     model.train()
     for _ in range(spec.ppo_epochs):
-        perm = torch.randperm(len(samples), generator=order)
+        perm = torch.randperm(len(samples), generator=order).to(device)
         for start in range(0, len(samples), spec.minibatch_size):
             idx = perm[start: start + spec.minibatch_size]
             m = action[idx]

@@ -13,7 +13,7 @@ from qstar_dagster.assets.labels import mc_labels, oracle_labels
 from qstar_dagster.assets.policy import base_policy
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.assets.rollouts import tot_rollouts
-from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy
+from qstar_dagster.assets.training import dpo_policy, prm_model, rft_policy, step_ppo_policy
 from qstar_dagster.datasets.build import STEP_TAG
 from qstar_dagster.generation.base import SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator
@@ -164,6 +164,47 @@ def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
     assert served[0][0].text == local[0][0].text
 
 
+def test_step_ppo_learns_from_the_prm_and_walks_back_to_it(env, monkeypatch):
+    from click.testing import CliRunner
+
+    from qstar_dagster.assets.evaluation import evaluation
+    from qstar_dagster.cli import main
+    from qstar_dagster.lineage.artifacts import latest_base_policy_id
+
+    _, home, store = env
+    with pytest.raises(Exception, match="needs a PRM trained from"):
+        run(env, step_ppo_policy, {"iterations": 1})
+    run(env, step_datasets, {"labeler": "mc", "kinds": ["prm"]})
+    prm = metadata(run(env, prm_model, {}), "prm_model")["checkpoint_id"]
+    config = {"iterations": 2, "problems_per_iteration": 4, "group_size": 2, "max_new_tokens": 32, "lr": 1e-4,
+              "eval_every": 1, "curve_problems": 4}
+    meta = metadata(run(env, step_ppo_policy, config), "step_ppo_policy")
+    assert meta["reward_checkpoint"] == prm and not meta["reused"]
+    assert meta["curves"].startswith("![") and 0 <= meta["greedy"] <= 1 and meta["final_kl"] >= 0
+    [new] = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [meta["checkpoint_id"]])
+    assert new["kind"] == "policy" and new["trained_on_prompt_set"].startswith("arith-train@")
+    before, after = (load_file(f"{p}/model.safetensors") for p in (store.checkpoint(new["base"])["path"], new["path"]))
+    assert any(not (before[k] == after[k]).all() for k in before)
+    # it is no base policy: the stages that default to the base policy still find the base
+    assert store.checkpoint(None, "policy")["checkpoint_id"] == new["base"] == latest_base_policy_id(store)
+    edges = {(r["relation"], r["parent_id"]) for r in store.records(
+        "SELECT relation, parent_id FROM lineage_edges WHERE child_id = ?", [new["checkpoint_id"]])}
+    assert {("rewarded_by", prm), ("fine_tuned_from", new["base"])} <= edges
+    rounds = {r["id"]: r["round"] for r in store.records("SELECT * FROM rounds")}
+    assert rounds[new["checkpoint_id"]] == 1 and rounds[new["base"]] == 0
+    # the same inputs again train nothing
+    n = store.query("SELECT count(*) FROM checkpoints")[1][0][0]
+    assert metadata(run(env, step_ppo_policy, config), "step_ppo_policy")["reused"]
+    assert store.query("SELECT count(*) FROM checkpoints")[1][0][0] == n
+
+    run(env, evaluation, {"ns": [1, 2], "max_new_tokens": 32})
+    monkeypatch.setenv("QSTAR_HOME", str(home))
+    figures = json.loads(CliRunner().invoke(main, ["report", "--json"]).output)
+    assert figures["round1_step_ppo_checkpoint"] == new["checkpoint_id"]
+    assert figures["round1_step_ppo_greedy"] is not None and "round1_step_ppo_majority_at_8" in figures
+    assert "round 1 (step-PPO)" in CliRunner().invoke(main, ["report"]).output
+
+
 def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env, monkeypatch):
     from click.testing import CliRunner
 
@@ -216,7 +257,9 @@ def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
     instance, home, store = env
     job = make_definitions(str(home)).resolve_job_def(ROUND_JOB)
     small = {"rollouts": ROLLOUTS, "labels": {"n": 4, "max_new_tokens": 32}, "train_problems": 40,
-             "training": {"prm_model": {"steps": 20}, "rft_policy": {"steps": 10}, "dpo_policy": {"steps": 4}},
+             "training": {"prm_model": {"steps": 20}, "rft_policy": {"steps": 10}, "dpo_policy": {"steps": 4},
+                          "step_ppo_policy": {"iterations": 1, "problems_per_iteration": 4, "group_size": 2,
+                                              "max_new_tokens": 32}},
              "evaluation": {"ns": [1, 2], "max_new_tokens": 32}}
     one = run_round(store, job, instance, RoundSpec(round=1, **small), log_level="WARNING")
     # the round is one ordinary run of the round job: tagged, partitioned, materializing every stage

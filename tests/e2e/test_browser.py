@@ -21,7 +21,7 @@ from .test_ui import run_webserver
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LIFECYCLE_GROUPS = ["prompts", "policy", "rollouts", "labels", "datasets", "training", "evaluation"]
 LIFECYCLE_ASSETS = ["prompt_set", "base_policy", "tot_rollouts", "mc_labels", "judge_labels", "label_agreement",
-                    "step_datasets", "prm_model", "rft_policy", "dpo_policy", "evaluation"]
+                    "step_datasets", "prm_model", "rft_policy", "dpo_policy", "step_ppo_policy", "evaluation"]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
