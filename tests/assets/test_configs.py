@@ -11,7 +11,7 @@ from qstar_dagster.assets.evaluation import EvaluationConfig
 from qstar_dagster.assets.labels import JudgeModelConfig, MonteCarloLabelsConfig
 from qstar_dagster.assets.policy import BasePolicyAssetConfig
 from qstar_dagster.assets.rollouts import RolloutsConfig
-from qstar_dagster.assets.training import DPOConfig, PRMConfig, RFTConfig
+from qstar_dagster.assets.training import DPOConfig, PRMConfig, RFTConfig, StepPPOConfig
 from qstar_dagster.datasets.build import DatasetSpec
 from qstar_dagster.evaluation.evaluate import EvalSpec
 from qstar_dagster.search.algorithms import SearchSpec
@@ -21,12 +21,13 @@ from qstar_dagster.training.dpo import DPOSpec
 from qstar_dagster.training.judge import JudgeTrainSpec
 from qstar_dagster.training.prm import PRMTrainSpec
 from qstar_dagster.training.rft import RFTSpec
+from qstar_dagster.training.step_ppo import StepPPOSpec
 
 PAIRS = [  # (config, spec, prefix of the spec's fields in the config)
     (RolloutsConfig, SearchSpec, ""), (MonteCarloLabelsConfig, EstimatorSpec, ""), (JudgeModelConfig, JudgeTrainSpec, ""),
     (DatasetsConfig, DatasetSpec, ""), (PRMConfig, PRMTrainSpec, ""), (RFTConfig, RFTSpec, ""), (DPOConfig, DPOSpec, ""),
     (EvaluationConfig, EvalSpec, ""), (BasePolicyAssetConfig, BasePolicyConfig, ""),
-    (BasePolicyAssetConfig, PolicyEvalSpec, "eval_"),
+    (BasePolicyAssetConfig, PolicyEvalSpec, "eval_"), (StepPPOConfig, StepPPOSpec, ""),
 ]
 
 

@@ -1,0 +1,190 @@
+"""Benchmark: step-level RL against outcome-only RL, RFT and step-DPO at one budget.
+
+From one base policy (default: the demo's) on the training problems, each arm trains with
+the same budget of sampled solutions (iterations x problems x group) and optimizer steps,
+and is measured on the same held-out problems: greedy, pass@8, and the oracle's step
+accuracy of its samples (are its steps right, not only its answers?), with wall seconds.
+
+- `outcome GRPO`, `outcome PPO`: the domain's grade at the end only (reward none; credit
+  group, or gae with a value head);
+- `step-PPO <credit>/<reward>`: step rewards from the PRM (default: the store's latest,
+  trained from the policy), the oracle (a ceiling for the PRM) or Monte Carlo values;
+- `RFT`: the same number of samples drawn once from the base policy, the right ones
+  deduplicated, fine-tuned for the same optimizer steps;
+- `step-DPO`: beam-search trees on the same problems, step pairs by the oracle's labels,
+  the same optimizer steps.
+
+    python bench/step_rl.py [--model DIR] [--prm DIR] [--domain arith] [--iterations 20] [--arms A,B]
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from bench_common import default_model  # bench/ is on sys.path when a benchmark runs as a script
+
+from qstar_dagster.datasets.build import DatasetSpec, step_pair_rows
+from qstar_dagster.evaluation.evaluate import EvalSpec, policy_metrics, sample
+from qstar_dagster.generation.base import SamplingParams
+from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.labeling.oracle import oracle_labels
+from qstar_dagster.search.algorithms import SearchSpec, search
+from qstar_dagster.search.tree import Tree
+from qstar_dagster.search.value import NoValue
+from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.problem import policy_prompt
+from qstar_dagster.tasks.prompt_sets import builtin_problems
+from qstar_dagster.tasks.steps import step_format
+from qstar_dagster.training.dpo import DPOSpec, train_dpo
+from qstar_dagster.training.prm import PRMScorer
+from qstar_dagster.training.rft import RFTSpec, train_rft
+from qstar_dagster.training.step_ppo import StepPPOSpec, mc_scores, prm_scores, train_step_ppo
+
+SETS = {"arith": ("arith-train", "arith-test"), "countdown": ("countdown-train", "countdown-test")}
+PPO_ARMS = {  # name -> (reward, credit)
+    "outcome GRPO": ("none", "group"),
+    "outcome PPO": ("none", "gae"),
+    "step-PPO step/prm": ("prm", "step"),
+    "step-PPO gae/prm": ("prm", "gae"),
+    "step-PPO group/prm": ("prm", "group"),
+    "step-PPO step/oracle": ("oracle", "step"),
+    "step-PPO step/mc": ("mc", "step"),
+}
+ARMS = ["base", *PPO_ARMS, "RFT", "step-DPO"]
+
+
+def default_prm(policy: str) -> str | None:
+    """The store's latest PRM trained from `policy` (as left by `make demo`), if any."""
+    from qstar_dagster.lineage import LineageStore
+    from qstar_dagster.resources import default_store_path
+
+    try:
+        store = LineageStore(default_store_path())
+        rows = store.records("SELECT c.path FROM checkpoints c JOIN checkpoints b ON b.checkpoint_id = c.base "
+                             "WHERE c.kind = 'prm' AND b.path = ? ORDER BY c.created_at DESC", [policy])
+        return rows[0]["path"] if rows else None
+    except Exception:  # noqa: BLE001 - no store: no default
+        return None
+
+
+def measure(path: str, problems, k: int = 8) -> dict:
+    sampled = sample(TransformersGenerator(path), problems, EvalSpec(ns=(k,), max_new_tokens=96))
+    m = policy_metrics(sampled, [k])
+    verdicts = [v for s in sampled for steps in s.steps if steps and domain(s.problem.domain).has_oracle
+                for v in domain(s.problem.domain).oracle(s.problem, steps).labels]
+    return {"greedy": m[("greedy", 1)], f"pass_at_{k}": m[("pass", k)],
+            "oracle_step_accuracy": sum(verdicts) / len(verdicts) if verdicts else None}
+
+
+def rft_rows(policy: str, problems, n: int, temperature: float) -> tuple[list[dict], int]:
+    out = TransformersGenerator(policy).generate([policy_prompt(p.problem) for p in problems],
+                                                 SamplingParams(n=n, temperature=temperature, max_new_tokens=96))
+    rows = {(policy_prompt(p.problem), c.text.strip()) for p, cs in zip(problems, out) for c in cs
+            if domain(p.domain).grade(p, c.text)[1]}
+    return [{"prompt": q, "completion": a} for q, a in sorted(rows)], sum(c.n_tokens for cs in out for c in cs)
+
+
+def step_dpo_rows(policy: str, problems) -> tuple[list[dict], int]:
+    spec = SearchSpec(algorithm="beam", k=4, beam_width=4, value="none")
+    trees = [Tree(f"t{i}", p, policy_prompt(p.problem), step_format(p.domain), spec.max_depth)
+             for i, p in enumerate(problems)]
+    search(trees, spec, TransformersGenerator(policy), NoValue(), seed=0)
+    hard = {n: prefix_ok for n, (_, prefix_ok) in oracle_labels(trees).items()}
+    return step_pair_rows(trees, hard, DatasetSpec(kind="step_pairs")), sum(t.generated_tokens for t in trees)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="base policy directory (default: the demo's)")
+    ap.add_argument("--prm", help="PRM directory for the prm arms (default: the store's latest from the policy)")
+    ap.add_argument("--domain", choices=sorted(SETS), default="arith")
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--problems", type=int, default=32, help="problems per iteration")
+    ap.add_argument("--group", type=int, default=4, help="samples per problem")
+    ap.add_argument("--lr", type=float, default=StepPPOSpec().lr, help="the PPO arms' learning rate")
+    ap.add_argument("--test", type=int, default=200, help="held-out problems")
+    ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    policy = args.model or default_model()
+    prm = args.prm or default_prm(policy)
+    arms = [a.strip() for a in args.arms.split(",")] if args.arms else ARMS
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+    if prm is None:
+        arms = [a for a in arms if not a.endswith("/prm")]
+        print("no PRM (pass --prm, or run make demo): the prm arms are left out")
+    train_set, test_set = SETS[args.domain]
+    train, test = builtin_problems(train_set), builtin_problems(test_set)[: args.test]
+    base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
+                            lr=args.lr, eval_every=0)
+    per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
+    opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
+    # the problems the PPO arms see, for the offline arms (the same seeded draws)
+    seen = list(dict.fromkeys(p.problem for it in range(1, args.iterations + 1) for p in
+                              random.Random(base_spec.seed * 100003 + it).sample(train, args.problems)))
+    by_text = {p.problem: p for p in train}
+    offline = [by_text[t] for t in seen]
+    figures: dict[str, dict] = {}
+    work = Path(tempfile.mkdtemp(prefix="step_rl-"))
+    for arm in arms:
+        started = time.monotonic()
+        out = work / arm.replace(" ", "_").replace("/", "_")
+        info: dict = {}
+        if arm == "base":
+            path = policy
+        elif arm in PPO_ARMS:
+            reward, credit = PPO_ARMS[arm]
+            spec = replace(base_spec, reward=reward, credit=credit)
+            score = {"prm": lambda: prm_scores(PRMScorer(prm)), "mc": lambda: mc_scores(4, 0.7, 96)}.get(
+                reward, lambda: None)()
+            summary = train_step_ppo(policy, train, out, spec, score=score)
+            info = {"sampled_tokens": summary["sampled_tokens"], "final_kl": round(summary["final_kl"], 4),
+                    "train_oracle_step_accuracy": summary["final_oracle_step_accuracy"]}
+            path = str(out)
+        else:  # the offline arms: a dataset from the same problems, then the same optimizer steps
+            if arm == "RFT":
+                rows, tokens = rft_rows(policy, offline, max(1, samples // len(offline)), 0.7)
+            else:
+                rows, tokens = step_dpo_rows(policy, offline)
+            info, path = {"sampled_tokens": tokens, "rows": len(rows)}, str(out)
+            if not rows:  # nothing to learn from: the base policy is what this arm ends with
+                path = policy
+            elif arm == "RFT":
+                train_rft(policy, rows, out, RFTSpec(steps=opt_steps, batch_size=base_spec.minibatch_size))
+            else:
+                train_dpo(policy, rows, out, DPOSpec(steps=opt_steps),
+                          completion_end=step_format(offline[0].domain).separator)
+        train_s = time.monotonic() - started
+        figures[arm] = {**measure(path, test), **info, "train_seconds": round(train_s, 1)}
+        f = figures[arm]
+        print(f"{arm}: greedy {f['greedy']:.1%}, pass@8 {f['pass_at_8']:.1%}, oracle step accuracy "
+              f"{f['oracle_step_accuracy']:.1%} ({train_s:.0f}s)", flush=True)
+
+    print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
+          f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr})")
+    print(f"{'arm':24}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}")
+    for arm, f in figures.items():
+        print(f"{arm:24}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
+              f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}")
+    print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
+                      "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
+                      "problems": args.problems, "group": args.group, "lr": args.lr, "optimizer_steps": opt_steps,
+                      "arms": figures}))
+
+
+if __name__ == "__main__":
+    main()
