@@ -42,6 +42,15 @@ def start_run(context, store: LineageStore, asset_key: str, config: dict[str, An
     return RunRef(store, context.run_id, asset_key, partition)
 
 
+def ensure_run(context, store: LineageStore, asset_key: str, config: dict[str, Any] | None,
+               code_version: str | None) -> None:
+    """For a later step of a multi-step asset: record the run if no step of it has. A run
+    re-executed from a failure runs only the failed steps and those after them, so the step
+    that records the run (the plan) may not be among them."""
+    if not store.has_run(context.run_id, asset_key, context.partition_key if context.has_partition_key else None):
+        start_run(context, store, asset_key, config, code_version)
+
+
 @contextmanager
 def recorded_run(context: AssetExecutionContext, store: LineageStore, config: dict[str, Any] | None):
     ref = start_run(context, store, context.asset_key.to_user_string(), config,

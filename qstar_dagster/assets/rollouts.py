@@ -30,7 +30,7 @@ from dagster import (
 from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
-from qstar_dagster.assets._runs import forward_logs, partition_rollout, start_run
+from qstar_dagster.assets._runs import ensure_run, forward_logs, partition_rollout, start_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import prompts_changed
 from qstar_dagster.generation.backends import check_backend
@@ -109,6 +109,7 @@ def search_rollout_shard(context: OpExecutionContext, config: RolloutsConfig, st
                          compute: ComputeResource, shard: dict) -> dict:
     """Search this shard's batches that the store does not hold yet, and write their trees."""
     lineage = store.store()
+    ensure_run(context, lineage, ASSET, config.model_dump(), CODE_VERSION)
     try:
         plan, policy = _plan(context, lineage, config)
         if plan.rollout_id != shard["rollout_id"]:  # the store changed under the run (a new prompt-set version)
@@ -134,6 +135,7 @@ def record_rollout(context: OpExecutionContext, config: RolloutsConfig, store: L
                    shards: list[dict]) -> None:
     """The rollout's figures as the materialization's metadata; the run recorded a success."""
     lineage = store.store()
+    ensure_run(context, lineage, ASSET, config.model_dump(), CODE_VERSION)
     plan, policy = _plan(context, lineage, config)
     _end_run(lineage, context, "success")
     summary = rollout_summary(lineage, plan.rollout_id)

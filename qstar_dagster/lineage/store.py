@@ -239,6 +239,10 @@ class LineageStore:
             )
         return len(dead)
 
+    def has_run(self, run_id: str, asset_key: str, partition: str | None) -> bool:
+        return bool(self.records("SELECT 1 FROM runs WHERE run_id = ? AND asset_key = ? AND partition = ?",
+                                 [run_id, asset_key, partition or ""]))
+
     def end_run(self, con: duckdb.DuckDBPyConnection, run_id: str, asset_key: str, partition: str | None,
                 status: str = "success") -> None:
         con.execute(

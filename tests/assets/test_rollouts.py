@@ -199,3 +199,47 @@ def run_rollout_shard_only(env, shard: int, of: int) -> None:
                         config.spec(), config.batch_size)
     mine = replace(plan, batches=tuple(b for b in plan.batches if b.index % of == shard))
     run_rollout(store, mine, lambda: TransformersGenerator(policy["path"]))
+
+
+def _rollouts_job():
+    """tot_rollouts as a job over $QSTAR_TEST_HOME, reconstructable (re-execution loads it again)."""
+    import os
+    from pathlib import Path
+
+    from dagster import Definitions, define_asset_job, in_process_executor
+
+    home = Path(os.environ["QSTAR_TEST_HOME"])
+    return Definitions(assets=[tot_rollouts], asset_checks=[trees_sound], resources=resources(home),
+                       jobs=[define_asset_job("rollouts", selection=[tot_rollouts], partitions_def=prompt_set_partitions)],
+                       executor=in_process_executor).resolve_job_def("rollouts")
+
+
+def test_a_run_re_executed_from_its_failure_is_recorded_and_finishes_the_rollout(env, tmp_path, monkeypatch):
+    """Re-executing a failed sharded run runs only the failed shard and the record step; the
+    plan step that records the run is not among them, so the later steps record it."""
+    import os
+
+    from dagster import ReexecutionOptions, execute_job, reconstructable
+
+    _, home, store = env
+    monkeypatch.setenv("QSTAR_TEST_HOME", str(home))
+    (tmp_path / "instance").mkdir()
+    instance = DagsterInstance.local_temp(str(tmp_path / "instance"))
+    instance.add_dynamic_partitions(prompt_set_partitions.name, ["arith-test"])
+    weights = store.checkpoint(None, "policy")["path"] + "/model.safetensors"
+    moved = tmp_path / "model.safetensors"
+    os.replace(weights, moved)  # the shards cannot load the policy; the plan step does not load it
+    run_config = {"ops": {"tot_rollouts": {"config": {**ROLLOUTS, "shards": 2}}}}
+    job = reconstructable(_rollouts_job)
+    with execute_job(job, instance, run_config=run_config, tags={"dagster/partition": "arith-test"}) as first:
+        assert not first.success
+    os.replace(moved, weights)
+    with execute_job(job, instance, tags={"dagster/partition": "arith-test"},
+                     reexecution_options=ReexecutionOptions.from_failure(first.run_id, instance)) as second:
+        failures = [e.step_failure_data.error.to_string() for e in second.all_events if e.is_step_failure]
+        assert second.success, failures
+        ran = {e.step_key for e in second.all_events if e.is_step_success}
+    assert "tot_rollouts.plan_rollout_shards" not in ran and "tot_rollouts.record_rollout" in ran
+    runs = {r["run_id"]: r["status"] for r in store.records("SELECT run_id, status FROM runs WHERE asset_key = 'tot_rollouts'")}
+    assert runs == {first.run_id: "failure", second.run_id: "success"}
+    assert store.records("SELECT count(*) AS n FROM trees")[0]["n"] == ROLLOUTS["max_problems"]
