@@ -12,6 +12,7 @@ from qstar_dagster.assets.labels import (
     judge_labels,
     judge_model,
     label_agreement,
+    mc_label_rates_sane,
     mc_labels,
     oracle_labels,
 )
@@ -44,7 +45,7 @@ def make_definitions(data_dir: str | None = None) -> Definitions:
                 evaluation],
         jobs=[embedded_pipeline, base_policy_job, judge_model_job, training_job, evaluation_job, refresh_job,
               expert_iteration_round],
-        asset_checks=[trees_sound],
+        asset_checks=[trees_sound, mc_label_rates_sane],
         sensors=[prompt_inbox_sensor, refresh_automation],
         resources={"data_dir": data, "store": store, "compute": ComputeResource(),
                    "judge": JudgeResource()},

@@ -17,16 +17,34 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetKey,
+    AssetRecordsFilter,
     Config,
+    ConfigMapping,
+    DynamicOut,
+    DynamicOutput,
+    In,
     MaterializeResult,
     MetadataValue,
+    Nothing,
+    OpExecutionContext,
+    Out,
     asset,
+    asset_check,
+    graph_asset,
+    op,
 )
 from pydantic import Field
 
 from qstar_dagster.assets._config import spec_config, to_spec
-from qstar_dagster.assets._runs import forward_logs, partition_rollout, recorded_run
+from qstar_dagster.assets._runs import (
+    ensure_run,
+    forward_logs,
+    partition_rollout,
+    recorded_run,
+    start_run,
+)
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
 from qstar_dagster.generation.backends import check_backend
@@ -68,44 +86,85 @@ class MonteCarloLabelsConfig(spec_config(EstimatorSpec)):
                                "sampled the rollout (an imported rollout has none: name one)")
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
     replace: bool = Field(False, description="relabel when labels made with other settings exist")
+    shards: int = Field(1, description="labeling steps the rollout's tree batches are spread over (batch i to "
+                        "shard i mod shards), run in parallel by the run's executor; each resumes on its own")
     min_positive_rate: float = Field(0.02, description="check: warn when fewer steps than this are positive")
     max_positive_rate: float = Field(0.98, description="check: warn when more steps than this are positive")
 
 
 CHECK_MC_RATES = "mc_label_rates_sane"
+MC_ASSET = "mc_labels"
+MC_CODE_VERSION = "1"
 
 
-@asset(
-    partitions_def=prompt_set_partitions,
-    group_name="labels",
-    code_version="1",
-    pool=GPU_POOL, op_tags=GPU_OP_TAGS,
-    kinds={"pytorch", "duckdb"},
-    deps=[AssetKey("tot_rollouts")],
-    automation_condition=follows_inputs(),
-    check_specs=[AssetCheckSpec(CHECK_MC_RATES, asset="mc_labels", description="every step node has an mc label "
-                                "and the positive rates are neither ~0 nor ~1 (which would teach a PRM nothing)")],
-    description="Step labels estimated by Monte Carlo completions with the rollout's policy: Math-Shepherd's "
-    "(labeler mc; hard: some completion from the step reaches the reference answer; soft: the share that do) "
-    "and OmegaPRM-style binary search for the first error with the same estimate (labeler binary_search). "
-    "Completions already in the tree are counted before sampling.",
-)
-def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, store: LineageStoreResource,
-              compute: ComputeResource) -> Iterator:
+def _end_mc_run(lineage: LineageStore, context: OpExecutionContext, status: str) -> None:
+    with lineage.transaction() as con:
+        lineage.end_run(con, context.run_id, MC_ASSET, context.partition_key, status)
+
+
+@op(ins={"tot_rollouts": In(Nothing)}, out=DynamicOut(dict))
+def plan_label_shards(context: OpExecutionContext, config: MonteCarloLabelsConfig, store: LineageStoreResource):
+    """Record the run, check (or with replace, clear) the rollout's labels once, and hand each
+    shard its share of the tree batches."""
     lineage = store.store()
     check_backend(config.backend)
+    if config.shards < 1:
+        raise ValueError(f"mc_labels config shards must be >= 1, got {config.shards}")
     spec = to_spec(config, EstimatorSpec)
-    with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
+    start_run(context, lineage, MC_ASSET, config.model_dump(), MC_CODE_VERSION)
+    try:
         rollout_id = partition_rollout(context, lineage, config.rollout_id)
         policy = pipeline.labeling_policy(lineage, rollout_id, config.policy)
-        results = pipeline.label_monte_carlo(
-            lineage, rollout_id, lambda: compute.policy_generator(lineage.checkpoint(policy, "policy"), config.backend),
-            spec, config.methods, config.batch_trees, config.seed, config.replace, context.run_id, policy=policy)
-        with lineage.transaction() as con:
-            run.finish(con)
-    stats = {r.labeler: _label_stats(lineage, rollout_id, r.labeler) for r in results}
+        pipeline.guard_monte_carlo(lineage, rollout_id, spec, config.methods, config.replace, policy)
+        batches = pipeline.n_batches(lineage, rollout_id, config.batch_trees)
+    except BaseException:
+        _end_mc_run(lineage, context, "failure")
+        raise
+    shards = max(1, min(config.shards, batches))  # no shard without a batch
+    context.log.info(f"labels of rollout {rollout_id}: {batches} batches of {config.batch_trees} trees over "
+                     f"{shards} shard(s)")
+    for k in range(shards):
+        yield DynamicOutput({"shard": k, "of": shards, "rollout_id": rollout_id, "policy": policy},
+                            mapping_key=f"shard_{k}")
+
+
+@op(pool=GPU_POOL, tags=GPU_OP_TAGS)
+def label_shard(context: OpExecutionContext, config: MonteCarloLabelsConfig, store: LineageStoreResource,
+                compute: ComputeResource, shard: dict) -> dict:
+    """Label this shard's batches that the store does not hold yet."""
+    lineage = store.store()
+    ensure_run(context, lineage, MC_ASSET, config.model_dump(), MC_CODE_VERSION)
+    policy = shard["policy"]
+    try:
+        with forward_logs(context):
+            results = pipeline.label_monte_carlo(
+                lineage, shard["rollout_id"],
+                lambda: compute.policy_generator(lineage.checkpoint(policy, "policy"), config.backend),
+                to_spec(config, EstimatorSpec), config.methods, config.batch_trees, config.seed, False, context.run_id,
+                policy=policy, shard=(shard["shard"], shard["of"]))
+    except BaseException:
+        _end_mc_run(lineage, context, "failure")
+        raise
+    return {"shard": shard["shard"], "rollout_id": shard["rollout_id"], "batches": sum(r.n_batches for r in results),
+            "batches_run": sum(r.n_batches_run for r in results)}
+
+
+@op(out=Out(Nothing))
+def record_labels(context: OpExecutionContext, config: MonteCarloLabelsConfig, store: LineageStoreResource,
+                  shards: list[dict]) -> None:
+    """The labels' figures as the materialization's metadata; the run recorded a success."""
+    lineage = store.store()
+    ensure_run(context, lineage, MC_ASSET, config.model_dump(), MC_CODE_VERSION)
+    rollout_id = shards[0]["rollout_id"]  # the one the plan resolved
+    _end_mc_run(lineage, context, "success")
+    stats = {name: _label_stats(lineage, rollout_id, name) for name in config.methods}
     soft = labels_db.value_histogram(lineage, rollout_id, "mc", "soft", bins=8)
-    metadata = {"rollout_id": rollout_id, "n": config.n, "reuse_tree": config.reuse_tree}
+    metadata = {"rollout_id": rollout_id, "n": config.n, "reuse_tree": config.reuse_tree,
+                "methods": MetadataValue.json(list(config.methods)), "shards": len(shards),
+                "batches_labeled": sum(s["batches_run"] for s in shards),
+                "batches_in_store_before": sum(s["batches"] - s["batches_run"] for s in shards),
+                # the check's bounds, which it reads back from here
+                "min_positive_rate": config.min_positive_rate, "max_positive_rate": config.max_positive_rate}
     for name, s in stats.items():
         metadata |= {f"{name}_labeled_steps": s["labeled_steps"], f"{name}_positive_rate": s["positive_rate"],
                      f"{name}_cost_tokens": s["cost_tokens"],
@@ -118,17 +177,49 @@ def mc_labels(context: AssetExecutionContext, config: MonteCarloLabelsConfig, st
         ("positive (hard) label rate per depth", "share positive",
          {name: labels_db.positive_rate_by_depth(lineage, rollout_id, name) for name in stats}),
     ]))
-    yield MaterializeResult(metadata=metadata)
+    context.add_output_metadata(metadata)
+
+
+def _every_label_step(outer: dict) -> dict:
+    """The asset's one config, given to each of its steps."""
+    return {name: {"config": outer} for name in ("plan_label_shards", "label_shard", "record_labels")}
+
+
+@graph_asset(
+    partitions_def=prompt_set_partitions,
+    group_name="labels",
+    code_version=MC_CODE_VERSION,
+    kinds={"pytorch", "duckdb"},
+    ins={"tot_rollouts": AssetIn(dagster_type=Nothing)},
+    config=ConfigMapping(config_fn=_every_label_step, config_schema=MonteCarloLabelsConfig.to_config_schema()),
+    automation_condition=follows_inputs(),
+    description="Step labels estimated by Monte Carlo completions with the rollout's policy: Math-Shepherd's "
+    "(labeler mc; hard: some completion from the step reaches the reference answer; soft: the share that do) "
+    "and OmegaPRM-style binary search for the first error with the same estimate (labeler binary_search). "
+    "Completions already in the tree are counted before sampling. The tree batches are spread over `shards` "
+    "parallel labeling steps.",
+)
+def mc_labels(tot_rollouts):
+    return record_labels(plan_label_shards(tot_rollouts=tot_rollouts).map(label_shard).collect())
+
+
+@asset_check(asset=mc_labels, name=CHECK_MC_RATES,
+             description="every step node has an mc label and the positive rates are neither ~0 nor ~1 (which would "
+             "teach a PRM nothing)")
+def mc_label_rates_sane(context) -> AssetCheckResult:
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(MC_ASSET), asset_partitions=[context.partition_key]), limit=1).records
+    meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
     problems = []
-    for name, s in stats.items():
-        rate = s["positive_rate"]
-        if rate is None or not config.min_positive_rate <= rate <= config.max_positive_rate:
+    for name in meta["methods"]:
+        rate = meta.get(f"{name}_positive_rate")
+        if rate is None or not meta["min_positive_rate"] <= rate <= meta["max_positive_rate"]:
             problems.append(f"{name}: positive rate {rate}")
-    if "mc" in stats and stats["mc"]["labeled_steps"] != stats["mc"]["step_nodes"]:
-        problems.append(f"mc: {stats['mc']['labeled_steps']} of {stats['mc']['step_nodes']} steps labeled")
-    yield AssetCheckResult(check_name=CHECK_MC_RATES, passed=not problems, severity=AssetCheckSeverity.WARN,
-                           description="; ".join(problems) or "rates within bounds, every step labeled",
-                           metadata={f"{k}_positive_rate": v["positive_rate"] for k, v in stats.items()})
+    if "mc" in meta["methods"] and meta["mc_labeled_steps"] != meta["step_nodes"]:
+        problems.append(f"mc: {meta['mc_labeled_steps']} of {meta['step_nodes']} steps labeled")
+    return AssetCheckResult(passed=not problems, severity=AssetCheckSeverity.WARN,
+                            description="; ".join(problems) or "rates within bounds, every step labeled",
+                            metadata={f"{k}_positive_rate": meta.get(f"{k}_positive_rate") for k in meta["methods"]})
 
 
 # --- imported labels ---------------------------------------------------------------------

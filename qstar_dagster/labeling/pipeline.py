@@ -21,7 +21,7 @@ from qstar_dagster.labeling.agreement import agreement
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage import labels as labels_db
 from qstar_dagster.lineage.batches import write_batches
-from qstar_dagster.lineage.rollouts import rollout_policy
+from qstar_dagster.lineage.rollouts import rollout_policy, tree_ids
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.estimate import EstimatorSpec, PrefixEstimator
 from qstar_dagster.search.rollouts import load_trees
@@ -77,10 +77,14 @@ OnBatch = Callable[[int, int], None] | None  # (batches done, batches to do): pr
 
 
 def _run_batches(store: LineageStore, rollout_id: str, labeler: str, batch_trees: int,
-                 label_batch: Callable[[list[Tree]], list[dict]], progress: str, on_batch: OnBatch) -> LabelResult:
+                 label_batch: Callable[[list[Tree]], list[dict]], progress: str, on_batch: OnBatch,
+                 shard: tuple[int, int] = (0, 1)) -> LabelResult:
+    """Label the batches the labeler has not written yet; `shard` (k, n): only batches i with
+    i mod n == k (the batches are the same in every shard: the rollout's trees in order)."""
     trees = load_trees(store, rollout_id)
     done = labels_db.labeled_tree_ids(store, rollout_id, labeler)
-    batches = _batches(trees, batch_trees)
+    k, n = shard
+    batches = [b for i, b in enumerate(_batches(trees, batch_trees)) if i % n == k]
     todo = [b for b in batches if not all(t.tree_id in done for t in b)]
     result = LabelResult(labeler, len(batches))
     started = time.monotonic()
@@ -108,10 +112,12 @@ def labeling_policy(store: LineageStore, rollout_id: str, policy: str | None = N
 def label_monte_carlo(store: LineageStore, rollout_id: str, load_generator: Callable[[], Generator],
                       spec: EstimatorSpec | None = None, methods: Sequence[str] = MC_METHODS,
                       batch_trees: int = 32, seed: int = 0, replace: bool = False,
-                      run_id: str | None = None, on_batch: OnBatch = None, policy: str | None = None) -> list[LabelResult]:
+                      run_id: str | None = None, on_batch: OnBatch = None, policy: str | None = None,
+                      shard: tuple[int, int] = (0, 1)) -> list[LabelResult]:
     """Math-Shepherd labels of every step (`mc`) and/or binary-search labels of each
     solution's steps up to its first error (`binary_search`), with `policy` (default: the
-    rollout's own), prompted the way it was trained."""
+    rollout's own), prompted the way it was trained. `shard` (k, n): this shard's batches only
+    (run `guard_monte_carlo` with `replace` once before the shards, and the shards without)."""
     spec = spec or EstimatorSpec()
     bad = set(methods) - set(MC_METHODS)
     if bad or not methods:
@@ -128,8 +134,7 @@ def label_monte_carlo(store: LineageStore, rollout_id: str, load_generator: Call
 
     results = []
     for method in methods:
-        _guard(store, rollout_id, method, {"labeler_checkpoint": policy} | (
-            {"n_rollouts": spec.n} if method == montecarlo.LABELER else {}), replace)
+        guard_monte_carlo(store, rollout_id, spec, [method], replace, policy)
 
         def batch_rows(trees: list[Tree], method=method) -> list[dict]:
             for t in trees if template is not None else ():  # another policy's prompt format
@@ -143,8 +148,26 @@ def label_monte_carlo(store: LineageStore, rollout_id: str, load_generator: Call
             return [r | {"labeler_checkpoint": policy} for r in rows]
 
         results.append(_run_batches(store, rollout_id, method, batch_trees, batch_rows, f"{method} labels",
-                                    on_batch))
+                                    on_batch, shard))
     return results
+
+
+def guard_monte_carlo(store: LineageStore, rollout_id: str, spec: EstimatorSpec, methods: Sequence[str],
+                      replace: bool, policy: str | None = None) -> None:
+    """Refuse to mix labels of other settings into `methods`' labels on the rollout, or with
+    `replace` clear them: once per run, before its shards label (a shard that cleared would
+    drop the others' work)."""
+    policy = labeling_policy(store, rollout_id, policy)
+    for method in methods:
+        _guard(store, rollout_id, method, {"labeler_checkpoint": policy} | (
+            {"n_rollouts": spec.n} if method == montecarlo.LABELER else {}), replace)
+
+
+def n_batches(store: LineageStore, rollout_id: str, batch_trees: int) -> int:
+    """How many batches `_run_batches` cuts the rollout's trees into."""
+    if batch_trees < 1:
+        raise ValueError(f"batch_trees must be >= 1, got {batch_trees}")
+    return -(-len(tree_ids(store, rollout_id)) // batch_trees)
 
 
 def label_judge(store: LineageStore, rollout_id: str, load_generator: Callable[[], Generator],

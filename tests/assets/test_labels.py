@@ -205,6 +205,34 @@ def test_mc_labels_refuse_to_mix_settings_unless_replacing(env):
     assert {r["n_rollouts"] for (n, _), r in labels_of(store, "mc").items() if n not in terminal} == {2}
 
 
+def test_sharded_monte_carlo_labels_are_the_serial_runs_and_the_check_reads_them(env, seeded_home, tmp_path):
+    from qstar_dagster.assets.labels import mc_label_rates_sane
+
+    instance, home, store = env
+    config = {**MC, "batch_trees": 2, "shards": 2}  # 6 trees: 3 batches over 2 shards
+    sharded = materialize([mc_labels, mc_label_rates_sane], instance=instance, resources=resources(home),
+                          partition_key="arith-test", run_config={"ops": {"mc_labels": {"config": config}}})
+    steps = {e.step_key for e in sharded.all_events if e.is_step_success}
+    assert {"mc_labels.label_shard[shard_0]", "mc_labels.label_shard[shard_1]"} <= steps
+    meta = metadata(sharded, "mc_labels")
+    assert meta["shards"] == 2 and meta["batches_labeled"] == 2 * 3  # 3 batches for each of mc and binary_search
+    [check] = sharded.get_asset_check_evaluations()
+    assert check.check_name == "mc_label_rates_sane" and check.passed, check.description
+    assert store.records("SELECT status FROM runs WHERE asset_key = 'mc_labels'") == [{"status": "success"}]
+
+    serial_env = copied_env(seeded_home, tmp_path / "serial")
+    run(serial_env, mc_labels, {**config, "shards": 1})
+    for labeler in ("mc", "binary_search"):
+        strip = {"created_run", "created_at"}
+        assert [{k: v for k, v in r.items() if k not in strip} for r in labels_of(store, labeler).values()] == \
+            [{k: v for k, v in r.items() if k not in strip} for r in labels_of(serial_env[2], labeler).values()]
+    # the same again: every shard finds its batches done
+    again = metadata(run(env, mc_labels, config), "mc_labels")
+    assert again["batches_labeled"] == 0 and again["batches_in_store_before"] == 6
+    with pytest.raises(Exception, match="shards must be >= 1"):
+        run(env, mc_labels, {**config, "shards": 0})
+
+
 def test_judge_over_an_openai_compatible_server_labels_like_the_local_judge(env):
     _, _, store = env
     [ck] = store.records("SELECT checkpoint_id, path FROM checkpoints WHERE kind = 'judge'")
