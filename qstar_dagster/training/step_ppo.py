@@ -460,7 +460,7 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
             model.eval()
             progress.curves["heldout_greedy"].append((it, evaluate(model, tok)))
         progress.train_seconds = time.monotonic() - started
-        rate = (time.monotonic() - started) / max(1, it - (state["progress"]["iteration"] if state else 0))
+        rate = progress.train_seconds / it  # seconds per iteration, a resumed run's earlier ones included
         held = progress.curves["heldout_greedy"]
         log.info("step_ppo: iteration %d/%d, reward %.3f, step score %s, oracle step accuracy %s, samples right %.1f%%, "
                  "KL %.4f, %.0f tokens/s, ETA %.0fs%s", it, spec.iterations, point["reward"],
