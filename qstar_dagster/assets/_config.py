@@ -43,6 +43,13 @@ def spec_config(spec: type, *, base: type[Config] = Config, exclude: tuple[str, 
     return pydantic.create_model(f"{spec.__name__}Fields", __base__=base, **fields)
 
 
+def every_step(*steps: str):
+    """A graph-backed asset's config mapping: the asset's one config, given to each of its steps."""
+    def config_fn(outer: dict) -> dict:
+        return {name: {"config": outer} for name in steps}
+    return config_fn
+
+
 def to_spec(config: Config, spec: type[S], *, prefix: str = "", **overrides: Any) -> S:
     """The spec from the config's fields of its names (lists back to tuples), with `overrides`."""
     hints = typing.get_type_hints(spec)

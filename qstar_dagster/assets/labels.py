@@ -37,7 +37,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from qstar_dagster.assets._config import spec_config, to_spec
+from qstar_dagster.assets._config import every_step, spec_config, to_spec
 from qstar_dagster.assets._runs import (
     ensure_run,
     forward_logs,
@@ -180,18 +180,14 @@ def record_labels(context: OpExecutionContext, config: MonteCarloLabelsConfig, s
     context.add_output_metadata(metadata)
 
 
-def _every_label_step(outer: dict) -> dict:
-    """The asset's one config, given to each of its steps."""
-    return {name: {"config": outer} for name in ("plan_label_shards", "label_shard", "record_labels")}
-
-
 @graph_asset(
     partitions_def=prompt_set_partitions,
     group_name="labels",
     code_version=MC_CODE_VERSION,
     kinds={"pytorch", "duckdb"},
     ins={"tot_rollouts": AssetIn(dagster_type=Nothing)},
-    config=ConfigMapping(config_fn=_every_label_step, config_schema=MonteCarloLabelsConfig.to_config_schema()),
+    config=ConfigMapping(config_fn=every_step("plan_label_shards", "label_shard", "record_labels"),
+                         config_schema=MonteCarloLabelsConfig.to_config_schema()),
     automation_condition=follows_inputs(),
     description="Step labels estimated by Monte Carlo completions with the rollout's policy: Math-Shepherd's "
     "(labeler mc; hard: some completion from the step reaches the reference answer; soft: the share that do) "

@@ -29,7 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from qstar_dagster.assets._config import spec_config, to_spec
+from qstar_dagster.assets._config import every_step, spec_config, to_spec
 from qstar_dagster.assets._runs import ensure_run, forward_logs, partition_rollout, start_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import prompts_changed
@@ -179,18 +179,14 @@ def record_rollout(context: OpExecutionContext, config: RolloutsConfig, store: L
     })
 
 
-def _every_step(outer: dict) -> dict:
-    """The asset's one config, given to each of its steps."""
-    return {name: {"config": outer} for name in ("plan_rollout_shards", "search_rollout_shard", "record_rollout")}
-
-
 @graph_asset(
     partitions_def=prompt_set_partitions,
     group_name="rollouts",
     code_version=CODE_VERSION,
     kinds={"pytorch", "duckdb"},
     ins={"prompt_set": AssetIn(dagster_type=Nothing), "base_policy": AssetIn(dagster_type=Nothing)},
-    config=ConfigMapping(config_fn=_every_step, config_schema=RolloutsConfig.to_config_schema()),
+    config=ConfigMapping(config_fn=every_step("plan_rollout_shards", "search_rollout_shard", "record_rollout"),
+                         config_schema=RolloutsConfig.to_config_schema()),
     automation_condition=prompts_changed(),
     description="Trees of reasoning steps sampled from a policy for every problem of a prompt set: best-of-N, "
     "tree-of-thoughts beam/BFS or MCTS (value: policy likelihood, Monte Carlo, or a PRM), all problems of a batch "
