@@ -164,14 +164,10 @@ def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
     assert served[0][0].text == local[0][0].text
 
 
-def test_step_ppo_learns_from_the_prm_and_walks_back_to_it(env, monkeypatch):
-    from click.testing import CliRunner
-
-    from qstar_dagster.assets.evaluation import evaluation
-    from qstar_dagster.cli import main
+def test_step_ppo_learns_from_the_prm_and_walks_back_to_it(env):
     from qstar_dagster.lineage.artifacts import latest_base_policy_id
 
-    _, home, store = env
+    _, _, store = env
     with pytest.raises(Exception, match="needs a PRM trained from"):
         run(env, step_ppo_policy, {"iterations": 1})
     run(env, step_datasets, {"labeler": "mc", "kinds": ["prm"]})
@@ -197,13 +193,6 @@ def test_step_ppo_learns_from_the_prm_and_walks_back_to_it(env, monkeypatch):
     assert metadata(run(env, step_ppo_policy, config), "step_ppo_policy")["reused"]
     assert store.query("SELECT count(*) FROM checkpoints")[1][0][0] == n
 
-    run(env, evaluation, {"ns": [1, 2], "max_new_tokens": 32})
-    monkeypatch.setenv("QSTAR_HOME", str(home))
-    figures = json.loads(CliRunner().invoke(main, ["report", "--json"]).output)
-    assert figures["round1_step_ppo_checkpoint"] == new["checkpoint_id"]
-    assert figures["round1_step_ppo_greedy"] is not None and "round1_step_ppo_majority_at_8" in figures
-    assert "round 1 (step-PPO)" in CliRunner().invoke(main, ["report"]).output
-
 
 def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env, monkeypatch):
     from click.testing import CliRunner
@@ -215,8 +204,10 @@ def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env,
     run(env, step_datasets, {"labeler": "mc"})
     run(env, prm_model, {"steps": 40})
     run(env, rft_policy, {"steps": 20})
+    ppo = metadata(run(env, step_ppo_policy, {"iterations": 1, "problems_per_iteration": 4, "group_size": 2,
+                                              "max_new_tokens": 32}), "step_ppo_policy")["checkpoint_id"]
     meta = metadata(run(env, evaluation, {"ns": [1, 2, 4], "max_new_tokens": 32}), "evaluation")
-    assert meta["policies"] == 2 and meta["prms"] == 1
+    assert meta["policies"] == 3 and meta["prms"] == 1
     rows = store.records("SELECT checkpoint_ids, method, accuracy FROM evaluations WHERE (details->>'stage') = 'evaluation'")
     methods = {(len(r["checkpoint_ids"]), r["method"]) for r in rows}
     assert {(1, "greedy"), (1, "pass@4"), (1, "majority@2"), (2, "prm_best_of_4:min"), (2, "prm_best_of_2:prod"),
@@ -238,7 +229,10 @@ def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env,
     assert figures["base_greedy"] == by[((figures["base_checkpoint"],), "greedy")]
     assert figures["round1_checkpoint"] and figures["round1_greedy"] is not None
     assert "base_majority_at_8" in figures and "label_agreement" in figures
-    assert "round 1 (RFT)" in CliRunner().invoke(main, ["report"]).output
+    assert figures["round1_step_ppo_checkpoint"] == ppo and figures["round1_step_ppo_greedy"] is not None
+    assert "round1_step_ppo_pass_at_8" in figures and "round1_step_ppo_majority_at_8" in figures
+    text = CliRunner().invoke(main, ["report"]).output
+    assert "round 1 (RFT)" in text and "round 1 (step-PPO)" in text
 
 
 def test_two_expert_iteration_rounds_chain_policy_and_prm(env):
