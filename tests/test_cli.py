@@ -87,7 +87,7 @@ def test_demo_then_sql_and_lineage(home):
     out = runner.invoke(main, ["round", "--round", "1", "--print-config"])
     assert out.exit_code == 0, out.output
     config = yaml.safe_load(out.output)["ops"]
-    query = "select checkpoint_id from checkpoints where kind = 'policy' and trained_on_dataset is null"
+    query = "select checkpoint_id from checkpoints where kind = 'policy' and (config->>'trainer') is null"
     [base] = [r["checkpoint_id"] for r in json.loads(runner.invoke(main, ["sql", query, "--json"]).output)]
     assert config["tot_rollouts"]["config"]["policy_checkpoint"] == base == config["rft_policy"]["config"][
         "base_checkpoint"] and f"{ROUND_TAG}=1" in out.output and runs[0].tags["qstar/policy"] == base
