@@ -205,7 +205,7 @@ def encode_sample(tok, prompt: str, text: str, separator: str, finished: bool) -
     """(ids, prompt length, each completion token's step, the steps). The completion is
     tokenized piece by piece (each step with its separator), so every token belongs to one
     step; blank pieces and the end of sequence go with the step before them."""
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = tok(prompt, add_special_tokens=True)["input_ids"]  # as the generator encodes it (a BOS where the model has one)
     n_prompt = len(ids)
     pieces = text.split(separator)
     token_step: list[int] = []
