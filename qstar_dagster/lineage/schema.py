@@ -344,8 +344,8 @@ VIEWS: dict[str, str] = {
         WITH RECURSIVE ck AS MATERIALIZED (SELECT checkpoint_id, kind, base, (config->>'trainer') AS trainer
                                            FROM checkpoints),
         r(checkpoint_id, kind, round) AS (
-            -- a base policy is the one checkpoint kind made by no trainer (step-PPO's learns
-            -- from a prompt set, not a dataset, and is no base)
+            -- a base policy is a policy made by no trainer (step-PPO's policy has no dataset
+            -- either: it learns from a prompt set, and is no base)
             SELECT checkpoint_id, kind, 0 FROM ck WHERE kind = 'policy' AND trainer IS NULL
             UNION ALL
             SELECT c.checkpoint_id, c.kind, r.round + 1 FROM ck c JOIN r ON c.base = r.checkpoint_id
