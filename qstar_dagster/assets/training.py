@@ -4,7 +4,6 @@ started from, its training metrics and its evaluation on a held-out prompt set.
 
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
-import json
 import random
 from dataclasses import asdict
 
@@ -24,7 +23,6 @@ from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
-from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
 from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.base_policy import greedy_accuracy
 from qstar_dagster.training.checkpoints import (
@@ -248,7 +246,7 @@ def step_ppo_policy(context: AssetExecutionContext, config: StepPPOConfig, store
             prm = lineage.checkpoint(prm_id, "prm")
         version, problems = lineage.prompt_set_problems(context.partition_key)
         _, held_out = lineage.prompt_set_problems(config.eval_prompt_set)
-        template = json.loads(base.get("config") or "{}").get("template") or DEFAULT_PROMPT_TEMPLATE
+        template = artifacts.checkpoint_template(base)
         trained_on = f"{context.partition_key}@{version}"
         train_config = {"trainer": STEP_PPO_TRAINER, "revision": STEP_PPO_REVISION, **asdict(spec),
                         "reward_checkpoint": prm and prm["checkpoint_id"]}
