@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import platform
 import sys
 from pathlib import Path
@@ -32,9 +33,9 @@ from countdown import parse_spec, setting_problems
 
 from qstar_dagster.evaluation.evaluate import EvalSpec, policy_metrics, sample
 from qstar_dagster.generation.hf import TransformersGenerator
-from qstar_dagster.tasks import arith
+from qstar_dagster.tasks import arith, countdown
 from qstar_dagster.tasks.prompt_sets import builtin_problems
-from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
+from qstar_dagster.training.base_policy import BasePolicyConfig, greedy_accuracy, train_base_policy
 
 
 def arith_spec(text: str) -> arith.ArithSpec:
@@ -50,19 +51,28 @@ def arith_spec(text: str) -> arith.ArithSpec:
     return arith.ArithSpec(**kwargs)
 
 
-def problems_of(setting: str, n_train: int, n_test: int) -> tuple[list, list]:
-    """(training problems, held-out problems) of one setting, disjoint."""
+def problems_of(setting: str, n_test: int) -> tuple[list, list]:
+    """(training problems, held-out problems) of one setting: the built-in training set as it
+    would be with this setting as the domain's default (same size, seed and generator, so the
+    longest schedule's policy is the one the `base_policy` asset would train), and held-out
+    problems outside it (and outside game24)."""
     kind, _, rest = setting.partition(":")
     if kind == "arith":
         spec = arith_spec(rest)
-        test = arith.generate_problems(n_test, seed=2, spec=spec)
-        held = {p.problem for p in test}
-        train = [p for p in arith.generate_problems(n_train + n_test, seed=1, spec=spec) if p.problem not in held]
-        return train[:n_train], test
+        train = builtin_problems("arith-train", spec=spec)
+        held = {p.problem for p in train}
+        test = [p for p in arith.generate_problems(4 * n_test, seed=2, spec=spec) if p.problem not in held]
+        return train, test[:n_test]
     if kind == "countdown":
+        spec = parse_spec(rest)
         game24 = frozenset(p.problem for p in builtin_problems("game24"))
-        problems = setting_problems(parse_spec(rest), n_train + n_test, game24)
-        return problems[n_test:], problems[:n_test]
+        try:
+            train = builtin_problems("countdown-train", spec=spec)
+        except ValueError:  # a small setting: all of its problems, repeated along training
+            train = setting_problems(spec, 10**9, game24)[n_test:]
+            return train, setting_problems(spec, 10**9, game24)[:n_test]
+        taken = game24 | {p.problem for p in train}
+        return train, countdown.generate_problems(n_test, seed=12, spec=spec, exclude=taken)
     raise SystemExit(f"--settings entry {setting!r}: start it with arith: or countdown:")
 
 
@@ -88,21 +98,28 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=200, help="held-out problems per setting")
     ap.add_argument("--save", default="/tmp/plateau", help="where trained policies go")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--curve-every", type=int, default=250, help="steps between greedy points (100 problems) in the log")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     schedules = [int(s) for s in args.steps.split(",")]
-    cfg = BasePolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, lr=args.lr, eval_every=0)
+    cfg = BasePolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, lr=args.lr,
+                           eval_every=args.curve_every)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     runs: dict[str, dict] = {}
     for setting in filter(None, (s.strip() for s in args.settings.split(";"))):
-        # one pass over distinct problems for the longest schedule (fewer where the setting has fewer)
-        train, held_out = problems_of(setting, max(schedules) * cfg.batch_size, args.problems)
+        train, held_out = problems_of(setting, args.problems)
         runs[setting] = {"train_problems": len(train), "schedules": {}}
-        for steps in schedules:
+
+        def on_eval(model, tok, curve_problems=held_out[:100]) -> float:
+            return greedy_accuracy(TransformersGenerator(model, tok), curve_problems)
+
+        for steps in sorted(schedules, reverse=True):  # the longest first: it is the candidate to ship
             path = Path(args.save) / f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
-            summary = train_base_policy(train, path, dataclasses.replace(cfg, steps=steps))
+            summary = train_base_policy(train, path, dataclasses.replace(cfg, steps=steps), on_eval=on_eval)
             figures = measure(setting, path, held_out)
             runs[setting]["schedules"][steps] = {"final_loss": round(summary["final_loss"], 4),
-                                                 "seconds": round(summary["train_seconds"], 1), **figures}
+                                                 "seconds": round(summary["train_seconds"], 1),
+                                                 "curve": summary["accuracy_curve"], **figures}
             print(f"{setting} {steps} steps: loss {summary['final_loss']:.3f}, greedy {figures['greedy']:.1%}, "
                   f"pass@8 {figures['pass_at_8']:.1%} ({summary['train_seconds']:.0f}s)", flush=True)
         done = runs[setting]["schedules"]

@@ -257,6 +257,42 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
     click.echo(f"\nsummary (qstar report; qstar report --json):\n{render(report(_require_store(), DEMO_TEST_SET))}")
 
 
+@main.command("ship-policy")
+@click.option("--domain", required=True, type=click.Choice(["arith", "countdown"]),
+              help="the built-in domain whose base policy to rebuild")
+@click.option("--policy-config", help='JSON config for the base_policy asset over its defaults, e.g. \'{"steps": 300}\'')
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
+              help="where to write it (default: the package's qstar_dagster/policies/<domain>)")
+def ship_policy(domain: str, policy_config: str | None, dest: Path | None) -> None:
+    """Rebuild a shipped base policy: train it from scratch with the base_policy asset in the
+    data directory (the domain's built-in training set, the asset's defaults), then write it
+    with its manifest (sha256 of each file, config, training set, figures) into the package."""
+    from qstar_dagster.rounds import StageFailed, make_executor
+    from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS
+    from qstar_dagster.training.shipped import REBUILD, SHIPPED_ROOT, write_shipped
+
+    train_set, test_set = DOMAIN_SETS[domain]
+    overrides = _json_option(policy_config, "--policy-config")
+    defs, instance = _dagster(_home())
+    execute = make_executor(defs.resolve_job_def, instance, click.echo)
+    try:
+        for key in (train_set, test_set):
+            execute("embedded_pipeline", f"prompt set {key}", key, "prompt_set", None)
+        meta = execute("base_policy_job", f"base policy on {train_set}, from scratch", None, "base_policy",
+                       {"train_prompt_set": train_set, "eval_prompt_set": test_set, **overrides, "shipped": False})
+    except StageFailed as e:
+        raise click.ClickException(str(e)) from None
+    row = _require_store().checkpoint(meta["checkpoint_id"])
+    command = REBUILD.format(domain=domain) + (f" --policy-config '{policy_config}'" if policy_config else "")
+    shipped = write_shipped(Path(row["path"]), dest or SHIPPED_ROOT / domain, domain=domain,
+                            train_prompt_set=train_set, train_version=row["trained_on_prompt_set"].split("@", 1)[1],
+                            config=json.loads(row["config"]), metrics=json.loads(row["metrics"])["evaluation"],
+                            trained_by=command)
+    size = sum((shipped.path / f).stat().st_size for f in shipped.files)
+    click.echo(f"shipped {domain} policy {row['checkpoint_id']} to {shipped.path} ({size / 1e6:.1f} MB): greedy "
+               f"{meta['greedy_accuracy']:.1%} on {test_set}; commit that directory")
+
+
 @main.command("round")
 @click.option("--round", "k", type=int, required=True, help=help_of(RoundSpec, "round"))
 @click.option("--train-set", default=DEMO_TRAIN_SET, show_default=True, help=help_of(RoundSpec, "train_set"))

@@ -15,7 +15,7 @@ def home(tmp_path, monkeypatch):
 
 
 # A base policy small enough to train in seconds; the default one takes minutes.
-TINY_POLICY = json.dumps({"hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 8, "eval_every": 0,
+TINY_POLICY = json.dumps({"shipped": False, "hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 8, "eval_every": 0,
                           "eval_k": 2, "eval_max_new_tokens": 40})
 TINY_ROLLOUTS = json.dumps({"max_problems": 10, "k": 2, "beam_width": 2, "step_max_tokens": 24})
 TINY_ROUND = json.dumps({"training": {"prm_model": {"steps": 2}, "rft_policy": {"steps": 2},

@@ -25,7 +25,7 @@ from .conftest import EASY_ARITH
 ROOT = Path(__file__).resolve().parents[1]
 ROLLOUTS = {"algorithm": "beam", "k": 2, "beam_width": 2, "step_max_tokens": 8, "max_depth": 3, "batch_size": 4}
 MC = {"n": 2, "max_new_tokens": 8, "batch_trees": 4}
-TRAIN = {"train_prompt_set": "arith-test", "hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 4,
+TRAIN = {"shipped": False, "train_prompt_set": "arith-test", "hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 4,
          "warmup": 2, "eval_every": 0, "eval_k": 1, "eval_max_new_tokens": 8}
 
 

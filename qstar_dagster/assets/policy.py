@@ -24,6 +24,9 @@ class BasePolicyAssetConfig(spec_config(BasePolicyConfig, base=spec_config(Polic
     model_path: str | None = Field(
         None, description="use this model instead of training the built-in one: a local directory, or a "
         "Hugging Face id already in the local cache (e.g. a 1.5B math model on a GPU)")
+    shipped: bool = Field(False, description="start from the policy shipped with the package that was trained "
+                          "on train_prompt_set (one per built-in domain, trained by this asset to its plateau; its "
+                          "config is in its manifest); false: train the built-in policy from scratch as set here")
     backend: str = Field("transformers", description="evaluation backend: transformers, or vllm (extra gpu)")
     prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="how the policy is prompted; {problem}")
     train_prompt_set: str = Field("arith-train", description="built-in policy: prompt set whose reference "
@@ -36,8 +39,9 @@ class BasePolicyAssetConfig(spec_config(BasePolicyConfig, base=spec_config(Polic
     pool=GPU_POOL, op_tags=GPU_OP_TAGS,
     kinds={"pytorch"},
     deps=[AssetKey("prompt_set")],
-    description="The policy checkpoint that search starts from: the built-in character-level Llama trained "
-    "from scratch on a prompt set's reference solutions, or a given Hugging Face model. Recorded in the "
+    description="The policy checkpoint that search starts from: the built-in character-level Llama shipped "
+    "with the package for the training prompt set's domain, or trained from scratch on its reference "
+    "solutions (shipped: false), or a given Hugging Face model. Recorded in the "
     "store's checkpoints table with its config, training data and metrics on the evaluation set.",
 )
 def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, store: LineageStoreResource,
@@ -56,7 +60,7 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
         result = build_base_policy(
             lineage, data_dir.subdir("checkpoints"), cfg=train_cfg, train_prompt_set=config.train_prompt_set,
             evaluation=spec, evaluate=evaluate, model_path=config.model_path, template=config.prompt_template,
-            run_id=context.run_id,
+            shipped=config.shipped and not config.model_path, run_id=context.run_id,
         )
         with lineage.transaction() as con:
             lineage.insert(con, "checkpoints", [result.checkpoint_row] if result.checkpoint_row else [])  # no-op if there
@@ -70,6 +74,7 @@ def base_policy(context: AssetExecutionContext, config: BasePolicyAssetConfig, s
         "checkpoint_id": result.checkpoint_id,
         "path": MetadataValue.path(str(result.path)),
         "reused": result.reused,
+        "shipped": bool(config.shipped and not config.model_path),
         "eval_prompt_set": config.eval_prompt_set,
         "greedy_accuracy": m["greedy"],
         f"pass_at_{k}": m[f"pass_at_{k}"],

@@ -264,7 +264,7 @@ class LineageStore:
             if p.prompt_id not in seen:
                 seen.add(p.prompt_id)
                 members.append((idx, p))
-        version = _version_hash([p.prompt_id for p in problems])
+        version = prompt_set_version(problems)
         domains = sorted({p.domain for p in problems})
         n_new_prompts = self.insert(con, "prompt_texts", [
             {"prompt_id": p.prompt_id, "domain": p.domain, "problem": p.problem,
@@ -404,8 +404,9 @@ class PromptSetWrite:
     new_version: bool
 
 
-def _version_hash(prompt_ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest()[:12]
+def prompt_set_version(problems: Iterable[Problem]) -> str:
+    """A prompt set's version: the hash of its prompts in order (what `write_prompt_set` records)."""
+    return hashlib.sha256("\n".join(p.prompt_id for p in problems).encode()).hexdigest()[:12]
 
 
 def _refuse_newer(where, version: int) -> None:

@@ -33,6 +33,11 @@ BUILTIN_PROMPT_SETS: dict[str, BuiltinSet] = {
     "countdown-test": BuiltinSet(n=200, seed=12, domain=countdown.DOMAIN, exclude=("game24", "countdown-train")),
 }
 
+# Each built-in domain's (training set, held-out set): what its shipped base policy learned on
+# and is measured on.
+DOMAIN_SETS: dict[str, tuple[str, str]] = {"arith": ("arith-train", "arith-test"),
+                                           countdown.DOMAIN: ("countdown-train", "countdown-test")}
+
 
 def _generate(base: BuiltinSet, n: int, seed: int, spec, exclude: frozenset[str]) -> list[Problem]:
     if base.domain == countdown.DOMAIN:

@@ -20,6 +20,7 @@ from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 from qstar_dagster.training.checkpoints import build_checkpoint, weights_sha256
 from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
+from qstar_dagster.training.shipped import check_fits, copy_files, shipped_policy
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,9 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
                       train_prompt_set: str = "arith-train", evaluation: PolicyEvalSpec = PolicyEvalSpec(),
                       evaluate: Callable[[Path, Sequence[Problem]], dict],
                       model_path: str | None = None, template: str = DEFAULT_PROMPT_TEMPLATE,
-                      run_id: str | None = None) -> BasePolicyResult:
-    """Train the built-in policy on `train_prompt_set` (or take `model_path`), evaluate it on
+                      shipped: bool = False, run_id: str | None = None) -> BasePolicyResult:
+    """Train the built-in policy on `train_prompt_set` (or take `model_path`, or with `shipped`
+    the policy shipped with the package that was trained on `train_prompt_set`), evaluate it on
     `evaluation.prompt_set`, and return the rows to record. `evaluate(path, problems)` returns
     greedy, pass_at_k, majority_at_k and n (the evaluation stage's `evaluate_policy`, sampling
     as `evaluation` says). Idempotent: a checkpoint is named by what made it (config,
@@ -108,6 +110,19 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         identity = ("given", model_path, weights_sha256(given), template)
         record = {"base": model_path, "trained_on_prompt_set": None,
                   "config": {"model_path": model_path, "template": template}}
+    elif shipped:
+        given, policy = None, shipped_policy(train_prompt_set)
+        train_version, _ = store.prompt_set_problems(train_prompt_set)
+        check_fits(policy, train_version)
+        if template != policy.config["template"]:
+            raise ValueError(f"the shipped {policy.domain} policy was trained on the prompt template "
+                             f"{policy.config['template']!r}, not {template!r}; leave prompt_template at its default, "
+                             f"or set `shipped: false` to train one with yours")
+        trained_on = f"{train_prompt_set}@{train_version}"
+        # the weights' hash in the name: a rebuilt policy is another checkpoint, never the old id
+        identity = ("shipped", policy.config, trained_on, policy.files)
+        record = {"base": None, "trained_on_prompt_set": trained_on,
+                  "config": {**policy.config, "shipped": policy.domain}}
     else:
         given = None
         train_version, train_problems = store.prompt_set_problems(train_prompt_set)
@@ -124,6 +139,9 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         return _metrics_from_rows(have, evaluation.k) if len(have) == len(wanted) else None
 
     def train(directory: Path) -> dict:
+        if shipped:
+            log.info("base policy: the %s policy shipped with the package (%s)", policy.domain, policy.path)
+            return copy_files(policy, directory)
         curve_problems = list(eval_problems[:100])  # a fixed slice keeps the curve cheap
 
         def on_eval(model, tok) -> float:

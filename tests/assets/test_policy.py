@@ -7,7 +7,7 @@ from qstar_dagster.lineage import LineageStore
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import ComputeResource
 
-TINY = {"hidden": 32, "layers": 1, "heads": 2, "steps": 40, "batch_size": 16, "lr": 1e-2, "warmup": 5,
+TINY = {"shipped": False, "hidden": 32, "layers": 1, "heads": 2, "steps": 40, "batch_size": 16, "lr": 1e-2, "warmup": 5,
         "eval_every": 20, "eval_k": 4, "eval_max_new_tokens": 48}
 
 

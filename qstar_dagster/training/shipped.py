@@ -1,0 +1,141 @@
+"""Base policies shipped inside the package: one per built-in domain, trained by the
+`base_policy` asset to its plateau, so that a run starts where a real user starts (from a
+pretrained policy) instead of spending its first minutes on pretraining.
+
+A shipped policy is a directory under `qstar_dagster/policies/<domain>/`: the model and its
+tokenizer as `save_pretrained` writes them, the trainer's summary (`training.json`, with its
+curves) and `shipped.json`, the manifest: the training prompt set and its version, the
+config that trained it, its figures, and the sha256 of every file. Loading checks every file
+against the manifest, and the training set's version against the store's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "policies"
+MANIFEST = "shipped.json"
+REBUILD = "qstar ship-policy --domain {domain}"
+
+
+class ShippedPolicyError(RuntimeError):
+    """A shipped policy's files do not match its manifest, or it does not fit the store."""
+
+
+@dataclass(frozen=True)
+class ShippedPolicy:
+    path: Path
+    manifest: dict
+
+    @property
+    def domain(self) -> str:
+        return self.manifest["domain"]
+
+    @property
+    def train_prompt_set(self) -> str:
+        return self.manifest["train_prompt_set"]
+
+    @property
+    def train_version(self) -> str:
+        return self.manifest["train_prompt_set_version"]
+
+    @property
+    def config(self) -> dict:
+        """What trained it: the `base_policy` config, template and architecture included."""
+        return self.manifest["config"]
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.manifest["files"]
+
+    def rebuild_hint(self) -> str:
+        return REBUILD.format(domain=self.domain)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_policies(root: Path | None = None) -> dict[str, ShippedPolicy]:
+    """Every shipped policy under `root` (default: the package's), keyed by the prompt set it
+    was trained on."""
+    root, found = root or SHIPPED_ROOT, {}
+    for manifest in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
+        policy = ShippedPolicy(manifest.parent, json.loads(manifest.read_text()))
+        found[policy.train_prompt_set] = policy
+    return found
+
+
+def shipped_policy(train_prompt_set: str, root: Path | None = None) -> ShippedPolicy:
+    """The shipped policy trained on `train_prompt_set`, its files checked against its manifest."""
+    available = shipped_policies(root)
+    if train_prompt_set not in available:
+        raise LookupError(
+            f"no policy shipped with the package was trained on prompt set {train_prompt_set!r} (shipped: "
+            f"{', '.join(f'{s} ({p.domain})' for s, p in available.items()) or 'none'}); set the base_policy "
+            f"config `shipped: false` to train one from scratch, or `model_path` to use your own")
+    policy = available[train_prompt_set]
+    verify(policy)
+    return policy
+
+
+def verify(policy: ShippedPolicy) -> None:
+    """Every file the manifest lists is there with its sha256; nothing else is loaded."""
+    manifest = policy.path / MANIFEST
+    for name, want in policy.files.items():
+        f = policy.path / name
+        if not f.is_file():
+            raise ShippedPolicyError(f"{f}: missing, but {manifest} lists it; reinstall the package "
+                                     f"(`make install`) or rebuild the policy with `{policy.rebuild_hint()}`")
+        got = file_sha256(f)
+        if got != want:
+            raise ShippedPolicyError(f"{f}: sha256 {got[:16]}… is not the {want[:16]}… that {manifest} records "
+                                     f"(the file was changed or truncated); reinstall the package (`make install`) "
+                                     f"or rebuild the policy with `{policy.rebuild_hint()}`")
+
+
+def check_fits(policy: ShippedPolicy, store_version: str) -> None:
+    """The store's version of the training set is the one the policy was trained on."""
+    if store_version != policy.train_version:
+        raise ShippedPolicyError(
+            f"the shipped {policy.domain} policy was trained on {policy.train_prompt_set}@{policy.train_version}, "
+            f"but the store has {policy.train_prompt_set}@{store_version} (the domain's generator or its "
+            f"defaults changed); rebuild it with `{policy.rebuild_hint()}`, or set `shipped: false`")
+
+
+def copy_files(policy: ShippedPolicy, out_dir: Path) -> dict:
+    """The policy's files into `out_dir` (a checkpoint directory); returns its training summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in policy.files:
+        shutil.copy2(policy.path / name, out_dir / name)
+    summary = policy.path / "training.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def write_shipped(model_dir: Path, dest: Path, *, domain: str, train_prompt_set: str, train_version: str,
+                  config: dict, metrics: dict, trained_by: str) -> ShippedPolicy:
+    """Ship the checkpoint in `model_dir` as `dest` (replacing what is there): its files, and
+    a manifest with their sha256, what trained it and its figures."""
+    scratch = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    files = {}
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file() and f.name != MANIFEST:
+            shutil.copy2(f, scratch / f.name)
+            if f.name != "training.json":  # the summary is documentation, not the model
+                files[f.name] = file_sha256(f)
+    manifest = {"domain": domain, "train_prompt_set": train_prompt_set, "train_prompt_set_version": train_version,
+                "config": config, "metrics": metrics, "trained_by": trained_by, "files": files}
+    (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    scratch.rename(dest)
+    return ShippedPolicy(dest, manifest)

@@ -1,0 +1,118 @@
+"""Base policies shipped with the package: their files against their manifests, and the
+`base_policy` asset starting from one (recorded as any base policy), refusing a changed file
+or a training set that is not the one it learned on."""
+
+import json
+import shutil
+
+import pytest
+
+from qstar_dagster.lineage import LineageStore
+from qstar_dagster.lineage.store import prompt_set_version
+from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS, builtin_problems
+from qstar_dagster.training import shipped
+from qstar_dagster.training.shipped import (
+    ShippedPolicyError,
+    file_sha256,
+    shipped_policies,
+    write_shipped,
+)
+
+from ..assets.test_policy import env, load_prompt_sets, metadata, run_policy  # noqa: F401 (env: a fixture)
+
+EVAL = {"eval_k": 2, "eval_max_new_tokens": 24}
+
+
+def test_the_shipped_policies_match_their_manifests_and_the_built_in_sets():
+    """What the package ships: one policy per built-in domain, every file as its manifest says,
+    trained on the built-in training set as the domain generates it today, 10 MB at most in all."""
+    policies = shipped_policies()
+    assert {p.domain for p in policies.values()} <= set(DOMAIN_SETS)
+    assert "arith-train" in policies
+    total = 0
+    for train_set, policy in policies.items():
+        shipped.verify(policy)
+        assert DOMAIN_SETS[policy.domain][0] == train_set
+        # a changed generator or default would make the store's version differ: rebuild, then ship
+        assert policy.train_version == prompt_set_version(builtin_problems(train_set)), policy.rebuild_hint()
+        assert policy.config["architecture"] == "char-llama" and policy.config["steps"] > 0
+        assert {"model.safetensors", "config.json"} <= set(policy.files)
+        total += sum((policy.path / f).stat().st_size for f in policy.files)
+    assert total <= 10e6
+
+
+@pytest.fixture
+def fake_root(tmp_path, monkeypatch):
+    """A shipped-policy root holding one policy, trained (here: the untrained tiny model)
+    on the test env's arith-train."""
+    root = tmp_path / "policies"
+    monkeypatch.setattr(shipped, "SHIPPED_ROOT", root)
+    return root
+
+
+def ship_fake(root, model_dir, version):
+    return write_shipped(model_dir, root / "arith", domain="arith", train_prompt_set="arith-train",
+                         train_version=version, config={"hidden": 64, "layers": 2, "steps": 0, "template": "{problem}\n",
+                                                        "architecture": "char-llama"},
+                         metrics={}, trained_by="a test")
+
+
+def test_write_and_verify_catch_a_changed_or_missing_file(tmp_path, tiny_model_dir):
+    policy = ship_fake(tmp_path, tiny_model_dir, "v1")
+    assert shipped_policies(tmp_path)["arith-train"].files == policy.files
+    assert policy.files["model.safetensors"] == file_sha256(tiny_model_dir / "model.safetensors")
+    shipped.verify(policy)
+
+    weights = policy.path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ShippedPolicyError, match=r"model\.safetensors: sha256 .*qstar ship-policy --domain arith"):
+        shipped.verify(policy)
+    weights.unlink()
+    with pytest.raises(ShippedPolicyError, match="missing"):
+        shipped.verify(policy)
+    with pytest.raises(LookupError, match="trained on prompt set 'gsm8k'.*shipped: false"):
+        shipped.shipped_policy("gsm8k", tmp_path)
+
+
+def test_base_policy_starts_from_the_shipped_policy_and_records_it(env, fake_root, tiny_model_dir):  # noqa: F811
+    load_prompt_sets(env)
+    store = LineageStore(env[2] / "lineage.duckdb")
+    version, _ = store.prompt_set_problems("arith-train")
+    policy = ship_fake(fake_root, tiny_model_dir, version)
+    (policy.path / "training.json").write_text(json.dumps({
+        "n_parameters": 1, "n_train_examples": 300, "train_seconds": 9.0, "final_loss": 0.5,
+        "loss_curve": [[1, 2.0], [2, 1.0]], "accuracy_curve": [[2, 0.5]]}))
+
+    meta = metadata(run_policy(env, {**EVAL, "shipped": True}))
+    assert meta["shipped"] is True and meta["reused"] is False
+    [ck] = store.records("SELECT * FROM checkpoints")
+    assert ck["checkpoint_id"] == meta["checkpoint_id"] and ck["trained_on_prompt_set"] == f"arith-train@{version}"
+    config = json.loads(ck["config"])
+    assert config["shipped"] == "arith" and config["hidden"] == 64 and config.get("trainer") is None
+    # a copy in the data directory, the same bytes as shipped; the training curves of the shipped run
+    assert ck["path"] == str(env[2] / "checkpoints" / ck["checkpoint_id"])
+    assert file_sha256(env[2] / "checkpoints" / ck["checkpoint_id"] / "model.safetensors") == \
+        policy.files["model.safetensors"]
+    assert meta["train_seconds"] == 9.0 and meta["training_curves"].startswith("![training loss")
+    assert store.latest_checkpoint("policy", base_only=True)["checkpoint_id"] == ck["checkpoint_id"]
+    assert metadata(run_policy(env, {**EVAL, "shipped": True}))["reused"] is True
+
+    # a changed file is refused, naming it and the fix; nothing new is recorded
+    shutil.copy(policy.path / "config.json", policy.path / "config.json.bak")
+    (policy.path / "config.json").write_text((policy.path / "config.json.bak").read_text() + " ")
+    failed = run_policy(env, {**EVAL, "shipped": True, "eval_temperature": 1.0}, raise_on_error=False)
+    assert not failed.success and "config.json: sha256" in str(failed.get_step_failure_events()[0].event_specific_data)
+    shutil.move(policy.path / "config.json.bak", policy.path / "config.json")
+    assert store.query("SELECT count(*) FROM checkpoints")[1] == [(1,)]
+
+    # another arith-train (here a longer one) is not what it learned on
+    load_prompt_sets(env, {"arith-train": 301})
+    failed = run_policy(env, {**EVAL, "shipped": True}, raise_on_error=False)
+    message = str(failed.get_step_failure_events()[0].event_specific_data)
+    assert not failed.success and f"trained on arith-train@{version}" in message and "qstar ship-policy" in message
+    # training from scratch stays available
+    scratch = metadata(run_policy(env, {**EVAL, "shipped": False, "hidden": 32, "layers": 1, "heads": 2, "steps": 4,
+                                        "batch_size": 4, "warmup": 1, "eval_every": 0}))
+    assert scratch["shipped"] is False and scratch["checkpoint_id"] != ck["checkpoint_id"]
