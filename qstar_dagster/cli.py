@@ -120,12 +120,12 @@ def _json_option(value: str | None, name: str) -> dict:
         raise click.BadParameter(f"not JSON ({e}); e.g. '{{\"steps\": 300}}'", param_hint=name) from None
 
 
-# The demo searches the held-out test set, which it labels against the oracle, and a slice
-# of the training set, which the built-in judge learns from and round 1 trains on (all 60k
-# training problems would take hours on a CPU).
+# The demo runs each built-in domain in turn. It searches the held-out test set, which it labels
+# against the oracle, and a slice of the training set, which the built-in judge learns from and
+# round 1 trains on (all 60k training problems would take hours on a CPU).
+DEMO_DOMAINS = ("arith", "countdown")
 DEMO_TEST_SET = "arith-test"
 DEMO_TRAIN_SET = "arith-train"
-DEMO_PROMPT_SETS = (DEMO_TRAIN_SET, DEMO_TEST_SET)  # the Countdown sets are built in, not yet in the demo
 DEMO_TRAIN_PROBLEMS = 384
 LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels", "label_agreement")
 # Round 1's training budget in the demo, where the assets' defaults train longer: a full epoch
@@ -160,85 +160,116 @@ def _run_round(defs, instance, spec: RoundSpec) -> dict:
 
 
 @main.command()
-@click.option("--prompt-set", "prompt_sets", multiple=True,
-              help=f"materialize only these sets (default: {', '.join(DEMO_PROMPT_SETS)})")
-@click.option("--policy-config", help='JSON config for the base_policy asset, e.g. \'{"steps": 300}\'')
+@click.option("--domain", "domains", multiple=True, type=click.Choice(DEMO_DOMAINS),
+              help=f"run only these domains (default: {', '.join(DEMO_DOMAINS)}, in that order)")
+@click.option("--policy-config", help='JSON config for the base_policy asset, e.g. \'{"shipped": false, "steps": 300}\'')
 @click.option("--rollout-config", help='JSON config for the tot_rollouts asset, e.g. \'{"algorithm": "mcts"}\'')
-@click.option("--with-judge", is_flag=True, help="also train the built-in judge and label the test rollouts "
-              "with it (about 4 more minutes on 2 cores)")
+@click.option("--with-judge", is_flag=True, help="also train the built-in judge and label the arithmetic test "
+              "rollouts with it (about 4 more minutes on 2 cores)")
 @click.option("--judge-config", help='JSON config for the judge_model asset, e.g. \'{"steps": 200}\'; implies '
               '--with-judge')
 @click.option("--label-config", help='JSON config for the mc_labels asset, e.g. \'{"n": 4}\'')
 @click.option("--round-config", help='JSON overrides of round 1 (qstar_dagster.rounds.RoundSpec), e.g. '
               '\'{"training": {"prm_model": {"epochs": 5}}, "evaluation": {"ns": [1, 4, 16]}}\'')
-def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config: str | None, with_judge: bool,
+def demo(domains: tuple[str, ...], policy_config: str | None, rollout_config: str | None, with_judge: bool,
          judge_config: str | None, label_config: str | None, round_config: str | None) -> None:
-    """Run the embedded pipeline into the data directory: the built-in prompt sets, the base
-    policy, rollouts on the test set and a training slice, step labels on the test rollouts
-    with their agreement (and the built-in judge's, --with-judge), then expert-iteration round 1
-    (labels, datasets, PRM / RFT / DPO checkpoints, evaluation) and the summary."""
-    from qstar_dagster.evaluation.report import render, report
+    """Run the embedded pipeline into the data directory, for each built-in domain: its prompt
+    sets, its base policy (shipped with the package), rollouts on the test set and a training
+    slice, step labels on the test rollouts with their agreement (and the built-in judge's,
+    --with-judge, on arithmetic), then expert-iteration round 1 (labels, datasets, PRM / RFT /
+    DPO / step-PPO checkpoints, evaluation) and the summary."""
     from qstar_dagster.rounds import StageFailed, make_executor
+    from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS
 
     home = _home()
-    policy = _json_option(policy_config, "--policy-config")
-    rollouts = _json_option(rollout_config, "--rollout-config")
-    judge = _json_option(judge_config, "--judge-config")
-    with_judge = with_judge or judge_config is not None
-    mc = _json_option(label_config, "--label-config")
-    round_overrides = _json_option(round_config, "--round-config")
+    options = {"policy": _json_option(policy_config, "--policy-config"),
+               "rollouts": _json_option(rollout_config, "--rollout-config"),
+               "judge": _json_option(judge_config, "--judge-config") if with_judge or judge_config else None,
+               "labels": _json_option(label_config, "--label-config"),
+               "round": _json_option(round_config, "--round-config")}
     defs, instance = _dagster(home)
     execute = make_executor(defs.resolve_job_def, instance, click.echo)
-    started = time.monotonic()
+    started, legs = time.monotonic(), []
     try:
-        for key in list(prompt_sets) or DEMO_PROMPT_SETS:
-            execute("embedded_pipeline", f"prompt set {key}", key, "prompt_set", None)
-        meta = execute("base_policy_job", "base policy (trained on the first run, then loaded)", None, "base_policy",
-                       policy)
-        searched = {key: execute("embedded_pipeline", f"tree-of-thoughts rollouts, prompt set {key}", key,
-                                 "tot_rollouts", config) for key, config in [
-            (DEMO_TEST_SET, rollouts), (DEMO_TRAIN_SET, {"max_problems": DEMO_TRAIN_PROBLEMS, **rollouts})]}
-        judged = execute("judge_model_job", f"built-in judge (trained on {DEMO_TRAIN_SET} rollouts)", None,
-                         "judge_model", judge) if with_judge else None
-        test_rollout = {"rollout_id": searched[DEMO_TEST_SET]["rollout_id"]}
-        # Consensus: Monte Carlo labels where binary search agrees (not the judge, which is optional:
-        # a later --with-judge run then adds judge labels without relabeling the consensus).
-        configs = {"mc_labels": {**test_rollout, **mc}, "consensus_labels": {**test_rollout, "second": "binary_search"}}
-        for asset in LABEL_ASSETS:
-            if asset != "judge_labels" or with_judge:
-                execute("embedded_pipeline", f"{asset}, prompt set {DEMO_TEST_SET}", DEMO_TEST_SET, asset,
-                        configs.get(asset, test_rollout))
-        # Round 1 learns from the training slice's rollouts (the ones above), so the test set stays held out.
-        spec = {"round": 1, "train_set": DEMO_TRAIN_SET, "test_set": DEMO_TEST_SET,
-                "train_problems": DEMO_TRAIN_PROBLEMS, "rollouts": rollouts, "labels": mc,
-                "training": DEMO_ROUND_TRAINING, **round_overrides}
-        try:
-            round_spec = RoundSpec(**spec)
-        except (TypeError, ValueError) as e:
-            raise click.BadParameter(str(e), param_hint="--round-config") from None
-        done = _run_round(defs, instance, round_spec)
+        for name in domains or DEMO_DOMAINS:
+            leg_started = time.monotonic()
+            legs.append(_demo_leg(defs, instance, execute, *DOMAIN_SETS[name], options, judge=name == "arith"))
+            legs[-1]["seconds"] = time.monotonic() - leg_started
     except StageFailed as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"\ndone in {time.monotonic() - started:.1f}s; data directory {home}\n")
+    click.echo(f"\ndone in {time.monotonic() - started:.1f}s ("
+               + ", ".join(f"{leg['train_set'].split('-')[0]} {leg['seconds']:.0f}s" for leg in legs)
+               + f"); data directory {home}\n")
     _print_sql(queries.PROMPT_SET_SIZES, as_json=False)
+    for leg in legs:
+        _print_leg(leg)
+
+
+def _demo_leg(defs, instance, execute, train_set: str, test_set: str, options: dict, judge: bool) -> dict:
+    """One domain's part of the demo: its sets, base policy, rollouts, labels and round 1."""
+    rollouts, mc, judged = options["rollouts"], options["labels"], None
+    click.echo(f"\n=== {train_set.split('-')[0]}: {train_set} / {test_set}")
+    for key in (train_set, test_set):
+        execute("embedded_pipeline", f"prompt set {key}", key, "prompt_set", None)
+    meta = execute("base_policy_job", f"base policy for {train_set} (shipped with the package, then recorded)", None,
+                   "base_policy", {"train_prompt_set": train_set, "eval_prompt_set": test_set, **options["policy"]})
+    policy = {"policy_checkpoint": meta["checkpoint_id"]}
+    searched = {key: execute("embedded_pipeline", f"tree-of-thoughts rollouts, prompt set {key}", key,
+                             "tot_rollouts", config) for key, config in [
+        (test_set, {**policy, **rollouts}), (train_set, {"max_problems": DEMO_TRAIN_PROBLEMS, **policy, **rollouts})]}
+    if judge and options["judge"] is not None:
+        judged = execute("judge_model_job", f"built-in judge (trained on {train_set} rollouts)", None,
+                         "judge_model", options["judge"])
+    test_rollout = {"rollout_id": searched[test_set]["rollout_id"]}
+    # Consensus: Monte Carlo labels where binary search agrees (not the judge, which is optional:
+    # a later --with-judge run then adds judge labels without relabeling the consensus).
+    configs = {"mc_labels": {**test_rollout, **mc}, "consensus_labels": {**test_rollout, "second": "binary_search"}}
+    for asset in LABEL_ASSETS:
+        if asset != "judge_labels" or judged:
+            execute("embedded_pipeline", f"{asset}, prompt set {test_set}", test_set, asset,
+                    configs.get(asset, test_rollout))
+    # Round 1 learns from the training slice's rollouts (the ones above), so the test set stays held out.
+    spec = {"round": 1, "train_set": train_set, "test_set": test_set, "train_problems": DEMO_TRAIN_PROBLEMS,
+            "rollouts": rollouts, "labels": mc, "training": DEMO_ROUND_TRAINING, **options["round"]}
+    try:
+        round_spec = RoundSpec(**spec)
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--round-config") from None
+    done = _run_round(defs, instance, round_spec)
+    prm = done["prm_model"].get("checkpoint_id")
+    if prm:  # the same search on the test set, valued by the round's PRM instead of the likelihood
+        searched[f"{test_set}, PRM-guided"] = execute(
+            "embedded_pipeline", f"PRM-guided rollouts, prompt set {test_set}", test_set, "tot_rollouts",
+            {**policy, **rollouts, "value": "prm", "prm_checkpoint": prm})
+    return {"train_set": train_set, "test_set": test_set, "meta": meta, "searched": searched, "judged": judged,
+            "round": done}
+
+
+def _print_leg(leg: dict) -> None:
+    from qstar_dagster.evaluation.report import render, report
+
+    meta, train_set, test_set = leg["meta"], leg["train_set"], leg["test_set"]
+    click.echo(f"\n=== {train_set.split('-')[0]} ({leg['seconds']:.0f}s)")
     k = next(key.removeprefix("pass_at_") for key in meta if key.startswith("pass_at_"))
-    how = (f"trained in {meta['train_seconds']:.0f}s, {meta['n_parameters']:,} parameters"
-           if "train_seconds" in meta else "given model")
+    how = ("given model" if "train_seconds" not in meta else
+           f"{'shipped with the package, ' if meta.get('shipped') else ''}trained in {meta['train_seconds']:.0f}s, "
+           f"{meta['n_parameters']:,} parameters")
     click.echo(f"base policy {meta['checkpoint_id']} ({how}{'; already recorded' if meta['reused'] else ''})\n"
                f"  on {meta['eval_prompt_set']}: greedy {meta['greedy_accuracy']:.1%}, "
                f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {_fmt(meta.get(f'majority_at_{k}'), '.1%')}")
-    for key, r in searched.items():
+    for key, r in leg["searched"].items():
         click.echo(f"rollouts {r['rollout_id']} on {key}: {r['algorithm']} (value {r['value_function']}), "
                    f"{r['trees']} trees, {r['nodes']} nodes, {r['tokens_per_second']:.0f} tokens/s; "
                    f"selected path right {r['selected_accuracy']:.1%}, some path right {r['pass_at_k']:.1%}")
-    if judged:
+    if judged := leg["judged"]:
         click.echo(f"judge {judged['checkpoint_id']}: on held-out training paths, step accuracy "
                    f"{_fmt(judged['heldout_step_accuracy'], '.1%')}, first-error F1 "
                    f"{_fmt(judged['heldout_first_error_f1'], '.3f')}")
-    click.echo(f"step labels on {DEMO_TEST_SET} against the oracle (qstar sql \"{queries.LABEL_AGREEMENT}\"):")
-    _print_sql(queries.agreement_with_oracle(searched[DEMO_TEST_SET]["rollout_id"]), as_json=False)
+    click.echo(f"step labels on {test_set} against the oracle (qstar sql \"{queries.LABEL_AGREEMENT}\"):")
+    _print_sql(queries.agreement_with_oracle(leg["searched"][test_set]["rollout_id"]), as_json=False)
+    done = leg["round"]
     data = done["datasets"]
-    click.echo(f"round 1 datasets from {DEMO_TRAIN_SET}: " + ", ".join(
+    click.echo(f"round 1 datasets from {train_set}: " + ", ".join(
         f"{kind} {data[f'{kind}_rows']} rows" for kind in ("rft", "prm", "step_pairs", "pairs")))
     for asset in ("prm_model", "rft_policy", "dpo_policy", "step_ppo_policy"):
         t = done[asset]
@@ -247,14 +278,15 @@ def demo(prompt_sets: tuple[str, ...], policy_config: str | None, rollout_config
             continue
         line = f"{asset} {t['checkpoint_id']} (loss {_fmt(t['final_loss'], '.3f')}, {t['train_seconds']:.0f}s)"
         if t.get("step_accuracy") is not None:
-            line += (f": on {DEMO_TEST_SET} steps vs the oracle, accuracy {_fmt(t['step_accuracy'], '.1%')} (chance "
+            line += (f": on {test_set} steps vs the oracle, accuracy {_fmt(t['step_accuracy'], '.1%')} (chance "
                      f"{_fmt(t['chance_accuracy'], '.1%')}), first-error F1 {_fmt(t['first_error_f1'], '.3f')}, "
                      f"right over wrong sibling step {_fmt(t.get('sibling_accuracy'), '.1%')} (chance 50%)")
         click.echo(line)
     trained = next((done[a]["checkpoint_id"] for a in ("prm_model", "rft_policy") if "checkpoint_id" in done[a]), None)
     if trained:
         click.echo(f"  trace a checkpoint: qstar lineage {trained}")
-    click.echo(f"\nsummary (qstar report; qstar report --json):\n{render(report(_require_store(), DEMO_TEST_SET))}")
+    click.echo(f"\nsummary (qstar report --prompt-set {test_set}; add --json):\n"
+               f"{render(report(_require_store(), test_set))}")
 
 
 @main.command("ship-policy")

@@ -60,12 +60,12 @@ class RoundSpec:
                              f"{', '.join(sorted(unknown))}")
 
 
-def round_policy(store: LineageStore, k: int) -> tuple[str, str | None]:
-    """(round k's policy, round k's PRM): round 0 is the base policy and no PRM; round k >= 1
-    the latest RFT policy and PRM trained from round k-1's policy."""
+def round_policy(store: LineageStore, k: int, train_set: str | None = None) -> tuple[str, str | None]:
+    """(round k's policy, round k's PRM): round 0 is the base policy (of `train_set`'s domain)
+    and no PRM; round k >= 1 the latest RFT policy and PRM trained from round k-1's policy."""
     if k == 0:
-        return store.checkpoint(None, "policy")["checkpoint_id"], None
-    previous, _ = round_policy(store, k - 1)
+        return store.checkpoint(None, "policy", prompt_set=train_set)["checkpoint_id"], None
+    previous, _ = round_policy(store, k - 1, train_set)
     found = trained_from(store, previous)
     if "rft" not in found:
         raise LookupError(f"round {k} has no RFT policy yet; run round {k} first (qstar round --round {k})")
@@ -86,7 +86,7 @@ class RoundRun:
 
 def plan_round(store: LineageStore, spec: RoundSpec) -> RoundRun:
     """The run of round `spec.round` (the rounds before it must exist)."""
-    policy, prm = round_policy(store, spec.round - 1)
+    policy, prm = round_policy(store, spec.round - 1, spec.train_set)
     guided = {"value": "prm", "prm_checkpoint": prm} if prm else {}
     config = {
         "tot_rollouts": {"max_problems": spec.train_problems, "policy_checkpoint": policy, **guided, **spec.rollouts},

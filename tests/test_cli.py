@@ -23,7 +23,7 @@ TINY_ROUND = json.dumps({"training": {"prm_model": {"steps": 2}, "rft_policy": {
                                       "step_ppo_policy": {"iterations": 1, "problems_per_iteration": 2,
                                                           "group_size": 2, "max_new_tokens": 16}},
                          "evaluation": {"ns": [1, 2], "max_new_tokens": 16}})
-DEMO = ["demo", "--policy-config", TINY_POLICY, "--rollout-config", TINY_ROLLOUTS,
+DEMO = ["demo", "--domain", "arith", "--policy-config", TINY_POLICY, "--rollout-config", TINY_ROLLOUTS,
         "--label-config", json.dumps({"n": 2, "max_new_tokens": 16}), "--round-config", TINY_ROUND]
 TINY_JUDGE = ["--judge-config", json.dumps({"steps": 3, "batch_size": 4})]
 

@@ -26,7 +26,7 @@ from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
-from qstar_dagster.tasks.domains import domain
+from qstar_dagster.tasks.domains import domain, votes_apply
 from qstar_dagster.training.prm import PRMScorer, evaluate_prm
 
 
@@ -105,13 +105,15 @@ def evaluation(context: AssetExecutionContext, config: EvaluationConfig, store: 
             rows = _label_set_rows(lineage, name, prms, scorers, context)
             with lineage.transaction() as con:
                 lineage.insert(con, "evaluations", rows)
+        voting = votes_apply(problems)
         for policy in policies:
             pid = policy["checkpoint_id"]
-            wanted = _rows([pid], _named({(m, n): 0 for m in ("pass", "majority") for n in spec.ns}
-                                         | {("greedy", 1): 0}), key, 0, "")
+            # the figures a sweep writes (no votes where the domain has none, e.g. Countdown)
+            alone = ("pass", "random") + (("majority",) if voting else ())
+            with_prm = [f"prm_best_of:{a}" for a in AGGREGATIONS] + (["prm_vote"] if voting else [])
+            wanted = _rows([pid], _named({(m, n): 0 for m in alone for n in spec.ns} | {("greedy", 1): 0}), key, 0, "")
             wanted += [r for prm in prms for r in _rows([pid, prm["checkpoint_id"]], _named({
-                (m, n): 0 for m in [f"prm_best_of:{a}" for a in AGGREGATIONS] + ["prm_vote"] for n in spec.ns}),
-                key, 0, "")]
+                (m, n): 0 for m in with_prm for n in spec.ns}), key, 0, "")]
             have = {r["eval_id"] for r in artifacts.evaluations_by_id(lineage, [r["eval_id"] for r in wanted])}
             if len(have) == len(wanted):
                 context.log.info(f"{pid}: already evaluated on {config.eval_prompt_set}")

@@ -70,7 +70,7 @@ def _plan(context: OpExecutionContext, lineage: LineageStore, config: RolloutsCo
     the config decide them), so each step works it out instead of passing it along."""
     spec = config.spec()  # validates algorithm, value function and budgets before any work
     version, problems = lineage.prompt_set_problems(context.partition_key)
-    policy = lineage.checkpoint(config.policy_checkpoint, "policy")
+    policy = lineage.checkpoint(config.policy_checkpoint, "policy", prompt_set=context.partition_key)
     if spec.value == "prm":  # record which PRM guided the search, not "the latest"
         spec = replace(spec, prm_checkpoint=lineage.checkpoint(config.prm_checkpoint, "prm")["checkpoint_id"])
     plan = plan_rollout(context.partition_key, version, problems[: config.max_problems], policy["checkpoint_id"],

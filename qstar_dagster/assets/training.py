@@ -81,7 +81,7 @@ def _train_checkpoint(context, config, store, data_dir, *, kind: str, dataset_ki
         dataset = artifacts.latest_dataset(lineage, context.partition_key, dataset_kind, labeler, rollout_id)
         if skipped := _nothing_to_learn(context, lineage, run, dataset):
             return skipped
-        base = lineage.checkpoint(config.base_checkpoint, "policy")
+        base = lineage.checkpoint(config.base_checkpoint, "policy", prompt_set=context.partition_key)
         built = fine_tune(lineage, data_dir.subdir("checkpoints"), kind, base, dataset["dataset_id"], train_config,
                           lambda path: train(lineage, base, read_rows(dataset), path), evaluate(lineage, base),
                           context.run_id)
@@ -235,7 +235,7 @@ def step_ppo_policy(context: AssetExecutionContext, config: StepPPOConfig, store
     lineage = store.store()
     device = compute.torch_device()
     with recorded_run(context, lineage, config.model_dump()) as run, forward_logs(context):
-        base = lineage.checkpoint(config.base_checkpoint, "policy")
+        base = lineage.checkpoint(config.base_checkpoint, "policy", prompt_set=context.partition_key)
         prm = None
         if spec.reward == "prm":
             prm_id = config.prm_checkpoint or artifacts.trained_from(lineage, base["checkpoint_id"]).get("prm")

@@ -86,6 +86,8 @@ def policy_metrics(sampled: Sequence[Sampled], ns: Sequence[int]) -> dict[tuple[
     voting = votes_apply([s.problem for s in sampled])
     for n in ns:
         out[("pass", n)] = sum(any(s.correct[:n]) for s in sampled) / n_problems
+        # what a pick with no information gets: the reference any selector must beat
+        out[("random", n)] = sum(sum(s.correct[:n]) / len(s.correct[:n]) for s in sampled) / n_problems
         if not voting:
             continue
         majority = 0

@@ -86,10 +86,13 @@ def checkpoints_of_prompt_set(store: LineageStore, kind: str, prompt_set: str) -
         ORDER BY created_at""", [prompt_set, kind, prompt_set])
 
 
-def latest_base_policy_id(store: LineageStore) -> str | None:
-    """The most recently recorded base policy (made by no trainer), files or not."""
-    rows = store.records("""SELECT checkpoint_id FROM checkpoints WHERE kind = 'policy' AND (config->>'trainer') IS NULL
-                            ORDER BY created_at DESC LIMIT 1""")
+def latest_base_policy_id(store: LineageStore, prompt_set: str | None = None) -> str | None:
+    """The most recently recorded base policy (made by no trainer), files or not; with
+    `prompt_set`, one evaluated on it first (the policy of that set's domain)."""
+    rows = store.records("""SELECT checkpoint_id FROM checkpoints c WHERE kind = 'policy' AND (config->>'trainer') IS NULL
+                            ORDER BY EXISTS (SELECT 1 FROM evaluations e WHERE e.prompt_set = ?
+                                             AND e.checkpoint_ids[1] = c.checkpoint_id) DESC, created_at DESC
+                            LIMIT 1""", [prompt_set])
     return rows[0]["checkpoint_id"] if rows else None
 
 

@@ -114,6 +114,19 @@ def resolve_rollout(store: LineageStore, prompt_set: str, rollout_id: str | None
     return rollout_id
 
 
+def search_accuracy(store: LineageStore, prompt_set: str, policy: str, value_function: str,
+                    search: str = "beam") -> dict | None:
+    """The latest complete `search` rollout of `prompt_set` by `policy` valued by `value_function`
+    ('likelihood', 'prm:<checkpoint>'): its selected-path accuracy and nodes per tree (the
+    budget), or None when there is none."""
+    rows = store.records("""
+        SELECT rollout_id, max(created_at) AS last_at, count(*) AS trees, avg(n_nodes) AS nodes_per_tree,
+               avg(CASE WHEN selected_correct THEN 1.0 ELSE 0.0 END) AS selected_accuracy
+        FROM trees WHERE prompt_set = ? AND policy_checkpoint = ? AND value_function = ? AND search = ?
+        GROUP BY 1 ORDER BY last_at DESC LIMIT 1""", [prompt_set, policy, value_function, search])
+    return {k: v for k, v in rows[0].items() if k != "last_at"} if rows else None
+
+
 def held_out_rollout(store: LineageStore, prompt_set: str, policy: str | None) -> str | None:
     """The rollout to measure a verifier on: the held-out set's latest rollout by `policy`,
     else by any policy, else None."""

@@ -303,12 +303,13 @@ class LineageStore:
                             json.loads(r["meta"]) if r["meta"] else {}) for r in rows]
         return rows[0]["version"], problems
 
-    def checkpoint(self, checkpoint_id: str | None = None, kind: str = "policy") -> dict[str, Any]:
+    def checkpoint(self, checkpoint_id: str | None = None, kind: str = "policy",
+                   prompt_set: str | None = None) -> dict[str, Any]:
         """A recorded checkpoint of `kind` whose files are on disk: the one named, else the
-        latest (for policies: the latest base policy, not one trained from it); a clear error
-        when there is none."""
+        latest (for policies: the latest base policy, not one trained from it; with
+        `prompt_set`, one trained on that set's domain first); a clear error when there is none."""
         if checkpoint_id is None:
-            found = self.latest_checkpoint(kind, base_only=kind == "policy")
+            found = self.latest_checkpoint(kind, base_only=kind == "policy", prompt_set=prompt_set)
             if found is None:
                 raise LookupError(f"no {kind} checkpoint in the lineage store {self.path}; materialize "
                                   f"{'base_policy' if kind == 'policy' else f'a {kind} checkpoint'} first")
@@ -322,12 +323,20 @@ class LineageStore:
                                     f"{rows[0]['path']}; materialize it again")
         return rows[0]
 
-    def latest_checkpoint(self, kind: str = "policy", base_only: bool = False) -> dict[str, Any] | None:
+    def latest_checkpoint(self, kind: str = "policy", base_only: bool = False,
+                          prompt_set: str | None = None) -> dict[str, Any] | None:
         """The most recently recorded checkpoint of `kind` whose files are still on disk;
-        `base_only`: among those made by no trainer (base policies)."""
-        rows = self.records(f"""SELECT * FROM checkpoints WHERE kind = ? {"AND (config->>'trainer') IS NULL" if base_only
-                                else ""} ORDER BY created_at DESC""", [kind])
-        return next((r for r in rows if r["path"] and Path(r["path"]).exists()), None)
+        `base_only`: among those made by no trainer (base policies); `prompt_set`: those trained
+        on a prompt set of the same domain as `prompt_set` first (an arithmetic policy does not
+        search Countdown problems), then the rest."""
+        rows = self.records(f"""
+            SELECT c.*, coalesce((SELECT any_value(t.domain) FROM prompts t
+                                  WHERE t.prompt_set = split_part(c.trained_on_prompt_set, '@', 1))
+                                 = (SELECT any_value(domain) FROM prompts WHERE prompt_set = ?), false) AS same_domain
+            FROM checkpoints c WHERE kind = ? {"AND (config->>'trainer') IS NULL" if base_only else ""}
+            ORDER BY same_domain DESC, created_at DESC""", [prompt_set, kind])
+        found = next((r for r in rows if r["path"] and Path(r["path"]).exists()), None)
+        return found and {k: v for k, v in found.items() if k != "same_domain"}
 
     # --- lineage ------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from qstar_dagster.tasks import countdown
@@ -55,12 +56,17 @@ def builtin_problems(name: str, n: int | None = None, seed: int | None = None,
     seed, spec = base.seed if seed is None else seed, spec or base.spec
     if base.n is None:  # a complete set: n takes its first problems
         return countdown.game24_problems(seed)[:n]
-    n = n or base.n
+    return list(_generated(name, n or base.n, seed, spec))
+
+
+@lru_cache(maxsize=8)  # a held-out set regenerates the sets it excludes: 60,000 Countdown problems take ~20 s
+def _generated(name: str, n: int, seed: int, spec) -> tuple[Problem, ...]:
+    base = BUILTIN_PROMPT_SETS[name]
     taken = frozenset(p.problem for other in base.exclude for p in builtin_problems(other))
     kept = _generate(base, n, seed, spec, taken)
     if len(kept) < n:  # held-out means held out
         raise ValueError(f"{name}: only {len(kept)} problems outside {', '.join(base.exclude)}; widen the spec")
-    return kept
+    return tuple(kept)
 
 
 _KEY_RE = re.compile(r"[^A-Za-z0-9_.-]+")
