@@ -12,7 +12,9 @@ measures every policy on the same 200 held-out problems, side by side:
         --steps 2000,3000
 
 A setting is `arith:<ArithSpec field>=<value>,...` (none: the defaults) or
-`countdown:n:min-max:target_min-target_max`. The last line is one JSON object.
+`countdown:n:min-max:target_min-target_max`. A schedule whose policy is already in --save (with
+its training.json) is measured again, not retrained, so a longer schedule can be added later.
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -115,7 +117,13 @@ def main() -> None:
 
         for steps in sorted(schedules, reverse=True):  # the longest first: it is the candidate to ship
             path = Path(args.save) / f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
-            summary = train_base_policy(train, path, dataclasses.replace(cfg, steps=steps), on_eval=on_eval)
+            saved = path / "training.json"  # the trainer's summary beside the weights, as in a checkpoint
+            if saved.is_file() and (path / "model.safetensors").is_file():  # trained by an earlier run: measure it
+                summary = json.loads(saved.read_text())
+                print(f"{setting} {steps} steps: reusing {path} (trained by an earlier run)", flush=True)
+            else:
+                summary = train_base_policy(train, path, dataclasses.replace(cfg, steps=steps), on_eval=on_eval)
+                saved.write_text(json.dumps(summary))
             figures = measure(setting, path, held_out)
             runs[setting]["schedules"][steps] = {"final_loss": round(summary["final_loss"], 4),
                                                  "seconds": round(summary["train_seconds"], 1),

@@ -251,9 +251,10 @@ def _print_leg(leg: dict) -> None:
     meta, train_set, test_set = leg["meta"], leg["train_set"], leg["test_set"]
     click.echo(f"\n=== {train_set.split('-')[0]} ({leg['seconds']:.0f}s)")
     k = next(key.removeprefix("pass_at_") for key in meta if key.startswith("pass_at_"))
-    how = ("given model" if "train_seconds" not in meta else
-           f"{'shipped with the package, ' if meta.get('shipped') else ''}trained in {meta['train_seconds']:.0f}s, "
-           f"{meta['n_parameters']:,} parameters")
+    trained = (f"trained in {meta['train_seconds']:.0f}s, {meta['n_parameters']:,} parameters"
+               if "train_seconds" in meta else "")
+    how = ("shipped with the package" + (f", {trained}" if trained else "")) if meta.get("shipped") else \
+        trained or "given model"
     click.echo(f"base policy {meta['checkpoint_id']} ({how}{'; already recorded' if meta['reused'] else ''})\n"
                f"  on {meta['eval_prompt_set']}: greedy {meta['greedy_accuracy']:.1%}, "
                f"pass@{k} {meta[f'pass_at_{k}']:.1%}, majority@{k} {_fmt(meta.get(f'majority_at_{k}'), '.1%')}")

@@ -35,6 +35,7 @@ def test_demo_then_sql_and_lineage(home):
     # It ends with the base policy's metrics on the held-out set, then the rollouts'.
     assert "greedy" in out.output and "pass@2" in out.output and "majority@2" in out.output
     assert "on arith-test: beam (value likelihood), 10 trees" in out.output
+    assert "on arith-test, PRM-guided: beam (value prm:ck_" in out.output and "by the PRM" in out.output
     assert "FROM label_agreement" in out.output and "summary (qstar report" in out.output
     assert (home / "lineage.duckdb").exists() and (home / "dagster" / "dagster.yaml").exists()
     assert "enabled: false" in (home / "dagster" / "dagster.yaml").read_text()
@@ -53,37 +54,34 @@ def test_demo_then_sql_and_lineage(home):
     assert f"{pid} (prompt)" in out.output and "member_of → arith-test@" in out.output
     assert "loaded_from → builtin:arith-test (source)" in out.output and "created_by →" in out.output
 
-    # the demo is idempotent: a second run adds no prompt, tree, label, dataset or checkpoint
+    # the demo is idempotent: a second run adds no prompt, tree, label, dataset or checkpoint, except
+    # what its new option asks for: the judge is optional, so this run with it adds the judge and
+    # its labels and relabels nothing else (this 3-step judge writes unparseable ratings, stored as
+    # unparsed: so it has no agreement row)
     count = "select (select count(*) from prompt_texts) + (select count(*) from trees) + (select count(*) from " \
-            "step_labels) + (select count(*) from datasets) + (select count(*) from checkpoints) as n"
-    before = runner.invoke(main, ["sql", count, "--json"]).output
-    assert runner.invoke(main, DEMO).exit_code == 0
-    assert runner.invoke(main, ["sql", count, "--json"]).output == before
+            "step_labels where labeler <> 'judge') + (select count(*) from datasets) + (select count(*) from " \
+            "checkpoints where kind <> 'judge') as n"
     kinds = "select kind, count(*) as n from checkpoints group by 1 order by 1"
     assert {k["kind"] for k in json.loads(runner.invoke(main, ["sql", kinds, "--json"]).output)} == {"policy", "prm"}
     labelers = "select distinct labeler from label_agreement order by 1"
     assert [r["labeler"] for r in json.loads(runner.invoke(main, ["sql", labelers, "--json"]).output)] == \
         ["binary_search", "consensus", "mc"]
-
-    # the judge is optional: a later run with it adds the judge and its labels, and relabels nothing else
-    # (this 3-step judge writes unparseable ratings, stored as unparsed: so it has no agreement row)
-    others = "select count(*) as n from step_labels where labeler <> 'judge'"
-    before = runner.invoke(main, ["sql", others, "--json"]).output
+    before = runner.invoke(main, ["sql", count, "--json"]).output
     out = runner.invoke(main, DEMO + TINY_JUDGE)
     assert out.exit_code == 0, out.output
-    assert "judge ck_" in out.output
+    assert "judge ck_" in out.output and runner.invoke(main, ["sql", count, "--json"]).output == before
     assert {k["kind"] for k in json.loads(runner.invoke(main, ["sql", kinds, "--json"]).output)} == \
         {"policy", "prm", "judge"}
     judged = json.loads(runner.invoke(main, ["sql", "select count(*) as n from step_labels where labeler = 'judge'",
                                              "--json"]).output)
-    assert judged[0]["n"] > 0 and runner.invoke(main, ["sql", others, "--json"]).output == before
+    assert judged[0]["n"] > 0
     # every demo ran round 1 as one run of the round job, which starts from the base policy
     from dagster import DagsterInstance, RunsFilter
 
     from qstar_dagster.rounds import ROUND_JOB, ROUND_TAG
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs(RunsFilter(tags={ROUND_TAG: "1"}))
-    assert len(runs) == 3 and {(r.job_name, r.tags["dagster/partition"]) for r in runs} == {(ROUND_JOB, "arith-train")}
+    assert len(runs) == 2 and {(r.job_name, r.tags["dagster/partition"]) for r in runs} == {(ROUND_JOB, "arith-train")}
     out = runner.invoke(main, ["round", "--round", "1", "--print-config"])
     assert out.exit_code == 0, out.output
     config = yaml.safe_load(out.output)["ops"]
@@ -96,7 +94,8 @@ def test_demo_then_sql_and_lineage(home):
     assert out.exit_code == 1 and "round 1 has no RFT policy yet" in out.output
     trees = json.loads(runner.invoke(main, ["sql", "select prompt_set, count(*) as n from trees group by 1 order by 1",
                                             "--json"]).output)
-    assert trees == [{"prompt_set": "arith-test", "n": 10}, {"prompt_set": "arith-train", "n": 10}]
+    # the test set twice: beam valued by likelihood, then by round 1's PRM
+    assert trees == [{"prompt_set": "arith-test", "n": 20}, {"prompt_set": "arith-train", "n": 10}]
     assert runner.invoke(main, ["report", "--json"]).exit_code == 0
     leaf = json.loads(runner.invoke(main, ["sql", "select node_id from rollout_paths limit 1", "--json"]).output)
     out = runner.invoke(main, ["lineage", leaf[0]["node_id"]])

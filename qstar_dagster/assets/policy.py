@@ -24,7 +24,7 @@ class BasePolicyAssetConfig(spec_config(BasePolicyConfig, base=spec_config(Polic
     model_path: str | None = Field(
         None, description="use this model instead of training the built-in one: a local directory, or a "
         "Hugging Face id already in the local cache (e.g. a 1.5B math model on a GPU)")
-    shipped: bool = Field(False, description="start from the policy shipped with the package that was trained "
+    shipped: bool = Field(True, description="start from the policy shipped with the package that was trained "
                           "on train_prompt_set (one per built-in domain, trained by this asset to its plateau; its "
                           "config is in its manifest); false: train the built-in policy from scratch as set here")
     backend: str = Field("transformers", description="evaluation backend: transformers, or vllm (extra gpu)")

@@ -40,17 +40,16 @@ class ArithSpec:
     """Knobs of the generator. Operands of + and - are drawn from [min_operand, max_operand];
     multipliers from [2, max_multiplier] so that numbers stay a few digits long.
 
-    The defaults set the difficulty of the built-in domain: hard enough that the built-in
-    policy, trained for a few CPU minutes, is right on only part of the problems (so that
-    search and verifiers have room to help), easy enough that it gets there at all. With
-    operands up to 99 and multipliers up to 9 it stayed under 5% greedy accuracy after the
-    same budget (see README, "Base policy")."""
+    The defaults set the difficulty of the built-in domain so that the shipped base policy has
+    room: trained 3,000 steps it is right on 62.5% of held-out problems greedily and 81.0% with
+    8 samples (README, "Base policy"). The earlier default (operands to 50, multipliers to 6)
+    saturates: 96.0% greedy after 1,800 steps, leaving search and verifiers nothing to fix."""
 
     min_steps: int = 2
     max_steps: int = 4
     min_operand: int = 2
-    max_operand: int = 50
-    max_multiplier: int = 6
+    max_operand: int = 99
+    max_multiplier: int = 9
     operators: tuple[str, ...] = ("+", "-", "*")
     allow_negative: bool = True
 

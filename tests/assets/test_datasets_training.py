@@ -216,16 +216,23 @@ def test_evaluation_records_every_policy_with_every_prm_and_report_reads_it(env,
     for ids in {k for k, _ in by if len(k) == 1 and by.get((k, "pass@1")) is not None}:
         assert by[(ids, "pass@1")] <= by[(ids, "pass@2")] <= by[(ids, "pass@4")]
         assert by[(ids, "majority@1")] == by[(ids, "pass@1")]  # one sample: its answer is the majority
+        assert by[(ids, "random@1")] == by[(ids, "pass@1")] and by[(ids, "random@4")] <= by[(ids, "pass@4")]
     assert meta["accuracy_vs_n"].startswith("![")
 
     before = store.query("SELECT count(*) FROM evaluations")[1][0][0]
     run(env, evaluation, {"ns": [1, 2, 4], "max_new_tokens": 32})
     assert store.query("SELECT count(*) FROM evaluations")[1][0][0] == before  # nothing new to evaluate
 
+    # the test set searched again from the base policy, valued by the PRM
+    guided = metadata(run(env, tot_rollouts, {**ROLLOUTS, "value": "prm"}, "arith-test"), "tot_rollouts")
     monkeypatch.setenv("QSTAR_HOME", str(home))
     result = CliRunner().invoke(main, ["report", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
+    liked = store.records("SELECT avg(CASE WHEN selected_correct THEN 1.0 ELSE 0.0 END) AS a FROM trees "
+                          "WHERE prompt_set = 'arith-test' AND value_function = 'likelihood'")[0]["a"]
+    assert figures["search_likelihood"] == liked and figures["search_prm"] == guided["selected_accuracy"]
+    assert figures["search_prm_nodes_per_tree"] > 1 and figures["base_random_sample"] is None  # ns stop at 4
     assert figures["base_greedy"] == by[((figures["base_checkpoint"],), "greedy")]
     assert figures["round1_checkpoint"] and figures["round1_greedy"] is not None
     assert "base_majority_at_8" in figures and "label_agreement" in figures

@@ -19,6 +19,9 @@ def test_pass_majority_and_greedy():
     # first 4 answers: problem 1 ties 1 and 7 (the first counted wins: 1); problem 2 majority 2.
     assert m[("majority", 4)] == 0.0
     assert policy_metrics(s, [5])[("majority", 5)] == 0.5
+    # a random pick: problem 1 right in 2 of its first 4, problem 2 in none; of 5: 3/5 and 1/5
+    assert m[("random", 4)] == 0.25 and m[("random", 1)] == 0.0
+    assert policy_metrics(s, [5])[("random", 5)] == pytest.approx(0.4)
 
 
 def test_prm_best_of_n_and_weighted_vote_follow_the_scores():

@@ -182,3 +182,29 @@ def test_runs_are_recorded_start_and_end(location):
         store.end_run(con, "r1", "prompt_set", "a", "success")
     [run] = store.records("SELECT * FROM runs")
     assert run["status"] == "success" and run["ended_at"] >= run["started_at"] and run["partition"] == "a"
+
+
+def test_the_default_base_policy_is_the_one_of_the_prompt_sets_domain(location, tmp_path):
+    """An arithmetic policy must not search Countdown problems: with a prompt set, the latest
+    base policy trained on its domain comes first; without one, the latest of all."""
+    from qstar_dagster.tasks.countdown import generate_problems as countdown_problems
+
+    store = LineageStore(location)
+    arith = write(store, "arith-x", generate_problems(2, seed=1)).version
+    count = write(store, "count-x", countdown_problems(2, seed=1)).version
+    write(store, "count-y", countdown_problems(2, seed=2))
+    rows = []
+    for ck, trained_on, at in (("ck_arith", f"arith-x@{arith}", "2026-01-01"), ("ck_count", f"count-x@{count}",
+                                                                                 "2026-01-02"),
+                               ("ck_given", None, "2026-01-03")):
+        (tmp_path / ck).mkdir()
+        rows.append({"checkpoint_id": ck, "kind": "policy", "base": None, "trained_on_prompt_set": trained_on,
+                     "path": str(tmp_path / ck), "created_at": at})
+    with store.transaction() as con:
+        store.insert(con, "checkpoints", rows)
+    assert store.checkpoint(None, "policy", prompt_set="arith-x")["checkpoint_id"] == "ck_arith"
+    assert store.checkpoint(None, "policy", prompt_set="count-y")["checkpoint_id"] == "ck_count"  # same domain
+    assert store.checkpoint(None, "policy")["checkpoint_id"] == "ck_given"
+    assert "same_domain" not in store.checkpoint(None, "policy", prompt_set="arith-x")
+    (tmp_path / "ck_count").rmdir()  # files gone: the next best
+    assert store.checkpoint(None, "policy", prompt_set="count-y")["checkpoint_id"] == "ck_given"

@@ -85,7 +85,7 @@ def test_base_policy_starts_from_the_shipped_policy_and_records_it(env, fake_roo
         "n_parameters": 1, "n_train_examples": 300, "train_seconds": 9.0, "final_loss": 0.5,
         "loss_curve": [[1, 2.0], [2, 1.0]], "accuracy_curve": [[2, 0.5]]}))
 
-    meta = metadata(run_policy(env, {**EVAL, "shipped": True}))
+    meta = metadata(run_policy(env, EVAL))  # the default: shipped
     assert meta["shipped"] is True and meta["reused"] is False
     [ck] = store.records("SELECT * FROM checkpoints")
     assert ck["checkpoint_id"] == meta["checkpoint_id"] and ck["trained_on_prompt_set"] == f"arith-train@{version}"
