@@ -59,8 +59,8 @@ def test_demo_then_sql_and_lineage(home):
     # its labels and relabels nothing else (this 3-step judge writes unparseable ratings, stored as
     # unparsed: so it has no agreement row)
     count = "select (select count(*) from prompt_texts) + (select count(*) from trees) + (select count(*) from " \
-            "step_labels where labeler <> 'judge') + (select count(*) from datasets) + (select count(*) from " \
-            "checkpoints where kind <> 'judge') as n"
+            "step_labels where labeler <> 'judge') + (select count(*) from datasets where kind <> 'judge_sft') + " \
+            "(select count(*) from checkpoints where kind <> 'judge') as n"
     kinds = "select kind, count(*) as n from checkpoints group by 1 order by 1"
     assert {k["kind"] for k in json.loads(runner.invoke(main, ["sql", kinds, "--json"]).output)} == {"policy", "prm"}
     labelers = "select distinct labeler from label_agreement order by 1"
@@ -74,7 +74,9 @@ def test_demo_then_sql_and_lineage(home):
         {"policy", "prm", "judge"}
     judged = json.loads(runner.invoke(main, ["sql", "select count(*) as n from step_labels where labeler = 'judge'",
                                              "--json"]).output)
-    assert judged[0]["n"] > 0
+    assert judged[0]["n"] > 0  # and the judge's training set: its one dataset
+    assert json.loads(runner.invoke(main, ["sql", "select kind from datasets where kind = 'judge_sft'",
+                                           "--json"]).output) == [{"kind": "judge_sft"}]
     # every demo ran round 1 as one run of the round job, which starts from the base policy
     from dagster import DagsterInstance, RunsFilter
 
