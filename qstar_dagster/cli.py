@@ -291,7 +291,7 @@ def _print_leg(leg: dict) -> None:
 
 
 @main.command("ship-policy")
-@click.option("--domain", required=True, type=click.Choice(["arith", "countdown"]),
+@click.option("--domain", required=True, type=click.Choice(DEMO_DOMAINS),
               help="the built-in domain whose base policy to rebuild")
 @click.option("--policy-config", help='JSON config for the base_policy asset over its defaults, e.g. \'{"steps": 300}\'')
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),

@@ -124,3 +124,24 @@ def test_errors_are_clear(home):
     assert out.exit_code != 0 and "read-only" in out.output.lower()
     out = runner.invoke(main, ["lineage", "p_nothing"])
     assert out.exit_code != 0 and "no recorded lineage" in out.output
+
+
+def test_ship_policy_rebuilds_a_shipped_policy_through_the_asset(home, tmp_path):
+    """`qstar ship-policy` trains through base_policy and writes a policy the loader accepts:
+    every file hashed in its manifest, trained on the built-in set's version."""
+    from qstar_dagster.lineage.store import prompt_set_version
+    from qstar_dagster.tasks.prompt_sets import builtin_problems
+    from qstar_dagster.training import shipped
+
+    dest = tmp_path / "policies" / "arith"
+    tiny = json.dumps({"hidden": 32, "layers": 1, "heads": 2, "steps": 3, "batch_size": 4, "eval_every": 0,
+                       "eval_k": 1, "eval_max_new_tokens": 8})
+    out = CliRunner().invoke(main, ["ship-policy", "--domain", "arith", "--policy-config", tiny, "--dest", str(dest)])
+    assert out.exit_code == 0, out.output
+    assert f"to {dest}" in out.output and "commit that directory" in out.output
+    [policy] = shipped.shipped_policies(dest.parent).values()
+    shipped.verify(policy)
+    assert policy.domain == "arith" and policy.config["hidden"] == 32 and policy.config["steps"] == 3
+    assert policy.train_version == prompt_set_version(builtin_problems("arith-train"))
+    assert "qstar ship-policy --domain arith --policy-config" in policy.manifest["trained_by"]
+    assert set(policy.files) >= {"model.safetensors", "config.json", "tokenizer.json"}

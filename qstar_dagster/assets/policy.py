@@ -25,8 +25,9 @@ class BasePolicyAssetConfig(spec_config(BasePolicyConfig, base=spec_config(Polic
         None, description="use this model instead of training the built-in one: a local directory, or a "
         "Hugging Face id already in the local cache (e.g. a 1.5B math model on a GPU)")
     shipped: bool = Field(True, description="start from the policy shipped with the package that was trained "
-                          "on train_prompt_set (one per built-in domain, trained by this asset to its plateau; its "
-                          "config is in its manifest); false: train the built-in policy from scratch as set here")
+                          "on train_prompt_set (one per built-in domain, trained by this asset's trainer with its "
+                          "defaults; the config is in its manifest); false: train the built-in policy from scratch "
+                          "as set here")
     backend: str = Field("transformers", description="evaluation backend: transformers, or vllm (extra gpu)")
     prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, description="how the policy is prompted; {problem}")
     train_prompt_set: str = Field("arith-train", description="built-in policy: prompt set whose reference "
