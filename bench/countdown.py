@@ -7,14 +7,15 @@ held-out problems and a slice of `game24` prints side by side:
 - the sampled steps: how many are *valid* (the numbers are there, the arithmetic is exact,
   the list of what is left is right), and of the valid ones how many keep the target in
   reach. Search can fix bad choices, not slips: issue 16 asks for >= 80% valid steps;
-- beam search at one node budget, valued by the policy's likelihood and by the oracle's
-  "still solvable" (a ceiling: what a perfect verifier would let the same search reach).
+- beam search at one node budget, valued by the policy's likelihood, by a PRM (--prm) and
+  by the oracle's "still solvable" (a ceiling: what a perfect verifier would let the same
+  search reach).
 
 With --specs, one policy per domain setting (how many numbers, their range, the targets'),
 each trained on 60,000 problems of its setting (all of them, when it has fewer) and
 measured on 200 held-out ones, in one run:
 
-    python bench/countdown.py [--model DIR] [--steps 900] [--problems 200]
+    python bench/countdown.py [--model DIR] [--prm DIR] [--steps 900] [--problems 200]
     python bench/countdown.py --specs "4:1-20:10-99,4:1-10:10-50,3:1-20:10-99"
 
 The last line is one JSON object with the figures.
@@ -36,12 +37,13 @@ from qstar_dagster.evaluation.evaluate import EvalSpec, sample
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.tree import Tree
-from qstar_dagster.search.value import LikelihoodValue
+from qstar_dagster.search.value import LikelihoodValue, PRMValue
 from qstar_dagster.tasks import countdown
 from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
+from qstar_dagster.training.prm import PRMScorer
 
 BEAM = SearchSpec(algorithm="beam", k=4, beam_width=4, max_nodes=64, value="likelihood")
 
@@ -103,7 +105,8 @@ def beam(gen, problems, value) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def measure(gen, problems) -> dict:
+def measure(gen, problems, prm=None) -> dict:
+    """`prm`: a step scorer; beam search is then also valued by it, at the same budget."""
     sampled = sample(gen, problems, EvalSpec(ns=(8,), max_new_tokens=96))
     n = len(sampled)
     return {
@@ -114,6 +117,7 @@ def measure(gen, problems) -> dict:
         **step_rates(sampled),
         "beam_likelihood": beam(gen, problems, LikelihoodValue()),
         "beam_oracle": beam(gen, problems, OracleValue()),
+        **({"beam_prm": beam(gen, problems, PRMValue(prm))} if prm else {}),
     }
 
 
@@ -155,6 +159,8 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=200, help="held-out problems and game24 hands")
     ap.add_argument("--save", default="/tmp/countdown-policy", help="where trained policies go")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prm", help="a PRM checkpoint directory: beam search valued by it too (e.g. the demo's "
+                    "Countdown PRM, $QSTAR_HOME/checkpoints/<id>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     hands = builtin_problems("game24")
@@ -175,10 +181,11 @@ def main() -> None:
         runs["built-in"] = (path, training, builtin_problems("countdown-test", n=args.problems), True)
 
     figures = {}
+    prm = PRMScorer(args.prm, "cpu") if args.prm else None
     for name, (path, training, held_out, four) in runs.items():
         gen = TransformersGenerator(str(path))
-        figures[name] = {"training": training, "held-out": measure(gen, held_out),
-                         "game24": measure(gen, game24) if four else None}
+        figures[name] = {"training": training, "held-out": measure(gen, held_out, prm),
+                         "game24": measure(gen, game24, prm) if four else None}
 
     def pct(v):
         return f"{'–':>13} " if v is None else f"{v:>13.1%} "
@@ -196,7 +203,10 @@ def main() -> None:
     for why in dict.fromkeys([*WHY.values(), "wrong arithmetic"]):
         print(f"{'  samples, first: ' + why:36}" + "".join(
             pct(figures[n][part]["samples_first_invalid_because"].get(why, 0.0)) for n, part in columns))
-    for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, oracle value (ceiling)", "beam_oracle")]:
+    for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, PRM value", "beam_prm"),
+                       ("beam, oracle value (ceiling)", "beam_oracle")]:
+        if key == "beam_prm" and not prm:
+            continue
         print(f"{label:36}" + "".join(pct(figures[n][part][key]["selected"]) for n, part in columns))
     for name, f in figures.items():
         if f["training"]:
