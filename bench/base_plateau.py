@@ -71,8 +71,8 @@ def problems_of(setting: str, n_test: int) -> tuple[list, list]:
         try:
             train = builtin_problems("countdown-train", spec=spec)
         except ValueError:  # a small setting: all of its problems, repeated along training
-            train = setting_problems(spec, 10**9, game24)[n_test:]
-            return train, setting_problems(spec, 10**9, game24)[:n_test]
+            every = setting_problems(spec, 10**9, game24)
+            return every[n_test:], every[:n_test]
         taken = game24 | {p.problem for p in train}
         return train, countdown.generate_problems(n_test, seed=12, spec=spec, exclude=taken)
     raise SystemExit(f"--settings entry {setting!r}: start it with arith: or countdown:")

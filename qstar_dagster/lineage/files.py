@@ -57,13 +57,23 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(tmp, path)
 
 
+def _hash_file(h, path: Path):
+    """`h` updated with the file's bytes, read in chunks (weights can be gigabytes)."""
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h
+
+
+def file_sha256(path: Path) -> str:
+    return _hash_file(hashlib.sha256(), path).hexdigest()
+
+
 def weights_sha256(model_dir: Path) -> str:
     """One hash over a checkpoint's weight files, to tell two checkpoints at one path apart."""
     h = hashlib.sha256()
     files = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
     for f in files:
         h.update(f.name.encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+        _hash_file(h, f)
     return h.hexdigest()

@@ -1,6 +1,6 @@
-"""Base policies shipped inside the package: one per built-in domain, trained by the
-`base_policy` asset to its plateau, so that a run starts where a real user starts (from a
-pretrained policy) instead of spending its first minutes on pretraining.
+"""Base policies shipped inside the package: one per built-in domain, trained with the
+`base_policy` asset's trainer and defaults, so that a run starts where a real user starts (from
+a pretrained policy) instead of spending its first minutes on pretraining.
 
 A shipped policy is a directory under `qstar_dagster/policies/<domain>/`: the model and its
 tokenizer as `save_pretrained` writes them, the trainer's summary (`training.json`, with its
@@ -11,11 +11,13 @@ against the manifest, and the training set's version against the store's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from qstar_dagster.lineage.files import file_sha256
+from qstar_dagster.training.checkpoints import SUMMARY, read_summary
 
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "policies"
 MANIFEST = "shipped.json"
@@ -54,14 +56,6 @@ class ShippedPolicy:
 
     def rebuild_hint(self) -> str:
         return REBUILD.format(domain=self.domain)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped_policies(root: Path | None = None) -> dict[str, ShippedPolicy]:
@@ -116,8 +110,7 @@ def copy_files(policy: ShippedPolicy, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in policy.files:
         shutil.copy2(policy.path / name, out_dir / name)
-    summary = policy.path / "training.json"
-    return json.loads(summary.read_text()) if summary.is_file() else {}
+    return read_summary(policy.path) or {}
 
 
 def write_shipped(model_dir: Path, dest: Path, *, domain: str, train_prompt_set: str, train_version: str,
@@ -131,7 +124,7 @@ def write_shipped(model_dir: Path, dest: Path, *, domain: str, train_prompt_set:
     for f in sorted(model_dir.iterdir()):
         if f.is_file() and f.name != MANIFEST:
             shutil.copy2(f, scratch / f.name)
-            if f.name != "training.json":  # the summary is documentation, not the model
+            if f.name != SUMMARY:  # the summary is documentation, not the model
                 files[f.name] = file_sha256(f)
     manifest = {"domain": domain, "train_prompt_set": train_prompt_set, "train_prompt_set_version": train_version,
                 "config": config, "metrics": metrics, "trained_by": trained_by, "files": files}
