@@ -63,6 +63,7 @@ from qstar_dagster.training.prm import (
     evaluate_prm,
     train_prm,
 )
+from qstar_dagster.training.shipped import shipped_verifier
 
 CLASSIFIER = PRMTrainSpec(head="classifier", epochs=3.0, lr=1e-3,  # the earlier design, as it was
                           stop_at_first_error=False, once_per_step=False)
@@ -98,13 +99,22 @@ VARIANTS = {
     "generative, fine-tuned, BCE x0.1 + LM on references": ("oracle", _with(TUNED, **JOINT, point_weight=0.1)),
     "generative, fine-tuned, pairwise x0.1 + LM on references": ("oracle", _with(TUNED, **JOINT, point_weight=0.0,
                                                                                    pair_weight=0.1)),
+    # the verifier out-computes the policy: the policy trained longer on reference solutions
+    # (--verifier; default: the one shipped with the package), read the generative way
+    **{f"verifier backbone, untrained, on {labeler}": (labeler, PRMTrainSpec(), "verifier")
+       for labeler in ("mc", "binary_search", "oracle")},
+    "verifier backbone, fine-tuned (BCE), on mc": ("mc", TUNED, "verifier"),
+    "verifier backbone, fine-tuned (BCE), lr 3e-5, on mc": ("mc", _with(TUNED, lr=3e-5), "verifier"),
 }
 DEFAULT = ["classifier (the earlier design)", "classifier on mc (the earlier demo PRM)",
            "classifier, read at the step's last token", "classifier, frozen backbone (probe)",
            "generative, untrained, on mc (the default)", "generative, untrained, on oracle (the default)",
+           "verifier backbone, untrained, on mc", "verifier backbone, untrained, on binary_search",
+           "verifier backbone, untrained, on oracle", "verifier backbone, fine-tuned (BCE), on mc",
            "generative, fine-tuned (BCE)", "generative, fine-tuned, pairwise only",
            "LM on references alone (no label loss, bias refit)", "generative, fine-tuned, BCE + LM on references"]
-QUICK = ["classifier (the earlier design)", "generative, untrained, on mc (the default)", "generative, fine-tuned (BCE)"]
+QUICK = ["classifier (the earlier design)", "generative, untrained, on mc (the default)", "generative, fine-tuned (BCE)",
+         "verifier backbone, untrained, on mc"]
 REFERENCES = 20000  # reference solutions the joint objective reads (training problems 10,000 on)
 EXTRA = 4000  # the "+" labelers' problems (the training set's 1,000th on, clear of the round's rollout)
 
@@ -198,12 +208,19 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="variant names separated by | (default: DEFAULT)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--no-references", action="store_true", help="skip the untrained reference scorers")
+    ap.add_argument("--verifier", default=None, help="the verifier backbone's model directory (default: the one "
+                    "shipped with the package for --train-set)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = QUICK if args.quick else args.only.split("|") if args.only else DEFAULT
     if unknown := [n for n in names if n not in VARIANTS]:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     store, policy = LineageStore(default_store_path()), default_model()
+    shipped = shipped_verifier(args.train_set)
+    verifier = args.verifier or (str(shipped.path) if shipped else None)
+    if verifier is None and any(len(VARIANTS[n]) > 2 for n in names):
+        raise SystemExit(f"no verifier is shipped for {args.train_set}: pass --verifier DIR "
+                         "(bench/verifier_backbone.py makes one), or leave out the verifier variants")
     [base] = store.records("SELECT checkpoint_id FROM checkpoints WHERE path = ?", [policy])
     train_rollout = held_out_rollout(store, args.train_set, base["checkpoint_id"])
     test_rollout = held_out_rollout(store, args.test_set, base["checkpoint_id"])
@@ -225,13 +242,14 @@ def main() -> None:
                          ("policy likelihood (mean), separator read as is", LikelihoodScorer(policy, "mean",
                                                                                           raw_separator=True)),
                          ("policy likelihood (mean)", LikelihoodScorer(policy, "mean")),
-                         ("policy likelihood (min token)", LikelihoodScorer(policy, "min"))):
+                         ("policy likelihood (min token)", LikelihoodScorer(policy, "min")),
+                         *((("verifier likelihood (mean)", LikelihoodScorer(verifier, "mean")),) if verifier else ())):
         results[name] = {"labels": "–", **measure(scorer, sampled, ns, test_trees, train_trees), "train_seconds": 0}
     rows_by_labeler: dict[str, list[dict]] = {}
     _, train_problems = store.prompt_set_problems(args.train_set)
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
-            labeler, spec = VARIANTS[name]
+            labeler, spec, *backbone = VARIANTS[name]
             data_seconds = 0.0
             if labeler.endswith("+") and labeler not in rows_by_labeler:
                 rows_by_labeler[labeler], data_seconds = more_rows(policy, train_problems[1000:1000 + EXTRA],
@@ -244,7 +262,8 @@ def main() -> None:
             started = time.monotonic()
             out = Path(tmp) / f"prm{i}"
             refs = [(policy_prompt(p.problem), p.reference_solution) for p in train_problems[10000:10000 + REFERENCES]]
-            summary = train_prm(policy, rows, out, spec, lm_pairs=refs if spec.lm_weight else ())
+            summary = train_prm(verifier if backbone else policy, rows, out, spec,
+                                lm_pairs=refs if spec.lm_weight else ())
             results[name] = {"labels": labeler, **measure(PRMScorer(out), sampled, ns, test_trees, train_trees),
                              "train_seconds": time.monotonic() - started, "data_seconds": data_seconds,
                              "n_labeled_steps": summary["n_labeled_steps"]}

@@ -1,16 +1,20 @@
-"""Ship a policy that bench/base_plateau.py trained (the base_policy asset's trainer on the
-built-in training set, as the asset trains it with the domain's defaults) into the package,
-with its manifest. This is how the shipped policies of 2 December 2026 were written; the
-asset's own path is `qstar ship-policy --domain D`.
+"""Ship a model that a bench trained into the package, with its manifest: a base policy that
+bench/base_plateau.py trained (the base_policy asset's trainer on the built-in training set,
+with the domain's defaults), or, with `--role verifier`, a verifier backbone that
+bench/verifier_backbone.py continued from the shipped policy (written beside it as
+`<domain>-verifier`). This is how the shipped models were written; a policy's asset path is
+`qstar ship-policy --domain D`.
 
     python bench/ship_trained.py arith /tmp/plateau/arith_max_operand=99_max_multiplier=9-3000 3000 \
         "how it was trained" '{"greedy": 0.625, ...}'
+    python bench/ship_trained.py --role verifier arith /tmp/verifiers/arith-lr0.001-s1-1500 1500 \
+        "how it was trained" '{"greedy": 0.74, ...}'
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,19 +22,34 @@ from qstar_dagster.lineage.store import prompt_set_version
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE
 from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS, builtin_problems
 from qstar_dagster.training.base_policy import BasePolicyConfig
-from qstar_dagster.training.shipped import SHIPPED_ROOT, write_shipped
+from qstar_dagster.training.checkpoints import read_summary
+from qstar_dagster.training.shipped import ROLES, SHIPPED_ROOT, write_shipped
 
 
 def main() -> None:
-    domain, model_dir, steps, trained_by, metrics = sys.argv[1:6]
-    train_set, _ = DOMAIN_SETS[domain]
-    # the bench's config: the asset's defaults with its schedule and curve interval
-    config = {**asdict(BasePolicyConfig(steps=int(steps), eval_every=250)), "template": DEFAULT_PROMPT_TEMPLATE,
-              "architecture": "char-llama"}
-    shipped = write_shipped(Path(model_dir), SHIPPED_ROOT / domain, domain=domain, train_prompt_set=train_set,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--role", choices=ROLES, default="policy")
+    ap.add_argument("domain", choices=sorted(DOMAIN_SETS))
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("trained_by", help="one sentence: what trained it, with which command")
+    ap.add_argument("metrics", help="its figures, a JSON object")
+    args = ap.parse_args()
+    train_set, _ = DOMAIN_SETS[args.domain]
+    if args.role == "policy":  # the bench's config: the asset's defaults with its schedule and curve interval
+        config = {**asdict(BasePolicyConfig(steps=args.steps, eval_every=250)), "template": DEFAULT_PROMPT_TEMPLATE,
+                  "architecture": "char-llama"}
+        dest = SHIPPED_ROOT / args.domain
+    else:  # continued training of the shipped policy: its schedule, from its summary
+        summary = read_summary(args.model_dir)
+        config = {"continued_from": f"the shipped {args.domain} policy", "steps": args.steps, "lr": summary["lr"],
+                  "seed": summary["seed"], "batch_size": 64, "warmup": 100, "template": DEFAULT_PROMPT_TEMPLATE,
+                  "architecture": "char-llama"}
+        dest = SHIPPED_ROOT / f"{args.domain}-verifier"
+    shipped = write_shipped(args.model_dir, dest, domain=args.domain, train_prompt_set=train_set,
                             train_version=prompt_set_version(builtin_problems(train_set)), config=config,
-                            metrics=json.loads(metrics), trained_by=trained_by)
-    print(json.dumps({"shipped": str(shipped.path), "version": shipped.train_version,
+                            metrics=json.loads(args.metrics), trained_by=args.trained_by, role=args.role)
+    print(json.dumps({"shipped": str(shipped.path), "role": shipped.role, "version": shipped.train_version,
                       "bytes": sum((shipped.path / f).stat().st_size for f in shipped.files)}))
 
 

@@ -6,6 +6,7 @@ started from, its training metrics and its evaluation on a held-out prompt set.
 
 import random
 from dataclasses import asdict
+from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
@@ -16,8 +17,9 @@ from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.datasets.build import read_rows
 from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.backends import make_generator
-from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage import artifacts
+from qstar_dagster.lineage.files import weights_sha256
 from qstar_dagster.lineage.rollouts import held_out_rollout
 from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
@@ -40,6 +42,7 @@ from qstar_dagster.training.prm import (
     train_prm,
 )
 from qstar_dagster.training.rft import RFTSpec, train_rft
+from qstar_dagster.training.shipped import prm_backbone
 from qstar_dagster.training.step_ppo import (
     STEP_PPO_REVISION,
     STEP_PPO_TRAINER,
@@ -106,6 +109,10 @@ class PRMConfig(spec_config(PRMTrainSpec, base=TrainConfig)):
     labeler: str = Field("mc", description="whose labels the PRM learns (the prm dataset's labeler)")
     lm_references: int = Field(20000, description="with lm_weight: how many reference solutions (a seeded sample "
                                "of the training prompt set's)")
+    backbone: str = Field("auto", description="the LM the PRM reads steps with: auto (the verifier shipped with "
+                          "the package for the training prompt set, a longer-trained model than the policy, where "
+                          "there is one; else the policy), verifier, policy (the starting policy's own LM), or a "
+                          "model directory")
 
 
 @asset(
@@ -120,6 +127,18 @@ class PRMConfig(spec_config(PRMTrainSpec, base=TrainConfig)):
 def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageStoreResource,
               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     spec = to_spec(config, PRMTrainSpec)
+    version, _ = store.store().prompt_set_problems(context.partition_key)
+    verifier, why = prm_backbone(config.backbone, context.partition_key, version)
+    # recorded in the checkpoint's identity: another backbone is another PRM (none: the policy's, as before)
+    if verifier:
+        backbone_dir = str(verifier.path)
+        backbone = {"backbone": {"verifier": verifier.domain, "sha256": verifier.files["model.safetensors"]}}
+    elif config.backbone not in ("auto", "policy"):
+        backbone_dir = str(resolve_model_dir(config.backbone))
+        backbone = {"backbone": {"path": backbone_dir, "sha256": weights_sha256(Path(backbone_dir))}}
+    else:
+        backbone_dir, backbone = None, {}
+    context.log.info(f"prm_model reads steps with {backbone_dir or 'the starting policy'} ({why})")
 
     def train(lineage, base, rows, path):
         references = []
@@ -132,7 +151,7 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
             # the PRM's own input format: the problem, the separator, the steps
             references = [(p.problem + PRM_SEPARATOR, p.reference_solution)
                           for p in random.Random(spec.seed).sample(solved, min(config.lm_references, len(solved)))]
-        return train_prm(base["path"], rows, path, spec, lm_pairs=references)
+        return train_prm(backbone_dir or base["path"], rows, path, spec, lm_pairs=references)
 
     def evaluate(lineage, base):
         # the held-out set's rollout by the same starting policy (the steps the PRM will judge), else any
@@ -146,7 +165,7 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
     return _train_checkpoint(
         context, config, store, data_dir, kind="prm", dataset_kind="prm", labeler=config.labeler,
         train_config={"trainer": "qstar.prm", **spec.__dict__,
-                      **({"lm_references": config.lm_references} if spec.lm_weight else {})},
+                      **({"lm_references": config.lm_references} if spec.lm_weight else {}), **backbone},
         train=train, evaluate=evaluate,
         extra={"head": config.head, "target": config.target})
 

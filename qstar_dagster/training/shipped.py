@@ -1,6 +1,8 @@
 """Base policies shipped inside the package: one per built-in domain, trained with the
 `base_policy` asset's trainer and defaults, so that a run starts where a real user starts (from
-a pretrained policy) instead of spending its first minutes on pretraining.
+a pretrained policy) instead of spending its first minutes on pretraining. Beside them, verifier
+backbones (`role: verifier`): the same model trained longer, which the PRM reads steps with
+(a verifier must compute better than the policy it checks: README, "A PRM that verifies").
 
 A shipped policy is a directory under `qstar_dagster/policies/<domain>/`: the model and its
 tokenizer as `save_pretrained` writes them, the trainer's summary (`training.json`, with its
@@ -22,6 +24,9 @@ from qstar_dagster.training.checkpoints import SUMMARY, read_summary
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "policies"
 MANIFEST = "shipped.json"
 REBUILD = "qstar ship-policy --domain {domain}"
+REBUILD_VERIFIER = ("python bench/verifier_backbone.py --steps 1500, then bench/ship_trained.py --role verifier "
+                    "(README, \"A PRM that verifies\")")
+ROLES = ("policy", "verifier")
 
 
 class ShippedPolicyError(RuntimeError):
@@ -54,18 +59,32 @@ class ShippedPolicy:
     def files(self) -> dict[str, str]:
         return self.manifest["files"]
 
+    @property
+    def role(self) -> str:
+        """policy (a base policy) or verifier (a PRM's backbone); manifests from before roles are policies."""
+        return self.manifest.get("role", "policy")
+
     def rebuild_hint(self) -> str:
-        return REBUILD.format(domain=self.domain)
+        return REBUILD_VERIFIER if self.role == "verifier" else REBUILD.format(domain=self.domain)
 
 
-def shipped_policies(root: Path | None = None) -> dict[str, ShippedPolicy]:
-    """Every shipped policy under `root` (default: the package's), keyed by the prompt set it
-    was trained on."""
+def shipped_policies(root: Path | None = None, role: str = "policy") -> dict[str, ShippedPolicy]:
+    """Every shipped model of `role` under `root` (default: the package's), keyed by the prompt
+    set it was trained on."""
     root, found = root or SHIPPED_ROOT, {}
     for manifest in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
         policy = ShippedPolicy(manifest.parent, json.loads(manifest.read_text()))
-        found[policy.train_prompt_set] = policy
+        if policy.role == role:
+            found[policy.train_prompt_set] = policy
     return found
+
+
+def shipped_verifier(train_prompt_set: str, root: Path | None = None) -> ShippedPolicy | None:
+    """The verifier backbone shipped for `train_prompt_set`, its files checked; None if none is."""
+    verifier = shipped_policies(root, role="verifier").get(train_prompt_set)
+    if verifier is not None:
+        verify(verifier)
+    return verifier
 
 
 def shipped_policy(train_prompt_set: str, root: Path | None = None) -> ShippedPolicy:
@@ -100,9 +119,31 @@ def check_fits(policy: ShippedPolicy, store_version: str) -> None:
     """The store's version of the training set is the one the policy was trained on."""
     if store_version != policy.train_version:
         raise ShippedPolicyError(
-            f"the shipped {policy.domain} policy was trained on {policy.train_prompt_set}@{policy.train_version}, "
+            f"the shipped {policy.domain} {policy.role} was trained on {policy.train_prompt_set}@{policy.train_version}, "
             f"but the store has {policy.train_prompt_set}@{store_version} (the domain's generator or its "
             f"defaults changed); rebuild it with `{policy.rebuild_hint()}`, or set `shipped: false`")
+
+
+def prm_backbone(choice: str, train_prompt_set: str, store_version: str,
+                 root: Path | None = None) -> tuple[ShippedPolicy | None, str]:
+    """Which LM a PRM reads steps with: (the shipped verifier, or None for the starting
+    policy's own LM or a model directory, and why). `choice`: `auto` (the verifier shipped for
+    the training prompt set when there is one and it learned on this version of the set, else
+    the policy), `verifier` (that verifier, or an error), `policy`, or a model directory."""
+    if choice == "policy" or choice not in ("auto", "verifier"):
+        return None, "asked for"
+    verifier = shipped_verifier(train_prompt_set, root)
+    if verifier is None or verifier.train_version != store_version:
+        if choice == "verifier":
+            if verifier is None:
+                raise LookupError(f"prm_model backbone=verifier: no verifier is shipped with the package for "
+                                  f"prompt set {train_prompt_set!r}; set backbone to auto or policy, or to a model "
+                                  f"directory")
+            check_fits(verifier, store_version)
+        return None, (f"no verifier is shipped for {train_prompt_set}" if verifier is None else
+                      f"the shipped verifier learned on {train_prompt_set}@{verifier.train_version}, the store has "
+                      f"@{store_version}")
+    return verifier, f"the {verifier.domain} verifier shipped with the package"
 
 
 def copy_files(policy: ShippedPolicy, out_dir: Path) -> dict:
@@ -114,7 +155,7 @@ def copy_files(policy: ShippedPolicy, out_dir: Path) -> dict:
 
 
 def write_shipped(model_dir: Path, dest: Path, *, domain: str, train_prompt_set: str, train_version: str,
-                  config: dict, metrics: dict, trained_by: str) -> ShippedPolicy:
+                  config: dict, metrics: dict, trained_by: str, role: str = "policy") -> ShippedPolicy:
     """Ship the checkpoint in `model_dir` as `dest` (replacing what is there): its files, and
     a manifest with their sha256, what trained it and its figures."""
     scratch = dest.with_name(dest.name + ".tmp")
@@ -126,8 +167,11 @@ def write_shipped(model_dir: Path, dest: Path, *, domain: str, train_prompt_set:
             shutil.copy2(f, scratch / f.name)
             if f.name != SUMMARY:  # the summary is documentation, not the model
                 files[f.name] = file_sha256(f)
+    if role not in ROLES:
+        raise ValueError(f"a shipped model's role is one of {', '.join(ROLES)}, not {role!r}")
     manifest = {"domain": domain, "train_prompt_set": train_prompt_set, "train_prompt_set_version": train_version,
-                "config": config, "metrics": metrics, "trained_by": trained_by, "files": files}
+                "config": config, "metrics": metrics, "trained_by": trained_by, "files": files,
+                **({"role": role} if role != "policy" else {})}
     (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     scratch.rename(dest)

@@ -143,6 +143,50 @@ def test_a_prm_trained_on_oracle_labels_beats_chance_on_held_out_steps(env):
         assert edge in edges, edge
 
 
+def test_the_prm_reads_steps_with_the_shipped_verifier_where_one_fits(env, tiny_model_dir, tmp_path, monkeypatch):
+    """backbone auto: the verifier shipped for the training prompt set (here a stand-in, shipped
+    for this store's arith-train) is the LM the PRM reads steps with, and part of its identity;
+    a verifier for another version of the set is passed over (auto) or refused (verifier)."""
+    from qstar_dagster.training import shipped
+
+    _, _, store = env
+    run(env, step_datasets, {"labeler": "oracle", "kinds": ["prm"]})
+    version, _ = store.prompt_set_problems("arith-train")
+    monkeypatch.setattr(shipped, "SHIPPED_ROOT", tmp_path / "policies")
+
+    def ship(train_version):
+        return shipped.write_shipped(tiny_model_dir, tmp_path / "policies" / "arith-verifier", domain="arith",
+                                     train_prompt_set="arith-train", train_version=train_version,
+                                     config={"architecture": "char-llama"}, metrics={}, trained_by="a test",
+                                     role="verifier")
+
+    def weights(checkpoint_id):
+        [ck] = store.records("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+        return ck, load_file(f"{ck['path']}/model.safetensors")
+
+    ship("another-version")
+    own = metadata(run(env, prm_model, {"labeler": "oracle"}), "prm_model")["checkpoint_id"]
+    ck, own_weights = weights(own)
+    _, policy_weights = weights(ck["base"])
+    assert all((own_weights[k] == policy_weights[k]).all() for k in policy_weights)  # no verifier fits: the policy
+    with pytest.raises(Exception, match="rebuild it with"):
+        run(env, prm_model, {"labeler": "oracle", "backbone": "verifier"})
+
+    verifier = ship(version)
+    read = metadata(run(env, prm_model, {"labeler": "oracle"}), "prm_model")
+    ck, read_weights = weights(read["checkpoint_id"])
+    assert read["checkpoint_id"] != own
+    shipped_weights = load_file(f"{verifier.path}/model.safetensors")
+    assert read_weights.keys() == shipped_weights.keys()
+    assert all((read_weights[k] == shipped_weights[k]).all() for k in shipped_weights)
+    assert json.loads(ck["config"])["backbone"] == {"verifier": "arith",
+                                                    "sha256": verifier.files["model.safetensors"]}
+    # still the PRM of the policy whose samples it judges: the report and step-PPO find it from that policy
+    assert ck["base"] == weights(own)[0]["base"]
+    assert metadata(run(env, prm_model, {"labeler": "oracle", "backbone": "policy"}), "prm_model")[
+        "checkpoint_id"] == own
+
+
 @pytest.mark.parametrize("asset, config", [(rft_policy, {"steps": 30}), (dpo_policy, {"steps": 8, "lr": 1e-4})])
 def test_rft_and_dpo_change_the_policy_and_keep_it_loadable(env, asset, config):
     _, _, store = env

@@ -1,4 +1,4 @@
-"""Base policies shipped with the package: their files against their manifests, and the
+"""Base policies (and verifier backbones) shipped with the package: their files against their manifests, and the
 `base_policy` asset starting from one (recorded as any base policy), refusing a changed file
 or a training set that is not the one it learned on."""
 
@@ -23,21 +23,29 @@ from ..assets.test_policy import env, load_prompt_sets, metadata, run_policy  # 
 EVAL = {"eval_k": 2, "eval_max_new_tokens": 24}
 
 
-def test_the_shipped_policies_match_their_manifests_and_the_built_in_sets():
-    """What the package ships: one policy per built-in domain, every file as its manifest says,
-    trained on the built-in training set as the domain generates it today, 10 MB at most in all."""
-    policies = shipped_policies()
-    assert {p.domain for p in policies.values()} <= set(DOMAIN_SETS)
-    assert "arith-train" in policies
+def test_the_shipped_models_match_their_manifests_and_the_built_in_sets():
+    """What the package ships: one policy per built-in domain and the arith verifier backbone,
+    every file as its manifest says, trained on the built-in training set as the domain
+    generates it today, 10 MB at most in all."""
+    by_role = {role: shipped_policies(role=role) for role in shipped.ROLES}
+    assert "arith-train" in by_role["policy"] and "arith-train" in by_role["verifier"]
     total = 0
-    for train_set, policy in policies.items():
-        shipped.verify(policy)
-        assert DOMAIN_SETS[policy.domain][0] == train_set
-        # a changed generator or default would make the store's version differ: rebuild, then ship
-        assert policy.train_version == prompt_set_version(builtin_problems(train_set)), policy.rebuild_hint()
-        assert policy.config["architecture"] == "char-llama" and policy.config["steps"] > 0
-        assert {"model.safetensors", "config.json"} <= set(policy.files)
-        total += sum((policy.path / f).stat().st_size for f in policy.files)
+    for role, models in by_role.items():
+        assert {p.domain for p in models.values()} <= set(DOMAIN_SETS)
+        for train_set, model in models.items():
+            assert model.role == role
+            shipped.verify(model)
+            assert DOMAIN_SETS[model.domain][0] == train_set
+            # a changed generator or default would make the store's version differ: rebuild, then ship
+            assert model.train_version == prompt_set_version(builtin_problems(train_set)), model.rebuild_hint()
+            assert model.config["architecture"] == "char-llama" and model.config["steps"] > 0
+            assert {"model.safetensors", "config.json"} <= set(model.files)
+            total += sum((model.path / f).stat().st_size for f in model.files)
+    # a verifier is the policy trained further: the same architecture, so the same tokenizer
+    verifier, policy = by_role["verifier"]["arith-train"], by_role["policy"]["arith-train"]
+    assert verifier.files["tokenizer.json"] == policy.files["tokenizer.json"]
+    assert verifier.files["model.safetensors"] != policy.files["model.safetensors"]
+    assert "verifier_backbone.py" in verifier.rebuild_hint()
     assert total <= 10e6
 
 
