@@ -9,7 +9,7 @@ classifier (the earlier design) learn from the oracle's labels, so that label no
 what they measure.
 
 Columns: best-of-N (min of step scores) for N = 4, 8, 16, best-of-8 by prod and last, PRM
-vote@8; sibling accuracy (right next step over wrong one from one prefix, chance 50%) on the
+vote@8 (answers weighted by their solutions' summed scores, and by their summed log-odds); sibling accuracy (right next step over wrong one from one prefix, chance 50%) on the
 held-out rollout's steps and on the training rollout's (does it fit what it learned from?);
 the within-problem signal (mean score of a problem's right samples minus its wrong ones, and
 how often positive); step accuracy against the oracle (with chance) and ProcessBench
@@ -33,11 +33,13 @@ from bench_common import default_model  # bench/ is on sys.path when a benchmark
 
 from qstar_dagster.datasets.build import dataset_labels, prm_rows
 from qstar_dagster.evaluation.evaluate import (
+    VOTE_WEIGHTS,
     EvalSpec,
     policy_metrics,
     prm_metrics,
     sample,
     score_samples,
+    vote_accuracy,
     within_problem_signal,
 )
 from qstar_dagster.generation.hf import TransformersGenerator
@@ -103,6 +105,12 @@ VARIANTS = {
     # (--verifier; default: the one shipped with the package), read the generative way
     **{f"verifier backbone, untrained, on {labeler}": (labeler, PRMTrainSpec(), "verifier")
        for labeler in ("mc", "binary_search", "oracle")},
+    **{f"verifier backbone, Platt-calibrated, on {labeler}": (labeler, PRMTrainSpec(calibrate="platt"), "verifier")
+       for labeler in ("mc", "binary_search", "oracle")},
+    **{f"verifier backbone, Platt-calibrated, solved problems only, on {labeler}": (
+        labeler, PRMTrainSpec(calibrate="platt", solved_only=True), "verifier") for labeler in ("mc", "binary_search")},
+    "verifier backbone, untrained, solved problems only, on mc": ("mc", PRMTrainSpec(solved_only=True), "verifier"),
+    "generative, Platt-calibrated, on mc": ("mc", PRMTrainSpec(calibrate="platt")),
     "verifier backbone, fine-tuned (BCE), on mc": ("mc", TUNED, "verifier"),
     "verifier backbone, fine-tuned (BCE), lr 3e-5, on mc": ("mc", _with(TUNED, lr=3e-5), "verifier"),
 }
@@ -189,6 +197,8 @@ def measure(scorer, sampled, ns, held_out_trees, train_trees) -> dict:
     return {**{f"best_of_{n}": m[("prm_best_of:min", n)] for n in ns},
             "best_of_8_prod": m[("prm_best_of:prod", 8)], "best_of_8_last": m[("prm_best_of:last", 8)],
             **{f"vote_at_{n}": m[("prm_vote", n)] for n in ns},
+            # the vote's weighting, side by side on the same scores
+            **{f"vote_at_8_{w}": vote_accuracy(sampled, scores, 8, w) for w in VOTE_WEIGHTS},
             "sibling_accuracy": held["sibling_accuracy"], "train_sibling_accuracy": fit["sibling_accuracy"],
             **within_problem_signal(sampled, scores),
             "step_accuracy": held["step_accuracy"], "chance_accuracy": held["chance_accuracy"],
@@ -266,20 +276,24 @@ def main() -> None:
                                 lm_pairs=refs if spec.lm_weight else ())
             results[name] = {"labels": labeler, **measure(PRMScorer(out), sampled, ns, test_trees, train_trees),
                              "train_seconds": time.monotonic() - started, "data_seconds": data_seconds,
-                             "n_labeled_steps": summary["n_labeled_steps"]}
+                             "n_labeled_steps": summary["n_labeled_steps"],
+                             **{k: summary["head"].get(k) for k in ("scale", "bias")}}
             r = results[name]
-            print(f"  {name}: best-of-8 {pct(r['best_of_8'])}%, sibling {pct(r['sibling_accuracy'])}% "
+            print(f"  {name}: best-of-8 {pct(r['best_of_8'])}%, vote@8 {pct(r['vote_at_8'])}% (log-odds "
+                  f"{pct(r['vote_at_8_logodds'])}%), "
+                  f"sibling {pct(r['sibling_accuracy'])}%, scale {r['scale']}, bias {r['bias']} "
                   f"({r['train_seconds']:.0f}s, {len(rows)} paths)", flush=True)
 
-    head = (f"| scorer | labels | {' | '.join(f'best-of-{n}' for n in ns)} | bo8 prod | bo8 last | vote@8 "
+    head = (f"| scorer | labels | {' | '.join(f'best-of-{n}' for n in ns)} | bo8 prod | bo8 last | vote@8 | vote@8 log-odds "
             "| sibling | sibling (train) | within gap | within >0 | step acc (chance) | F1 | train s |")
     print("\n" + head + "\n|" + "---|" * (head.count("|") - 1))
-    print(f"| majority vote | – | {' | '.join(pct(alone[('majority', n)]) for n in ns)} |" + " |" * 11)
+    print(f"| majority vote | – | {' | '.join(pct(alone[('majority', n)]) for n in ns)} |" + " |" * 12)
     for name, r in results.items():
         gap = "–" if r["within_gap"] is None else f"{r['within_gap']:+.3f}"
         f1 = "–" if r["first_error_f1"] is None else f"{r['first_error_f1']:.3f}"
         print(f"| {name} | {r['labels']} | {' | '.join(pct(r[f'best_of_{n}']) for n in ns)} | "
               f"{pct(r['best_of_8_prod'])} | {pct(r['best_of_8_last'])} | {pct(r['vote_at_8'])} | "
+              f"{pct(r['vote_at_8_logodds'])} | "
               f"{pct(r['sibling_accuracy'])} | {pct(r['train_sibling_accuracy'])} | {gap} | "
               f"{pct(r['within_positive'])} | {pct(r['step_accuracy'])} ({pct(r['chance_accuracy'])}) | {f1} | "
               f"{r['train_seconds']:.0f} |")

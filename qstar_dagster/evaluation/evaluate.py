@@ -114,12 +114,26 @@ def prm_metrics(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[f
             out[(f"prm_best_of:{agg}", n)] = right / n_problems
         if not voting:
             continue
-        right = 0
-        for s, sc in zip(sampled, scores):
-            answer = _vote(s.answers[:n], [min(x) if x else 0.0 for x in sc[:n]])
-            right += answer is not None and answers_match(answer, s.problem.reference_answer)
-        out[("prm_vote", n)] = right / n_problems
+        out[("prm_vote", n)] = vote_accuracy(sampled, scores, n)
     return out
+
+
+# How a solution's `min` step score weighs in a PRM vote: its probability (the literature's
+# weighted vote: Math-Shepherd, Snell et al.), or its log-odds, which adds the samples'
+# evidence as independent votes would (a sample the PRM thinks wrong counts against its answer)
+VOTE_WEIGHTS = {"prob": lambda p: p,
+                "logodds": lambda p: math.log(max(p, 1e-6)) - math.log(max(1 - p, 1e-6))}
+
+
+def vote_accuracy(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[float]]], n: int,
+                  weight: str = "prob") -> float:
+    """PRM-weighted voting over the first `n` samples: each answer gets the sum of its
+    solutions' weights (`VOTE_WEIGHTS[weight]` of the `min` step score); the top one is picked."""
+    f, right = VOTE_WEIGHTS[weight], 0
+    for s, sc in zip(sampled, scores):
+        answer = _vote(s.answers[:n], [f(min(x)) if x else f(0.0) for x in sc[:n]])
+        right += answer is not None and answers_match(answer, s.problem.reference_answer)
+    return right / len(sampled)
 
 
 def within_problem_signal(sampled: Sequence[Sampled], scores: Sequence[Sequence[Sequence[float]]]) -> dict:

@@ -93,6 +93,14 @@ class PRMTrainSpec:
     point_weight: float = option(1.0, "weight of the pointwise BCE on step labels")
     pair_weight: float = option(0.0, "weight of the Bradley-Terry loss on sibling pairs (one prefix, a right and "
                                 "a wrong next step)")
+    # The score's sharpness matters to PRM-weighted voting (a sum of scores), not to best-of-N
+    # (a ranking): a bias alone keeps the LM's own log-likelihood scale
+    # A problem the labeler never saw solved has every step labeled wrong (Monte Carlo: no
+    # completion reached the answer), right steps too: its labels say the problem is hard, not
+    # which step is wrong, the shortcut a PRM must not learn
+    solved_only: bool = option(False, "learn only the problems where the labels call some step right")
+    calibrate: str = option("bias", "generative: fit the bias to the labels (bias), or the scale and the bias "
+                            "(platt: Platt scaling; without fine-tuning only)")
 
     @property
     def fine_tunes(self) -> bool:
@@ -109,6 +117,12 @@ class PRMTrainSpec:
             raise ValueError("a classifier PRM must be trained: set epochs or steps (its head starts at random)")
         if self.lm_weight and self.head != "generative":
             raise ValueError("lm_weight needs the generative head (a classifier has no language-model head)")
+        if self.calibrate not in ("bias", "platt"):
+            raise ValueError(f"PRM calibrate must be bias or platt, got {self.calibrate!r}")
+        if self.calibrate == "platt" and (self.fine_tunes or self.head != "generative"):
+            # a fitted scale can come out near 0, and through it the labels would never reach the LM
+            raise ValueError("calibrate: platt fits the generative head's scale without fine-tuning; set epochs and "
+                             "steps to 0, or calibrate to bias")
 
 
 def encode_steps(tok, prompt: str, steps: Sequence[str],
@@ -135,9 +149,12 @@ def _targets(row: dict, target: str) -> list[float] | None:
 def training_examples(tok, rows: Sequence[dict], spec: PRMTrainSpec) -> list[dict]:
     """Encoded rows: ids, step spans and targets (cut after the first wrong step when
     `spec.stop_at_first_error`; NaN for a step an earlier row already teaches when
-    `spec.once_per_step`)."""
+    `spec.once_per_step`; only the problems with a step labeled right when `spec.solved_only`)."""
     examples, seen = [], set()
+    solved = {r["prompt"] for r in rows if any(r["labels"])}
     for r in rows:
+        if spec.solved_only and r["prompt"] not in solved:
+            continue
         targets = _targets(r, spec.target)
         if targets is None:
             continue
@@ -251,11 +268,12 @@ def _load_head(model_dir: str | Path, eos_id: int, kind: str | None = None, **kw
     return _Head(kind, AutoModelForTokenClassification.from_pretrained(model_dir, num_labels=1), eos_id, **kw)
 
 
-def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: int) -> float:
-    """The generative head's bias: the logistic regression of the targets on the scaled step
-    log-likelihoods (before training, at scale 1: training starts from the calibrated policy
-    likelihood). The scale is not fitted here: where the likelihood says little, a fit drives
-    it to ~0, and through a zero scale the labels would never reach the LM."""
+def _calibrate(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: int, fit_scale: bool = False) -> float:
+    """Fit the generative head's bias (and, with `fit_scale`, its scale: Platt scaling) by
+    logistic regression of the targets on the step log-likelihoods; returns the fit's BCE.
+    Before fine-tuning only the bias is fitted (at scale 1, training starts from the
+    calibrated likelihood): where the likelihood says little a fitted scale goes to ~0, and
+    through a zero scale the labels would never reach the LM."""
     feats, targets = [], []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -264,20 +282,25 @@ def _fit_bias(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: in
             feats.append(head.step_logprobs(ids, mask, [e["spans"] for e in chunk]))
             targets += [t for e in chunk for t in e["targets"]]
     x, y = torch.cat(feats), torch.tensor(targets)
-    x, y = x[~y.isnan()] * head.log_scale.exp().item(), y[~y.isnan()]
+    x, y = x[~y.isnan()], y[~y.isnan()]
+    log_scale = torch.tensor([head.log_scale.item()], requires_grad=fit_scale)
     bias = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([bias], max_iter=100, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([bias, log_scale] if fit_scale else [bias], max_iter=100, line_search_fn="strong_wolfe")
+
+    def loss_fn():
+        return torch.nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * x + bias, y)
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x + bias, y)
+        loss = loss_fn()
         loss.backward()
         return loss
 
     opt.step(closure)
     head.bias.data.fill_(bias.item())
+    head.log_scale.data.fill_(log_scale.item())
     with torch.no_grad():
-        return torch.nn.functional.binary_cross_entropy_with_logits(x + bias, y).item()
+        return loss_fn().item()
 
 
 def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: PRMTrainSpec = PRMTrainSpec(),
@@ -298,7 +321,8 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     head.model.config.pad_token_id = tok.pad_token_id
     calibration_loss = None
     if spec.head == "generative":
-        calibration_loss = _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)
+        calibration_loss = _calibrate(head, examples, tok.pad_token_id, 2 * spec.batch_size,
+                                      fit_scale=spec.calibrate == "platt")
     elif spec.freeze_backbone:
         for name, p in head.model.named_parameters():
             p.requires_grad = name.startswith("score.")
@@ -343,7 +367,7 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
             log_progress("prm", step, total, sum(losses[-25:]) / len(losses[-25:]), started)
     head.eval()
     if spec.head == "generative" and total and not spec.point_weight:
-        calibration_loss = _fit_bias(head, examples, tok.pad_token_id, 2 * spec.batch_size)  # nothing else did
+        calibration_loss = _calibrate(head, examples, tok.pad_token_id, 2 * spec.batch_size)  # nothing else did
     out_dir.mkdir(parents=True, exist_ok=True)
     head.model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)

@@ -115,6 +115,32 @@ def test_the_default_prm_is_the_calibrated_likelihood_and_round_trips_through_it
         PRMTrainSpec(head="classifier")
 
 
+def test_platt_calibration_fits_the_scale_too_and_sharpens_a_separating_likelihood(arith_policy_dir, tmp_path):
+    """Labels that the likelihood separates (a wrong result is far less likely than the
+    right one): Platt scaling fits a scale above 1 and a lower BCE than the bias alone, keeps
+    the ranking, and pushes wrong steps' scores down (what a PRM-weighted vote sums)."""
+    problems = generate_problems(8, seed=9, spec=EASY_ARITH)
+    rows = []
+    for p in problems:
+        steps = p.reference_solution.split("\n")
+        rows.append({"prompt": p.problem, "completions": steps, "labels": [True] * len(steps)})
+        wrong = [steps[0][:-1] + str((int(steps[0][-1]) + 5) % 10), *steps[1:]]
+        rows.append({"prompt": p.problem, "completions": wrong, "labels": [False] * len(steps)})
+    fits = {how: train_prm(arith_policy_dir, rows, tmp_path / how, PRMTrainSpec(calibrate=how))
+            for how in ("bias", "platt")}
+    assert fits["bias"]["head"]["scale"] == 1.0
+    assert fits["platt"]["head"]["scale"] > 1.0
+    assert fits["platt"]["calibration_loss"] < fits["bias"]["calibration_loss"]
+    items = [(r["prompt"], r["completions"][:1]) for r in rows]
+    scored = {how: [s for [s] in PRMScorer(tmp_path / how).score_batch(items)] for how in fits}
+    order = {how: sorted(range(len(items)), key=sc.__getitem__) for how, sc in scored.items()}
+    assert order["bias"] == order["platt"]  # a monotone map of the same likelihood
+    wrong = range(1, len(items), 2)
+    assert sum(scored["platt"][i] for i in wrong) < sum(scored["bias"][i] for i in wrong)
+    with pytest.raises(ValueError, match="without fine-tuning"):
+        PRMTrainSpec(calibrate="platt", epochs=1.0)
+
+
 class _Constant:
     """A scorer that calls every step right."""
 
