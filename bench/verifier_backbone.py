@@ -40,6 +40,7 @@ from qstar_dagster.evaluation.evaluate import (
     prm_metrics,
     sample,
     score_samples,
+    vote_accuracy,
     within_problem_signal,
 )
 from qstar_dagster.generation.hf import TransformersGenerator
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="seed of the continued training's batches")
     ap.add_argument("--train-set", default="arith-train")
     ap.add_argument("--test-set", default="arith-test")
+    ap.add_argument("--start", default=None, help="continue from this backbone instead of the policy (e.g. one "
+                    "this bench saved: another schedule on top of it)")
     ap.add_argument("--n", type=int, default=16, help="policy samples per held-out problem")
     ap.add_argument("--save", default="/tmp/verifiers")
     ap.add_argument("--threads", type=int, default=2)
@@ -97,14 +100,17 @@ def main() -> None:
     def on_eval(model, tok) -> float:
         return greedy_accuracy(TransformersGenerator(model, tok), test[:100])
 
+    start = args.start or args.policy
     backbones = {"the policy itself": (args.policy, None)}
+    if args.start:
+        backbones["the start"] = (args.start, json.loads((Path(args.start) / "training.json").read_text()))
     for steps in sorted(int(s) for s in args.steps.split(",")):
-        path = Path(args.save) / f"{Path(args.policy).name}-lr{args.lr:g}-s{args.seed}-{steps}"
+        path = Path(args.save) / f"{Path(start).name}-lr{args.lr:g}-s{args.seed}-{steps}"
         if (path / "training.json").is_file() and (path / "model.safetensors").is_file():
             summary = json.loads((path / "training.json").read_text())
             print(f"+{steps} steps: reusing {path}", flush=True)
         else:
-            summary = continue_training(args.policy, train, path, steps, args.lr, args.seed, on_eval)
+            summary = continue_training(start, train, path, steps, args.lr, args.seed, on_eval)
         backbones[f"+{steps} steps"] = (str(path), summary)
 
     results = {}
@@ -114,21 +120,24 @@ def main() -> None:
         m = prm_metrics(sampled, scores, ns)
         results[name] = {"path": path, "greedy": greedy,
                          **{f"best_of_{n}": m[("prm_best_of:min", n)] for n in ns},
-                         "vote_at_8": m.get(("prm_vote", 8)), **within_problem_signal(sampled, scores),
+                         "vote_at_8": m.get(("prm_vote", 8)),
+                         "vote_at_8_logodds": vote_accuracy(sampled, scores, 8, "logodds") if ("prm_vote", 8) in m
+                         else None, **within_problem_signal(sampled, scores),
                          "train_seconds": None if summary is None else round(summary["train_seconds"], 1),
                          "final_loss": None if summary is None else round(summary["final_loss"], 4)}
         print(f"  {name}: greedy {greedy:.1%}, verifier best-of-8 {results[name]['best_of_8']:.1%}", flush=True)
 
-    head = f"| verifier | its greedy | {' | '.join(f'best-of-{n}' for n in ns)} | vote@8 | within gap | within >0 | train s |"
+    head = (f"| verifier | its greedy | {' | '.join(f'best-of-{n}' for n in ns)} | vote@8 | vote@8 log-odds | "
+            "within gap | within >0 | train s |")
     print("\n" + head + "\n|" + "---|" * (head.count("|") - 1))
     majority = " | ".join(pct(alone.get(("majority", n))) for n in ns)
-    print(f"| majority vote (no verifier) | – | {majority} | – | – | – | – |")
+    print(f"| majority vote (no verifier) | – | {majority} | – | – | – | – | – |")
     for name, r in results.items():
         gap = "–" if r["within_gap"] is None else f"{r['within_gap']:+.3f}"
         pos = "–" if r["within_positive"] is None else f"{r['within_positive']:.1%}"
         best = " | ".join(f"{r[f'best_of_{n}']:.1%}" for n in ns)
         print(f"| {name} | {r['greedy']:.1%} | {best} | "
-              f"{pct(r['vote_at_8'])} | {gap} | {pos} | {r['train_seconds'] or '–'} |")
+              f"{pct(r['vote_at_8'])} | {pct(r['vote_at_8_logodds'])} | {gap} | {pos} | {r['train_seconds'] or '–'} |")
     print(json.dumps({"bench": "verifier_backbone", "machine": platform.machine(), "threads": args.threads,
                       "policy": args.policy, "lr": args.lr, "majority": {n: alone.get(("majority", n)) for n in ns},
                       "pass": {n: alone[("pass", n)] for n in ns}, "greedy": alone[("greedy", 1)],

@@ -134,6 +134,8 @@ LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels"
 # (bench/step_rl.py trains longer).
 DEMO_ROUND_TRAINING = {"dpo_policy": {"steps": 48},
                        "step_ppo_policy": {"iterations": 4, "problems_per_iteration": 16, "eval_every": 0}}
+# The summary reads N = 8; 16 samples per problem would double the evaluation's sampling.
+DEMO_EVALUATION = {"ns": [1, 2, 4, 8]}
 
 
 def _fmt(value, spec: str) -> str:
@@ -230,7 +232,8 @@ def _demo_leg(defs, instance, execute, train_set: str, test_set: str, options: d
                     configs.get(asset, test_rollout))
     # Round 1 learns from the training slice's rollouts (the ones above), so the test set stays held out.
     spec = {"round": 1, "train_set": train_set, "test_set": test_set, "train_problems": DEMO_TRAIN_PROBLEMS,
-            "rollouts": rollouts, "labels": mc, "training": DEMO_ROUND_TRAINING, **options["round"]}
+            "rollouts": rollouts, "labels": mc, "training": DEMO_ROUND_TRAINING, "evaluation": DEMO_EVALUATION,
+            **options["round"]}
     try:
         round_spec = RoundSpec(**spec)
     except (TypeError, ValueError) as e:
