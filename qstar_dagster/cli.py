@@ -132,9 +132,12 @@ LABEL_ASSETS = ("mc_labels", "judge_labels", "oracle_labels", "consensus_labels"
 # of the demo's ~1,500 step pairs is ~100 s of step-DPO on 2 cores; 48 steps is half of it.
 # Step-PPO: 4 iterations of 16 problems x 4 samples (~30 s) show the stage work, not what it can gain
 # (bench/step_rl.py trains longer).
-DEMO_ROUND_TRAINING = {"dpo_policy": {"steps": 48},
-                       "step_ppo_policy": {"iterations": 4, "problems_per_iteration": 16, "eval_every": 0}}
-# The summary reads N = 8; 16 samples per problem would double the evaluation's sampling.
+# The round's evaluation measures every checkpoint, so the training assets skip their own look
+# (`measure`), and it samples N up to 8, what the summary reads (16 would double its sampling).
+DEMO_ROUND_TRAINING = {"prm_model": {"measure": False}, "rft_policy": {"measure": False},
+                       "dpo_policy": {"steps": 48, "measure": False},
+                       "step_ppo_policy": {"iterations": 4, "problems_per_iteration": 16, "eval_every": 0,
+                                           "measure": False}}
 DEMO_EVALUATION = {"ns": [1, 2, 4, 8]}
 
 

@@ -18,8 +18,8 @@ def home(tmp_path, monkeypatch):
 TINY_POLICY = json.dumps({"shipped": False, "hidden": 32, "layers": 1, "heads": 2, "steps": 20, "batch_size": 8, "eval_every": 0,
                           "eval_k": 2, "eval_max_new_tokens": 40})
 TINY_ROLLOUTS = json.dumps({"max_problems": 10, "k": 2, "beam_width": 2, "step_max_tokens": 24})
-TINY_ROUND = json.dumps({"training": {"prm_model": {"steps": 2}, "rft_policy": {"steps": 2},
-                                      "dpo_policy": {"steps": 1},
+TINY_ROUND = json.dumps({"training": {"prm_model": {"steps": 2, "measure": False}, "rft_policy": {"steps": 2},
+                                      "dpo_policy": {"steps": 1, "measure": False},
                                       "step_ppo_policy": {"iterations": 1, "problems_per_iteration": 2,
                                                           "group_size": 2, "max_new_tokens": 16}},
                          "evaluation": {"ns": [1, 2], "max_new_tokens": 16}})
@@ -96,6 +96,12 @@ def test_demo_then_sql_and_lineage(home):
     assert out.exit_code == 1 and "round 1 has no RFT policy yet" in out.output
     trees = json.loads(runner.invoke(main, ["sql", "select prompt_set, count(*) as n from trees group by 1 order by 1",
                                             "--json"]).output)
+    # `measure: false` (the PRM) skips a checkpoint's own look at the held-out set; the
+    # rest measure it; the evaluation asset measures them all
+    measured = "select json_extract_string(config, '$.trainer') as trainer, json_extract(metrics, '$.evaluation') " \
+               "as e from checkpoints where kind = 'prm' or json_extract_string(config, '$.trainer') is not null"
+    looks = {r["trainer"]: json.loads(r["e"]) for r in json.loads(runner.invoke(main, ["sql", measured, "--json"]).output)}
+    assert looks["qstar.prm"] == {} and "greedy" in looks["step_ppo"]  # (no step pairs here: no DPO policy)
     # the test set twice: beam valued by likelihood, then by round 1's PRM
     assert trees == [{"prompt_set": "arith-test", "n": 20}, {"prompt_set": "arith-train", "n": 10}]
     assert runner.invoke(main, ["report", "--json"]).exit_code == 0

@@ -52,9 +52,19 @@ from qstar_dagster.training.step_ppo import (
     train_step_ppo,
 )
 
+# The evaluation asset measures every checkpoint in full; a checkpoint's own figures are a
+# quick look at materialization time, which a run that evaluates anyway (the demo) can skip.
+MEASURE_DESCRIPTION = ("measure the checkpoint on eval_prompt_set when it is trained (its metadata; the evaluation "
+                       "asset measures it in full either way)")
+
+
+def _not_measured(path) -> dict:
+    return {}
+
 
 class TrainConfig(Config):
     eval_prompt_set: str = Field("arith-test", description="held-out prompt set it is measured on")
+    measure: bool = Field(True, description=MEASURE_DESCRIPTION)
     base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the base policy")
     rollout_id: str | None = Field(None, description="learn from the datasets built from this rollout; unset: "
                                    "from the one the partition's tot_rollouts last made")
@@ -86,8 +96,8 @@ def _train_checkpoint(context, config, store, data_dir, *, kind: str, dataset_ki
             return skipped
         base = lineage.checkpoint(config.base_checkpoint, "policy", prompt_set=context.partition_key)
         built = fine_tune(lineage, data_dir.subdir("checkpoints"), kind, base, dataset["dataset_id"], train_config,
-                          lambda path: train(lineage, base, read_rows(dataset), path), evaluate(lineage, base),
-                          context.run_id)
+                          lambda path: train(lineage, base, read_rows(dataset), path),
+                          evaluate(lineage, base) if config.measure else _not_measured, context.run_id)
         with lineage.transaction() as con:
             if built.row:
                 lineage.insert(con, "checkpoints", [built.row])
@@ -232,6 +242,7 @@ def dpo_policy(context: AssetExecutionContext, config: DPOConfig, store: Lineage
 
 class StepPPOConfig(spec_config(StepPPOSpec)):
     eval_prompt_set: str = Field("arith-test", description="held-out prompt set it is measured on")
+    measure: bool = Field(True, description=MEASURE_DESCRIPTION)
     base_checkpoint: str | None = Field(None, description="policy checkpoint to start from; unset: the base policy")
     prm_checkpoint: str | None = Field(None, description="reward=prm: the PRM whose step scores are the rewards; "
                                        "unset: the latest PRM trained from the starting policy (in a round, the "
@@ -291,8 +302,8 @@ def step_ppo_policy(context: AssetExecutionContext, config: StepPPOConfig, store
             lineage, checkpoints_dir, "policy", identity,
             {"base": base["checkpoint_id"], "trained_on_prompt_set": trained_on,
              "config": {"template": template, **train_config}},
-            train=train, evaluate=_policy_eval(lineage, config.eval_prompt_set, compute),
-            evaluated_on=config.eval_prompt_set, run_id=context.run_id)
+            train=train, evaluate=_policy_eval(lineage, config.eval_prompt_set, compute) if config.measure
+            else _not_measured, evaluated_on=config.eval_prompt_set if config.measure else None, run_id=context.run_id)
         with lineage.transaction() as con:
             if built.row:
                 lineage.insert(con, "checkpoints", [built.row])

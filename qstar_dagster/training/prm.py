@@ -3,7 +3,9 @@
 Two heads, one interface (`PRMScorer.score_batch(items) -> step scores`):
 
 - `generative` (the default): the step's score is the LM's own log-likelihood of the step's
-  tokens, mapped to a probability by a scale and a bias, σ(a · Σ log p(token) + b). A wrong
+  tokens, mapped to a probability by a scale and a bias, σ(a · Σ log p(token) + b). The LM is
+  the one `train_prm` starts from: the policy, or a verifier trained to compute better than
+  the policy (the `prm_model` asset's `backbone`; README, "A PRM that verifies"). A wrong
   step in this domain is a wrong digit, and the place where an LM "knows" the digit is its
   next-token distribution just before it; a classifier must instead recompute the arithmetic
   from the hidden state after the digit was read. By default only the bias is fitted to the
