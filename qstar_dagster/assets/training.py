@@ -177,7 +177,7 @@ def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageS
         train_config={"trainer": "qstar.prm", **spec.__dict__,
                       **({"lm_references": config.lm_references} if spec.lm_weight else {}), **backbone},
         train=train, evaluate=evaluate,
-        extra={"head": config.head, "target": config.target})
+        extra={"head": config.head, "target": config.target, "backbone": backbone_dir or "the starting policy"})
 
 
 def _policy_eval(lineage, prompt_set: str, compute):

@@ -175,7 +175,7 @@ def test_the_prm_reads_steps_with_the_shipped_verifier_where_one_fits(env, tiny_
     verifier = ship(version)
     read = metadata(run(env, prm_model, {"labeler": "oracle"}), "prm_model")
     ck, read_weights = weights(read["checkpoint_id"])
-    assert read["checkpoint_id"] != own
+    assert read["checkpoint_id"] != own and read["backbone"] == str(verifier.path)
     shipped_weights = load_file(f"{verifier.path}/model.safetensors")
     assert read_weights.keys() == shipped_weights.keys()
     assert all((read_weights[k] == shipped_weights[k]).all() for k in shipped_weights)
