@@ -7,8 +7,8 @@ bench/verifier_backbone.py continued from the shipped policy (written beside it 
 
     python bench/ship_trained.py arith /tmp/plateau/arith_max_operand=99_max_multiplier=9-3000 3000 \
         "how it was trained" '{"greedy": 0.625, ...}'
-    python bench/ship_trained.py --role verifier arith /tmp/verifiers/arith-lr0.001-s1-1500 1500 \
-        "how it was trained" '{"greedy": 0.74, ...}'
+    python bench/ship_trained.py --role verifier arith /tmp/verifiers/arith-lr0.001-s1-1500-lr0.001-s1-1500 \
+        1500,1500 "how it was trained" '{"greedy": 0.81, ...}'
 """
 
 from __future__ import annotations
@@ -31,20 +31,22 @@ def main() -> None:
     ap.add_argument("--role", choices=ROLES, default="policy")
     ap.add_argument("domain", choices=sorted(DOMAIN_SETS))
     ap.add_argument("model_dir", type=Path)
-    ap.add_argument("steps", type=int)
+    ap.add_argument("steps", help="its training steps; a verifier's schedules, comma-separated (1500,1500: two "
+                    "warm-up + cosine schedules of 1,500 steps, the second from the first's end)")
     ap.add_argument("trained_by", help="one sentence: what trained it, with which command")
     ap.add_argument("metrics", help="its figures, a JSON object")
     args = ap.parse_args()
     train_set, _ = DOMAIN_SETS[args.domain]
+    schedules = [int(n) for n in args.steps.split(",")]
     if args.role == "policy":  # the bench's config: the asset's defaults with its schedule and curve interval
-        config = {**asdict(BasePolicyConfig(steps=args.steps, eval_every=250)), "template": DEFAULT_PROMPT_TEMPLATE,
-                  "architecture": "char-llama"}
+        config = {**asdict(BasePolicyConfig(steps=sum(schedules), eval_every=250)),
+                  "template": DEFAULT_PROMPT_TEMPLATE, "architecture": "char-llama"}
         dest = SHIPPED_ROOT / args.domain
-    else:  # continued training of the shipped policy: its schedule, from its summary
+    else:  # continued training of the shipped policy (bench/verifier_backbone.py's loop), from its summary
         summary = read_summary(args.model_dir)
-        config = {"continued_from": f"the shipped {args.domain} policy", "steps": args.steps, "lr": summary["lr"],
-                  "seed": summary["seed"], "batch_size": 64, "warmup": 100, "template": DEFAULT_PROMPT_TEMPLATE,
-                  "architecture": "char-llama"}
+        config = {"continued_from": f"the shipped {args.domain} policy", "steps": sum(schedules),
+                  "schedules": schedules, "lr": summary["lr"], "seed": summary["seed"], "batch_size": 64,
+                  "warmup": 100, "template": DEFAULT_PROMPT_TEMPLATE, "architecture": "char-llama"}
         dest = SHIPPED_ROOT / f"{args.domain}-verifier"
     shipped = write_shipped(args.model_dir, dest, domain=args.domain, train_prompt_set=train_set,
                             train_version=prompt_set_version(builtin_problems(train_set)), config=config,
