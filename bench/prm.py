@@ -16,7 +16,7 @@ how often positive); step accuracy against the oracle (with chance) and ProcessB
 first-error F1 on the held-out rollout; training seconds. Majority@N, pass@N and a random
 sample's accuracy are printed for scale; the last line is one JSON object.
 
-    python bench/prm.py [--threads 2] [--n 16] [--only "NAME|NAME"] [--quick]
+    python bench/prm.py [--threads 2] [--n 16] [--only "NAME|NAME"] [--quick] [--backbones]
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ VARIANTS = {
     "classifier, frozen backbone (probe)": ("oracle", _with(CLASSIFIER, freeze_backbone=True)),
     "classifier, lr 1e-4": ("oracle", _with(CLASSIFIER, lr=1e-4)),
     "classifier, up to the first error": ("oracle", _with(CLASSIFIER, stop_at_first_error=True)),
-    **{f"generative, untrained, on {labeler} (the default)": (labeler, PRMTrainSpec())
-       for labeler in ("mc", "binary_search", "consensus", "oracle")},
+    **{f"policy backbone, untrained, on {labeler}" + (" (the earlier default)" if labeler == "mc" else ""):
+       (labeler, PRMTrainSpec()) for labeler in ("mc", "binary_search", "consensus", "oracle")},
     "generative, fine-tuned (BCE)": ("oracle", TUNED),
     "generative, fine-tuned, lr 1e-4": ("oracle", _with(TUNED, lr=1e-4)),
     "generative, fine-tuned, lr 3e-5": ("oracle", _with(TUNED, lr=3e-5)),
@@ -103,26 +103,32 @@ VARIANTS = {
                                                                                    pair_weight=0.1)),
     # the verifier out-computes the policy: the policy trained longer on reference solutions
     # (--verifier; default: the one shipped with the package), read the generative way
-    **{f"verifier backbone, untrained, on {labeler}": (labeler, PRMTrainSpec(), "verifier")
-       for labeler in ("mc", "binary_search", "oracle")},
+    **{f"verifier backbone, untrained, on {labeler}" + (" (the default)" if labeler == "mc" else ""):
+       (labeler, PRMTrainSpec(), "verifier") for labeler in ("mc", "binary_search", "oracle")},
     **{f"verifier backbone, Platt-calibrated, on {labeler}": (labeler, PRMTrainSpec(calibrate="platt"), "verifier")
        for labeler in ("mc", "binary_search", "oracle")},
     **{f"verifier backbone, Platt-calibrated, solved problems only, on {labeler}": (
         labeler, PRMTrainSpec(calibrate="platt", solved_only=True), "verifier") for labeler in ("mc", "binary_search")},
     "verifier backbone, untrained, solved problems only, on mc": ("mc", PRMTrainSpec(solved_only=True), "verifier"),
-    "generative, Platt-calibrated, on mc": ("mc", PRMTrainSpec(calibrate="platt")),
+    "policy backbone, Platt-calibrated, on mc": ("mc", PRMTrainSpec(calibrate="platt")),
     "verifier backbone, fine-tuned (BCE), on mc": ("mc", TUNED, "verifier"),
     "verifier backbone, fine-tuned (BCE), lr 3e-5, on mc": ("mc", _with(TUNED, lr=3e-5), "verifier"),
 }
 DEFAULT = ["classifier (the earlier design)", "classifier on mc (the earlier demo PRM)",
            "classifier, read at the step's last token", "classifier, frozen backbone (probe)",
-           "generative, untrained, on mc (the default)", "generative, untrained, on oracle (the default)",
-           "verifier backbone, untrained, on mc", "verifier backbone, untrained, on binary_search",
+           "policy backbone, untrained, on mc (the earlier default)", "policy backbone, untrained, on oracle",
+           "verifier backbone, untrained, on mc (the default)", "verifier backbone, untrained, on binary_search",
            "verifier backbone, untrained, on oracle", "verifier backbone, fine-tuned (BCE), on mc",
            "generative, fine-tuned (BCE)", "generative, fine-tuned, pairwise only",
            "LM on references alone (no label loss, bias refit)", "generative, fine-tuned, BCE + LM on references"]
-QUICK = ["classifier (the earlier design)", "generative, untrained, on mc (the default)", "generative, fine-tuned (BCE)",
-         "verifier backbone, untrained, on mc"]
+QUICK = ["classifier (the earlier design)", "policy backbone, untrained, on mc (the earlier default)", "generative, fine-tuned (BCE)",
+         "verifier backbone, untrained, on mc (the default)"]
+# the backbone and calibration comparison (README, "A PRM that verifies": the design now)
+BACKBONES = ["policy backbone, untrained, on mc (the earlier default)", "policy backbone, Platt-calibrated, on mc",
+             "verifier backbone, untrained, on mc (the default)", "verifier backbone, Platt-calibrated, on mc",
+             "verifier backbone, Platt-calibrated, solved problems only, on mc",
+             "verifier backbone, untrained, on binary_search", "verifier backbone, untrained, on oracle",
+             "verifier backbone, Platt-calibrated, on oracle", "verifier backbone, fine-tuned (BCE), on mc"]
 REFERENCES = 20000  # reference solutions the joint objective reads (training problems 10,000 on)
 EXTRA = 4000  # the "+" labelers' problems (the training set's 1,000th on, clear of the round's rollout)
 
@@ -217,12 +223,13 @@ def main() -> None:
     ap.add_argument("--test-set", default="arith-test")
     ap.add_argument("--only", default=None, help="variant names separated by | (default: DEFAULT)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    ap.add_argument("--backbones", action="store_true", help="the backbone and calibration comparison (BACKBONES)")
     ap.add_argument("--no-references", action="store_true", help="skip the untrained reference scorers")
     ap.add_argument("--verifier", default=None, help="the verifier backbone's model directory (default: the one "
                     "shipped with the package for --train-set)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = QUICK if args.quick else args.only.split("|") if args.only else DEFAULT
+    names = QUICK if args.quick else BACKBONES if args.backbones else args.only.split("|") if args.only else DEFAULT
     if unknown := [n for n in names if n not in VARIANTS]:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     store, policy = LineageStore(default_store_path()), default_model()
