@@ -95,12 +95,12 @@ class PRMTrainSpec:
     point_weight: float = option(1.0, "weight of the pointwise BCE on step labels")
     pair_weight: float = option(0.0, "weight of the Bradley-Terry loss on sibling pairs (one prefix, a right and "
                                 "a wrong next step)")
-    # The score's sharpness matters to PRM-weighted voting (a sum of scores), not to best-of-N
-    # (a ranking): a bias alone keeps the LM's own log-likelihood scale
     # A problem the labeler never saw solved has every step labeled wrong (Monte Carlo: no
     # completion reached the answer), right steps too: its labels say the problem is hard, not
     # which step is wrong, the shortcut a PRM must not learn
     solved_only: bool = option(False, "learn only the problems where the labels call some step right")
+    # The score's sharpness matters to PRM-weighted voting (a sum of scores), not to best-of-N
+    # (a ranking). On Monte Carlo labels a fitted scale came out flatter, not sharper (bench/prm.py)
     calibrate: str = option("bias", "generative: fit the bias to the labels (bias), or the scale and the bias "
                             "(platt: Platt scaling; without fine-tuning only)")
 
