@@ -9,7 +9,8 @@ classifier (the earlier design) learn from the oracle's labels, so that label no
 what they measure.
 
 Columns: best-of-N (min of step scores) for N = 4, 8, 16, best-of-8 by prod and last, PRM
-vote@8 (answers weighted by their solutions' summed scores, and by their summed log-odds); sibling accuracy (right next step over wrong one from one prefix, chance 50%) on the
+vote@8 (answers weighted by their solutions' summed scores, and by their summed log-odds);
+sibling accuracy (right next step over wrong one from one prefix, chance 50%) on the
 held-out rollout's steps and on the training rollout's (does it fit what it learned from?);
 the within-problem signal (mean score of a problem's right samples minus its wrong ones, and
 how often positive); step accuracy against the oracle (with chance) and ProcessBench
@@ -121,8 +122,8 @@ DEFAULT = ["classifier (the earlier design)", "classifier on mc (the earlier dem
            "verifier backbone, untrained, on oracle", "verifier backbone, fine-tuned (BCE), on mc",
            "generative, fine-tuned (BCE)", "generative, fine-tuned, pairwise only",
            "LM on references alone (no label loss, bias refit)", "generative, fine-tuned, BCE + LM on references"]
-QUICK = ["classifier (the earlier design)", "policy backbone, untrained, on mc (the earlier default)", "generative, fine-tuned (BCE)",
-         "verifier backbone, untrained, on mc (the default)"]
+QUICK = ["classifier (the earlier design)", "policy backbone, untrained, on mc (the earlier default)",
+         "generative, fine-tuned (BCE)", "verifier backbone, untrained, on mc (the default)"]
 # the backbone and calibration comparison (README, "A PRM that verifies": the design now)
 BACKBONES = ["policy backbone, untrained, on mc (the earlier default)", "policy backbone, Platt-calibrated, on mc",
              "verifier backbone, untrained, on mc (the default)", "verifier backbone, Platt-calibrated, on mc",

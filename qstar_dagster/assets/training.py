@@ -137,8 +137,8 @@ class PRMConfig(spec_config(PRMTrainSpec, base=TrainConfig)):
 def prm_model(context: AssetExecutionContext, config: PRMConfig, store: LineageStoreResource,
               data_dir: DataDirResource, compute: ComputeResource) -> MaterializeResult:
     spec = to_spec(config, PRMTrainSpec)
-    version, _ = store.store().prompt_set_problems(context.partition_key)
-    verifier, why = prm_backbone(config.backbone, context.partition_key, version)
+    verifier, why = prm_backbone(config.backbone, context.partition_key,
+                                 store.store().prompt_set_head(context.partition_key))
     # recorded in the checkpoint's identity: another backbone is another PRM (none: the policy's, as before)
     if verifier:
         backbone_dir = str(verifier.path)

@@ -288,6 +288,19 @@ class LineageStore:
         return PromptSetWrite(prompt_set, version, len(members), len(problems) - len(members),
                               n_new_prompts, new_version)
 
+    def _prompt_set_not_found(self, prompt_set: str) -> PromptSetNotFoundError:
+        return PromptSetNotFoundError(
+            f"prompt set {prompt_set!r} is not in the lineage store {self.path}; materialize the "
+            f"prompt_set asset for partition {prompt_set!r} first (`make demo` does it for the built-in sets)"
+        )
+
+    def prompt_set_head(self, prompt_set: str) -> str:
+        """The current version of `prompt_set`, without reading its problems."""
+        rows = self.records("SELECT version FROM prompt_set_heads WHERE prompt_set = ?", [prompt_set])
+        if not rows:
+            raise self._prompt_set_not_found(prompt_set)
+        return rows[0]["version"]
+
     def prompt_set_problems(self, prompt_set: str) -> tuple[str, list[Problem]]:
         """The current version of `prompt_set` and its problems in source order."""
         rows = self.records(
@@ -295,10 +308,7 @@ class LineageStore:
             "WHERE prompt_set = ? ORDER BY idx", [prompt_set],
         )
         if not rows:
-            raise PromptSetNotFoundError(
-                f"prompt set {prompt_set!r} is not in the lineage store {self.path}; materialize the "
-                f"prompt_set asset for partition {prompt_set!r} first (`make demo` does it for the built-in sets)"
-            )
+            raise self._prompt_set_not_found(prompt_set)
         problems = [Problem(r["problem"], r["reference_answer"], r["reference_solution"], r["domain"],
                             json.loads(r["meta"]) if r["meta"] else {}) for r in rows]
         return rows[0]["version"], problems

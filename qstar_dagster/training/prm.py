@@ -153,9 +153,9 @@ def training_examples(tok, rows: Sequence[dict], spec: PRMTrainSpec) -> list[dic
     `spec.stop_at_first_error`; NaN for a step an earlier row already teaches when
     `spec.once_per_step`; only the problems with a step labeled right when `spec.solved_only`)."""
     examples, seen = [], set()
-    solved = {r["prompt"] for r in rows if any(r["labels"])}
+    solved = {r["prompt"] for r in rows if any(r["labels"])} if spec.solved_only else None
     for r in rows:
-        if spec.solved_only and r["prompt"] not in solved:
+        if solved is not None and r["prompt"] not in solved:
             continue
         targets = _targets(r, spec.target)
         if targets is None:

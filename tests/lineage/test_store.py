@@ -7,6 +7,7 @@ import pytest
 
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.lineage.schema import LATEST_VERSION
+from qstar_dagster.lineage.store import PromptSetNotFoundError
 from qstar_dagster.tasks.arith import generate_problems
 from qstar_dagster.tasks.problem import Problem
 
@@ -49,6 +50,10 @@ def test_a_changed_source_is_a_new_version_and_old_members_stay(location):
     assert {r["prompt_id"] for r in current} == {p.prompt_id for p in problems[5:]}
     assert counts(store)["prompt_set_members"] == 25  # v1's membership kept for lineage
     assert counts(store)["prompt_texts"] == 20  # shared prompts stored once
+    # the head alone (what a shipped model's fit is checked against) is the version the problems carry
+    assert store.prompt_set_head("a") == v2.version == store.prompt_set_problems("a")[0]
+    with pytest.raises(PromptSetNotFoundError, match="materialize the prompt_set asset for partition 'b'"):
+        store.prompt_set_head("b")
 
 
 def test_duplicates_are_kept_once_and_counted(location):
