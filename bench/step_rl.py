@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import platform
 import random
@@ -52,14 +53,18 @@ from qstar_dagster.training.rft import RFTSpec, train_rft
 from qstar_dagster.training.step_ppo import StepPPOSpec, mc_scores, prm_scores, train_step_ppo
 
 SETS = {"arith": ("arith-train", "arith-test"), "countdown": ("countdown-train", "countdown-test")}
-PPO_ARMS = {  # name -> (reward, credit)
-    "outcome GRPO": ("none", "group"),
-    "outcome PPO": ("none", "gae"),
-    "step-PPO step/prm": ("prm", "step"),
-    "step-PPO gae/prm": ("prm", "gae"),
-    "step-PPO group/prm": ("prm", "group"),
-    "step-PPO step/oracle": ("oracle", "step"),
-    "step-PPO step/mc": ("mc", "step"),
+PPO_ARMS = {  # name -> (reward, credit, after_error)
+    "outcome GRPO": ("none", "group", "keep"),
+    "outcome PPO": ("none", "gae", "keep"),
+    "step-PPO step/prm": ("prm", "step", "keep"),
+    "step-PPO gae/prm": ("prm", "gae", "keep"),
+    "step-PPO group/prm": ("prm", "group", "keep"),
+    "step-PPO step/oracle": ("oracle", "step", "keep"),
+    "step-PPO step/mc": ("mc", "step", "keep"),
+    # no policy gradient on a wrong solution's steps after its first one scored wrong
+    "step-PPO step/prm mask": ("prm", "step", "mask"),
+    "step-PPO group/prm mask": ("prm", "group", "mask"),
+    "step-PPO step/oracle mask": ("oracle", "step", "mask"),
 }
 ARMS = ["base", *PPO_ARMS, "RFT", "step-DPO"]
 
@@ -112,12 +117,19 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--problems", type=int, default=32, help="problems per iteration")
     ap.add_argument("--group", type=int, default=4, help="samples per problem")
-    ap.add_argument("--lr", type=float, default=StepPPOSpec().lr, help="the PPO arms' learning rate")
+    ap.add_argument("--minibatch", type=int, default=StepPPOSpec().minibatch_size, help="sequences per optimizer step")
+    ap.add_argument("--epochs", type=int, default=StepPPOSpec().ppo_epochs, help="PPO passes over each iteration's samples")
+    ap.add_argument("--adam-eps", type=float, default=StepPPOSpec().adam_eps, help="the PPO arms' AdamW epsilon")
+    ap.add_argument("--lr", default=str(StepPPOSpec().lr),
+                    help="the PPO arms' learning rate; a comma-separated list runs each PPO arm at each (a sweep)")
     ap.add_argument("--test", type=int, default=200, help="held-out problems")
     ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # each PPO iteration's line (reward, oracle step accuracy, samples right, KL) on stderr
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("qstar_dagster.training.step_ppo").setLevel(logging.INFO)
     policy = args.model or default_model()
     prm = args.prm or default_prm(policy)
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else ARMS
@@ -129,8 +141,10 @@ def main() -> None:
         print("no PRM (pass --prm, or run make demo): the prm arms are left out")
     train_set, test_set = SETS[args.domain]
     train, test = builtin_problems(train_set), builtin_problems(test_set)[: args.test]
+    lrs = [float(x) for x in args.lr.split(",")]
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
-                            lr=args.lr, eval_every=0)
+                            lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
+                            adam_eps=args.adam_eps, eval_every=0)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
     # the problems the PPO arms see, for the offline arms (the same seeded draws)
@@ -140,15 +154,17 @@ def main() -> None:
     offline = [by_text[t] for t in seen]
     figures: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="step_rl-"))
-    for arm in arms:
+    runs = [(f"{a} lr {lr:g}" if len(lrs) > 1 and a in PPO_ARMS else a, a, lr)
+            for a in arms for lr in (lrs if a in PPO_ARMS else lrs[:1])]
+    for name, arm, lr in runs:
         started = time.monotonic()
-        out = work / arm.replace(" ", "_").replace("/", "_")
+        out = work / name.replace(" ", "_").replace("/", "_")
         info: dict = {}
         if arm == "base":
             path = policy
         elif arm in PPO_ARMS:
-            reward, credit = PPO_ARMS[arm]
-            spec = replace(base_spec, reward=reward, credit=credit)
+            reward, credit, after_error = PPO_ARMS[arm]
+            spec = replace(base_spec, reward=reward, credit=credit, after_error=after_error, lr=lr)
             score = {"prm": lambda: prm_scores(PRMScorer(prm)), "mc": lambda: mc_scores(4, 0.7, 96)}.get(
                 reward, lambda: None)()
             summary = train_step_ppo(policy, train, out, spec, score=score)
@@ -169,20 +185,20 @@ def main() -> None:
                 train_dpo(policy, rows, out, DPOSpec(steps=opt_steps),
                           completion_end=step_format(offline[0].domain).separator)
         train_s = time.monotonic() - started
-        figures[arm] = {**measure(path, test), **info, "train_seconds": round(train_s, 1)}
-        f = figures[arm]
-        print(f"{arm}: greedy {f['greedy']:.1%}, pass@8 {f['pass_at_8']:.1%}, oracle step accuracy "
+        figures[name] = {**measure(path, test), **info, "train_seconds": round(train_s, 1)}
+        f = figures[name]
+        print(f"{name}: greedy {f['greedy']:.1%}, pass@8 {f['pass_at_8']:.1%}, oracle step accuracy "
               f"{f['oracle_step_accuracy']:.1%} ({train_s:.0f}s)", flush=True)
 
     print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
           f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr})")
-    print(f"{'arm':24}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}")
+    print(f"{'arm':32}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}")
     for arm, f in figures.items():
-        print(f"{arm:24}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
+        print(f"{arm:32}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}")
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
-                      "problems": args.problems, "group": args.group, "lr": args.lr, "optimizer_steps": opt_steps,
+                      "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps, "optimizer_steps": opt_steps,
                       "arms": figures}))
 
 

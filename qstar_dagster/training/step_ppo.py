@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 STEP_PPO_TRAINER = "step_ppo"  # the checkpoints' config.trainer
 # Bumped when the trainer's output changes for the same inputs; part of the checkpoint's id
 # and the step_ppo_policy asset's code version.
-STEP_PPO_REVISION = 1
+STEP_PPO_REVISION = 2
 CREDITS = ("step", "gae", "group")
 REWARDS = ("prm", "mc", "oracle", "none")  # none: the outcome alone (outcome-only RL)
+AFTER_ERROR = ("mask", "keep")
 SHAPINGS = ("clip", "delta", "none")
 STATE = "state.pt"  # the progress of an unfinished training, in its progress directory
 
@@ -75,10 +76,13 @@ class StepPPOSpec:
     credit: str = option("step", f"credit assignment: {', '.join(CREDITS)}")
     shaping: str = option("clip", f"step-reward shaping against hacking: {', '.join(SHAPINGS)}")
     outcome_weight: float = option(1.0, "weight of the outcome reward (1 right, 0 wrong) at the solution's end")
+    after_error: str = option("keep", "steps after a wrong solution's first step scored below 0.5: mask (no policy "
+                                      "gradient: their score is the doomed prefix's, not theirs) or keep")
     mc_n: int = option(4, "reward=mc: completions per step prefix")
     ppo_epochs: int = option(2, "passes over each iteration's samples")
     minibatch_size: int = option(32, "sequences per optimizer step")
     lr: float = option(2e-5, "learning rate (AdamW, constant)")
+    adam_eps: float = option(1e-8, "AdamW's epsilon")
     clip: float = option(0.2, "PPO's clip range of the probability ratio")
     kl_coef: float = option(0.05, "weight of the KL penalty against the starting policy")
     vf_coef: float = option(0.5, "weight of the value loss (credit step and gae)")
@@ -89,7 +93,7 @@ class StepPPOSpec:
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("reward", self.reward, REWARDS), ("credit", self.credit, CREDITS),
-                                     ("shaping", self.shaping, SHAPINGS)):
+                                     ("shaping", self.shaping, SHAPINGS), ("after_error", self.after_error, AFTER_ERROR)):
             if value not in allowed:
                 raise ValueError(f"step_ppo {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.credit == "group" and self.group_size < 2:
@@ -199,6 +203,19 @@ class Sample:
     oracle: list[bool] | None = None  # the oracle's verdict per step, where the domain has one
     step_rewards: list[float] = field(default_factory=list)  # shaped step rewards
     rewards: list[float] = field(default_factory=list)  # the same with the outcome added on the last step
+    credited_steps: int | None = None  # steps that get a policy gradient (None: all)
+
+
+def credited_steps(scores: Sequence[float], correct: bool, threshold: float = 0.5) -> int | None:
+    """after_error=mask: a wrong solution's steps up to and including the first one scored
+    below `threshold`. The steps after it inherit its doom: a PRM, Monte Carlo values and the
+    oracle all score them low whatever they do (after `53 - 47 = 8`, the right `8 * 3 = 24`
+    scores 0), so a gradient on them would teach the policy that right arithmetic is wrong.
+    None (all steps) for a right solution, or when no step is scored below `threshold`."""
+    if correct:
+        return None
+    first = next((k for k, x in enumerate(scores) if x < threshold), None)
+    return None if first is None else first + 1
 
 
 def encode_sample(tok, prompt: str, text: str, separator: str, finished: bool) -> tuple[list[int], int, list[int], list[str]]:
@@ -254,6 +271,19 @@ def _pad(samples: Sequence[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Te
         mask[r, : len(s.ids)] = 1
         action[r, s.n_prompt - 1: len(s.ids) - 1] = 1
     return ids, mask, action
+
+
+def _credit_mask(samples: Sequence[Sample], action: torch.Tensor) -> torch.Tensor:
+    """`action` restricted to the tokens of each sample's credited steps (the policy
+    gradient's tokens; the KL penalty still covers them all)."""
+    credit = action.clone()
+    for r, s in enumerate(samples):
+        if s.credited_steps is not None:
+            a = s.n_prompt - 1
+            for i, k in enumerate(s.token_step):
+                if k >= s.credited_steps:
+                    credit[r, a + i] = 0
+    return credit
 
 
 def _forward(model, value_head, ids, mask, temperature: float):
@@ -406,7 +436,7 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     value_head = ValueHead(model.config.hidden_size).to(device) if spec.needs_critic else None
     params = list(model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0, eps=spec.adam_eps)
     fingerprint = _fingerprint(spec, {"base": str(base_dir), "n_problems": len(problems), **(identity or {})})
     progress = Progress()
     if state := _load_state(progress_dir, fingerprint):
@@ -444,6 +474,8 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
             s.scores = list(sc)
             s.step_rewards = (shape(s.scores, spec.shaping) if s.scores else [0.0] * len(s.steps)) or [0.0]
             s.rewards = s.step_rewards[:-1] + [s.step_rewards[-1] + spec.outcome_weight * float(s.correct)]
+            if spec.after_error == "mask":
+                s.credited_steps = credited_steps(s.scores, s.correct)
         stats = _update(model, reference, value_head, opt, samples, spec, pad_id)
         progress.iteration = it
         progress.sampled_tokens += sampled_tokens
@@ -495,7 +527,9 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
     if not samples:
         return {"loss": None, "kl": 0.0}
     device = next(model.parameters()).device
-    ids, mask, action = (t.to(device) for t in _pad(samples, pad_id))
+    ids, mask, action = _pad(samples, pad_id)
+    credit = _credit_mask(samples, action)
+    ids, mask, action, credit = (t.to(device) for t in (ids, mask, action, credit))
     with torch.no_grad():
         old_logp, values = _forward(model, value_head, ids, mask, spec.temperature)
         ref_logp, _ = _forward(reference, None, ids, mask, spec.temperature)
@@ -511,7 +545,7 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
     adv = _per_token(samples, action.shape[1], None if values is None else values.cpu(), spec, group_adv).to(device)
     returns = adv + values if values is not None else None  # the value head's targets, before whitening
     if spec.credit != "group":
-        adv = whiten(adv, action)
+        adv = whiten(adv, credit)
     order = torch.Generator().manual_seed(spec.seed)
     losses, kls = [], []
     model.train()
@@ -519,8 +553,8 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
         perm = torch.randperm(len(samples), generator=order).to(device)
         for start in range(0, len(samples), spec.minibatch_size):
             idx = perm[start: start + spec.minibatch_size]
-            m = action[idx]
-            n = m.sum().clamp(min=1)
+            m, c = action[idx], credit[idx]
+            n, n_c = m.sum().clamp(min=1), c.sum().clamp(min=1)
             logp, v = _forward(model, value_head, ids[idx], mask[idx], spec.temperature)
             ratio = torch.exp(logp - old_logp[idx])
             a = adv[idx]
@@ -528,7 +562,7 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
             # k3 estimator of KL(policy || reference): non-negative, unbiased
             delta = ref_logp[idx] - logp
             kl = torch.exp(delta) - delta - 1
-            loss = ((pg + spec.kl_coef * kl) * m).sum() / n
+            loss = (pg * c).sum() / n_c + spec.kl_coef * (kl * m).sum() / n
             if v is not None:
                 loss = loss + spec.vf_coef * (((v - returns[idx]) ** 2) * m).sum() / n
             opt.zero_grad()

@@ -1,10 +1,15 @@
 """Step-level PPO's credit assignment on hand-built rewards, each value worked out by hand."""
 
 import pytest
+import torch
 
 from qstar_dagster.training.charlm import char_tokenizer
 from qstar_dagster.training.step_ppo import (
+    Sample,
     StepPPOSpec,
+    _credit_mask,
+    _pad,
+    credited_steps,
     encode_sample,
     gae,
     gae_advantages,
@@ -91,8 +96,37 @@ def test_each_token_belongs_to_one_step():
     assert cut_steps == [0] * len("1 + 2 = 3\n") + [1] * len("The ans")
 
 
+def test_a_wrong_solution_is_credited_up_to_its_first_wrong_step():
+    # 53 - 47 = 8 (wrong), 8 * 3 = 24 (right arithmetic, doomed prefix), The answer is 24
+    assert credited_steps([0.9, 0.1, 0.05, 0.0], correct=False) == 2
+    assert credited_steps([0.2, 0.9], correct=False) == 1
+    # no step scored wrong (an outcome-only reward has no scores): every step credited
+    assert credited_steps([0.9, 0.8], correct=False) is None
+    assert credited_steps([], correct=False) is None
+    # a right solution: every step led to the right answer, a low score is the scorer's miss
+    assert credited_steps([0.9, 0.1, 0.9], correct=True) is None
+
+
+def test_the_credit_mask_drops_the_steps_after_the_first_error_only():
+    tok = char_tokenizer()
+    ids, n_prompt, token_step, steps = encode_sample(tok, "Q\n", "1 + 2 = 4\n4 + 1 = 5\nThe answer is 5", "\n",
+                                                     finished=True)
+    wrong = Sample(None, 0, "", steps, ids, n_prompt, token_step, credited_steps=1)
+    right = Sample(None, 0, "", steps, ids, n_prompt, token_step, credited_steps=None)
+    _, _, action = _pad([wrong, right], pad_id=0)
+    credit = _credit_mask([wrong, right], action)
+    first = len("1 + 2 = 4\n")
+    a = n_prompt - 1  # the logit that predicts the first completion token
+    assert credit[0, a: a + first].tolist() == [1.0] * first  # the wrong step itself stays punished
+    assert credit[0, a + first:].sum() == 0  # what follows from it is left alone
+    assert torch.equal(credit[1], action[1])  # a right solution: every token
+    assert action[0, a + first:].sum() == len(token_step) - first  # the KL penalty still sees them
+
+
 def test_bad_config_says_what_is_allowed():
     with pytest.raises(ValueError, match="credit must be one of step, gae, group"):
         StepPPOSpec(credit="token")
     with pytest.raises(ValueError, match="group_size >= 2"):
         StepPPOSpec(credit="group", group_size=1)
+    with pytest.raises(ValueError, match="after_error must be one of mask, keep"):
+        StepPPOSpec(after_error="drop")
