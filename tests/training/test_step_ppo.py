@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from qstar_dagster.generation.base import SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.tasks.arith import generate_problems
-from qstar_dagster.training.step_ppo import STATE, StepPPOSpec, train_step_ppo
+from qstar_dagster.tasks.problem import policy_prompt
+from qstar_dagster.training.step_ppo import STATE, StepPPOSpec, encode_sample, train_step_ppo
 
 from ..conftest import EASY_ARITH
 
@@ -25,6 +26,31 @@ def test_it_fits_its_own_training_problems(arith_policy_dir, tmp_path, reward, c
     right = [acc for _, acc in summary["curves"]["sample_accuracy"]]
     assert sum(right[-3:]) / 3 >= sum(right[:2]) / 2 + 0.1, right
     assert summary["final_kl"] > 0
+
+
+def test_the_trained_tokens_are_the_sampled_ones():
+    """step_ppo re-encodes each sample from its text, step by step; the log-probabilities it
+    trains must be those of the tokens the generator drew (else it learns on sequences the
+    policy never wrote), the end of sequence included. The shipped policy at step_ppo's
+    sampling temperature, on problems of its own domain."""
+    from transformers import AutoTokenizer
+
+    from qstar_dagster.training.shipped import SHIPPED_ROOT
+
+    policy = SHIPPED_ROOT / "arith"
+    tok = AutoTokenizer.from_pretrained(policy)
+    problems = generate_problems(8, seed=33)
+    prompts = [policy_prompt(p.problem) for p in problems]
+    out = TransformersGenerator(policy).generate(
+        prompts, SamplingParams(n=4, temperature=StepPPOSpec().temperature, max_new_tokens=96, logprobs=True))
+    finished = 0
+    for prompt, completions in zip(prompts, out):
+        for c in completions:
+            ids, n_prompt, token_step, _ = encode_sample(tok, prompt, c.text, "\n", c.finish_reason == "stop")
+            assert ids[n_prompt:] == list(c.token_ids), c.text
+            assert len(token_step) == len(c.token_ids)
+            finished += c.finish_reason == "stop"
+    assert finished  # the end-of-sequence case was checked
 
 
 @pytest.mark.parametrize("credit", ["step", "gae"])
