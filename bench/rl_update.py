@@ -34,16 +34,14 @@ from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
-from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.step_ppo import (
     Sample,
     StepPPOSpec,
     ValueHead,
     _update,
-    credited_steps,
-    encode_sample,
+    make_samples,
     oracle_scores,
-    shape,
+    reward_samples,
 )
 
 SETS = {"arith": "arith-train", "countdown": "countdown-train"}
@@ -55,20 +53,10 @@ ARMS = {  # name -> (reward, credit, after_error)
 
 
 def samples_of(model, tok, problems, n: int, seed: int) -> list[Sample]:
-    out = TransformersGenerator(model, tok).generate([policy_prompt(p.problem) for p in problems],
-                                                     SamplingParams(n=n, temperature=0.7, max_new_tokens=96, seed=seed))
-    samples = []
-    for g, (p, cs) in enumerate(zip(problems, out)):
-        d = domain(p.domain)
-        for c in cs:
-            ids, n_prompt, token_step, steps = encode_sample(tok, policy_prompt(p.problem), c.text,
-                                                             step_format(p.domain).separator, c.finish_reason == "stop")
-            if len(ids) == n_prompt:
-                continue
-            s = Sample(p, g, c.text, steps, ids, n_prompt, token_step, correct=d.grade(p, c.text)[1])
-            s.oracle = d.oracle(p, steps).labels[: len(steps)] if d.has_oracle and steps else None
-            samples.append(s)
-    return samples
+    prompts = [policy_prompt(p.problem) for p in problems]
+    out = TransformersGenerator(model, tok).generate(prompts, SamplingParams(n=n, temperature=0.7, max_new_tokens=96,
+                                                                             seed=seed))
+    return make_samples(tok, problems, prompts, out)
 
 
 def rates(model, tok, problems, n: int, seed: int) -> dict:
@@ -109,12 +97,7 @@ def main() -> None:
             spec = StepPPOSpec(reward=reward, credit=credit, after_error=after_error, group_size=args.group, lr=lr,
                                minibatch_size=32)
             samples = [replace(s) for s in batch]
-            scores = oracle_scores(samples) if reward == "oracle" else [[] for _ in samples]
-            for s, sc in zip(samples, scores):  # as train_step_ppo scores an iteration
-                s.scores = list(sc)
-                s.step_rewards = (shape(s.scores, spec.shaping) if s.scores else [0.0] * len(s.steps)) or [0.0]
-                s.rewards = s.step_rewards[:-1] + [s.step_rewards[-1] + spec.outcome_weight * float(s.correct)]
-                s.credited_steps = credited_steps(s.scores, s.correct) if after_error == "mask" else None
+            reward_samples(samples, oracle_scores(samples) if reward == "oracle" else [[] for _ in samples], spec)
             torch.manual_seed(0)
             model = copy.deepcopy(base)
             head = ValueHead(model.config.hidden_size) if spec.needs_critic else None

@@ -243,6 +243,34 @@ def encode_sample(tok, prompt: str, text: str, separator: str, finished: bool) -
     return ids, n_prompt, token_step, steps
 
 
+def make_samples(tok, problems: Sequence[Problem], prompts: Sequence[str], completions) -> list[Sample]:
+    """One iteration's samples: each completion of problem g (`completions[g]`, from the
+    generator) cut into the domain's steps, graded, and judged by the oracle where the domain
+    has one. Completions with nothing generated are left out (nothing to credit)."""
+    samples: list[Sample] = []
+    for g, (p, prompt, cs) in enumerate(zip(problems, prompts, completions)):
+        d = domain(p.domain)
+        sep = step_format(p.domain).separator
+        for c in cs:
+            ids, n_prompt, token_step, steps = encode_sample(tok, prompt, c.text, sep, c.finish_reason == "stop")
+            if len(ids) == n_prompt:
+                continue
+            s = Sample(p, g, c.text, steps, ids, n_prompt, token_step, correct=d.grade(p, c.text)[1])
+            s.oracle = d.oracle(p, steps).labels[: len(steps)] if d.has_oracle and steps else None
+            samples.append(s)
+    return samples
+
+
+def reward_samples(samples: Sequence[Sample], step_scores: Sequence[Sequence[float]], spec: StepPPOSpec) -> None:
+    """Set each sample's scores, shaped step rewards, rewards (the outcome added on the last
+    step) and, for after_error=mask, its credited steps."""
+    for s, sc in zip(samples, step_scores):
+        s.scores = list(sc)
+        s.step_rewards = (shape(s.scores, spec.shaping) if s.scores else [0.0] * len(s.steps)) or [0.0]
+        s.rewards = s.step_rewards[:-1] + [s.step_rewards[-1] + spec.outcome_weight * float(s.correct)]
+        s.credited_steps = credited_steps(s.scores, s.correct) if spec.after_error == "mask" else None
+
+
 # --- the model: policy with a value head ----------------------------------------------------
 
 
@@ -457,25 +485,10 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
         prompts = [policy_prompt(p.problem, template) for p in batch]
         completions = gen.generate(prompts, SamplingParams(n=spec.group_size, temperature=spec.temperature,
                                                            max_new_tokens=spec.max_new_tokens, seed=spec.seed * 7919 + it))
-        samples: list[Sample] = []
-        for g, (p, prompt, cs) in enumerate(zip(batch, prompts, completions)):
-            d = domain(p.domain)
-            sep = step_format(p.domain).separator
-            for c in cs:
-                ids, n_prompt, token_step, steps = encode_sample(tok, prompt, c.text, sep, c.finish_reason == "stop")
-                if len(ids) == n_prompt:  # nothing generated: nothing to credit
-                    continue
-                s = Sample(p, g, c.text, steps, ids, n_prompt, token_step, correct=d.grade(p, c.text)[1])
-                s.oracle = d.oracle(p, steps).labels[: len(steps)] if d.has_oracle and steps else None
-                samples.append(s)
+        samples = make_samples(tok, batch, prompts, completions)
         sampled_tokens = sum(len(s.token_step) for s in samples)
         step_scores = score(samples, gen) if score is not None and spec.reward != "none" else [[] for _ in samples]
-        for s, sc in zip(samples, step_scores):
-            s.scores = list(sc)
-            s.step_rewards = (shape(s.scores, spec.shaping) if s.scores else [0.0] * len(s.steps)) or [0.0]
-            s.rewards = s.step_rewards[:-1] + [s.step_rewards[-1] + spec.outcome_weight * float(s.correct)]
-            if spec.after_error == "mask":
-                s.credited_steps = credited_steps(s.scores, s.correct)
+        reward_samples(samples, step_scores, spec)
         stats = _update(model, reference, value_head, opt, samples, spec, pad_id)
         progress.iteration = it
         progress.sampled_tokens += sampled_tokens
