@@ -55,7 +55,7 @@ ARMS = {  # name -> (reward, credit, after_error)
 def samples_of(model, tok, problems, n: int, seed: int) -> list[Sample]:
     prompts = [policy_prompt(p.problem) for p in problems]
     out = TransformersGenerator(model, tok).generate(prompts, SamplingParams(n=n, temperature=0.7, max_new_tokens=96,
-                                                                             seed=seed))
+                                                                             seed=seed, logprobs=True))
     return make_samples(tok, problems, prompts, out)
 
 

@@ -243,6 +243,30 @@ def encode_sample(tok, prompt: str, text: str, separator: str, finished: bool) -
     return ids, n_prompt, token_step, steps
 
 
+def encode_sampled(tok, prompt: str, text: str, token_ids: Sequence[int], separator: str
+                   ) -> tuple[list[int], int, list[int], list[str]] | None:
+    """`encode_sample` on the tokens the generator drew rather than a re-encoding of its
+    text, which can differ (a subword model splits a step's text alone otherwise than inside
+    the solution; a sampled special token vanishes from the decoded text). Each token belongs
+    to the step its first character falls in, a separator to the step it ends; tokens with no
+    text (the end of sequence) to the step before them. None when the tokens do not decode to
+    `text` (the backend cut it): the caller re-encodes the text."""
+    ids = tok(prompt, add_special_tokens=True)["input_ids"]
+    if tok.decode(list(token_ids), skip_special_tokens=True) != text:
+        return None
+    pieces = text.split(separator)
+    # the step of piece i: non-blank pieces up to it, less one (a blank piece joins the step before)
+    step_of_piece, n = [], 0
+    for piece in pieces:
+        n += bool(piece.strip())
+        step_of_piece.append(max(0, n - 1))
+    token_step = []
+    for i in range(len(token_ids)):
+        start = len(tok.decode(list(token_ids[:i]), skip_special_tokens=True))  # where token i's text begins
+        token_step.append(step_of_piece[text[:start].count(separator)])
+    return ids + list(token_ids), len(ids), token_step, [p.strip() for p in pieces if p.strip()]
+
+
 def make_samples(tok, problems: Sequence[Problem], prompts: Sequence[str], completions) -> list[Sample]:
     """One iteration's samples: each completion of problem g (`completions[g]`, from the
     generator) cut into the domain's steps, graded, and judged by the oracle where the domain
@@ -252,7 +276,9 @@ def make_samples(tok, problems: Sequence[Problem], prompts: Sequence[str], compl
         d = domain(p.domain)
         sep = step_format(p.domain).separator
         for c in cs:
-            ids, n_prompt, token_step, steps = encode_sample(tok, prompt, c.text, sep, c.finish_reason == "stop")
+            encoded = encode_sampled(tok, prompt, c.text, c.token_ids, sep) if c.token_ids is not None else None
+            ids, n_prompt, token_step, steps = encoded or encode_sample(tok, prompt, c.text, sep,
+                                                                        c.finish_reason == "stop")
             if len(ids) == n_prompt:
                 continue
             s = Sample(p, g, c.text, steps, ids, n_prompt, token_step, correct=d.grade(p, c.text)[1])
@@ -483,8 +509,10 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
         model.eval()
         gen = sampler(model, tok)
         prompts = [policy_prompt(p.problem, template) for p in batch]
+        # logprobs: the backend returns the token ids it drew, which are what gets trained
         completions = gen.generate(prompts, SamplingParams(n=spec.group_size, temperature=spec.temperature,
-                                                           max_new_tokens=spec.max_new_tokens, seed=spec.seed * 7919 + it))
+                                                           max_new_tokens=spec.max_new_tokens, seed=spec.seed * 7919 + it,
+                                                           logprobs=True))
         samples = make_samples(tok, batch, prompts, completions)
         sampled_tokens = sum(len(s.token_step) for s in samples)
         step_scores = score(samples, gen) if score is not None and spec.reward != "none" else [[] for _ in samples]

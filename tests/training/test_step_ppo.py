@@ -29,27 +29,31 @@ def test_it_fits_its_own_training_problems(arith_policy_dir, tmp_path, reward, c
 
 
 def test_the_trained_tokens_are_the_sampled_ones():
-    """step_ppo re-encodes each sample from its text, step by step; the log-probabilities it
-    trains must be those of the tokens the generator drew (else it learns on sequences the
-    policy never wrote), the end of sequence included. The shipped policy at step_ppo's
-    sampling temperature, on problems of its own domain."""
+    """The log-probabilities step_ppo trains must be those of the tokens the generator drew
+    (else it learns on sequences the policy never wrote), the end of sequence included, and
+    each token must sit in the step its text is in. The shipped policy at temperature 1, on
+    problems of its own domain."""
     from transformers import AutoTokenizer
 
     from qstar_dagster.training.shipped import SHIPPED_ROOT
+    from qstar_dagster.training.step_ppo import make_samples
 
     policy = SHIPPED_ROOT / "arith"
     tok = AutoTokenizer.from_pretrained(policy)
     problems = generate_problems(8, seed=33)
     prompts = [policy_prompt(p.problem) for p in problems]
     out = TransformersGenerator(policy).generate(
-        prompts, SamplingParams(n=4, temperature=StepPPOSpec().temperature, max_new_tokens=96, logprobs=True))
+        prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=96, logprobs=True))
+    samples = make_samples(tok, problems, prompts, out)
+    completions = [c for cs in out for c in cs if c.token_ids]  # make_samples leaves out empty ones
+    assert [s.ids[s.n_prompt:] for s in samples] == [c.token_ids for c in completions]
     finished = 0
-    for prompt, completions in zip(prompts, out):
-        for c in completions:
-            ids, n_prompt, token_step, _ = encode_sample(tok, prompt, c.text, "\n", c.finish_reason == "stop")
-            assert ids[n_prompt:] == list(c.token_ids), c.text
-            assert len(token_step) == len(c.token_ids)
-            finished += c.finish_reason == "stop"
+    for s, c in zip(samples, completions):
+        _, _, token_step, steps = encode_sample(tok, prompts[s.group], c.text, "\n", c.finish_reason == "stop")
+        assert s.steps == steps
+        if len(token_step) == len(s.token_step):  # the text re-encodes to the drawn tokens: the same steps
+            assert s.token_step == token_step
+        finished += c.finish_reason == "stop"
     assert finished  # the end-of-sequence case was checked
 
 

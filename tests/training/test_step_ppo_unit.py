@@ -11,6 +11,7 @@ from qstar_dagster.training.step_ppo import (
     _pad,
     credited_steps,
     encode_sample,
+    encode_sampled,
     gae,
     gae_advantages,
     group_advantages,
@@ -94,6 +95,23 @@ def test_each_token_belongs_to_one_step():
     # a solution cut by the token budget has no end of sequence
     _, _, cut_steps, _ = encode_sample(tok, "Q\n", "1 + 2 = 3\nThe ans", "\n", finished=False)
     assert cut_steps == [0] * len("1 + 2 = 3\n") + [1] * len("The ans")
+
+
+def test_the_sampled_tokens_are_kept_even_where_the_text_loses_one():
+    tok = char_tokenizer()
+    text = "1 + 2 = 3\nThe answer is 3"
+    drawn = (tok(text[:10], add_special_tokens=False)["input_ids"] + [tok.pad_token_id]  # a special token drawn mid-way
+             + tok(text[10:], add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    ids, n_prompt, token_step, steps = encode_sampled(tok, "Q\n", text, drawn, "\n")
+    assert ids[n_prompt:] == drawn  # re-encoding the text would have lost the special token
+    assert steps == ["1 + 2 = 3", "The answer is 3"]
+    # the separator ends step 0; the textless special token goes with the step it stands in
+    assert token_step == [0] * 10 + [1] + [1] * len("The answer is 3") + [1]
+    # where the text re-encodes to the same tokens, both ways give the same steps
+    plain = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert encode_sampled(tok, "Q\n", text, plain, "\n") == encode_sample(tok, "Q\n", text, "\n", finished=True)
+    # tokens that do not decode to the text (a backend cut it at a stop string): re-encode instead
+    assert encode_sampled(tok, "Q\n", text[:5], plain, "\n") is None
 
 
 def test_a_wrong_solution_is_credited_up_to_its_first_wrong_step():
