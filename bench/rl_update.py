@@ -37,8 +37,8 @@ from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.training.step_ppo import (
     Sample,
     StepPPOSpec,
-    ValueHead,
     _update,
+    make_optimizer,
     make_samples,
     oracle_scores,
     reward_samples,
@@ -100,9 +100,7 @@ def main() -> None:
             reward_samples(samples, oracle_scores(samples) if reward == "oracle" else [[] for _ in samples], spec)
             torch.manual_seed(0)
             model = copy.deepcopy(base)
-            head = ValueHead(model.config.hidden_size) if spec.needs_critic else None
-            params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, eps=spec.adam_eps)
+            head, opt = make_optimizer(model, spec)
             stats = _update(model, base, head, opt, samples, spec, pad_id)
             after = {"seen": rates(model, tok, seen, args.group, seed=2),
                      "other": rates(model, tok, other, args.group, seed=3), "kl": stats["kl"]}

@@ -218,28 +218,33 @@ def credited_steps(scores: Sequence[float], correct: bool, threshold: float = 0.
     return None if first is None else first + 1
 
 
+def _pieces(text: str, separator: str) -> tuple[list[str], list[int], list[str]]:
+    """The text's pieces between separators, the step each piece belongs to (a blank piece
+    joins the step before it), and the steps (the non-blank pieces, stripped)."""
+    pieces = text.split(separator)
+    steps = [p.strip() for p in pieces if p.strip()]
+    step_of_piece, n = [], 0
+    for piece in pieces:
+        n += bool(piece.strip())
+        step_of_piece.append(max(0, n - 1))
+    return pieces, step_of_piece, steps
+
+
 def encode_sample(tok, prompt: str, text: str, separator: str, finished: bool) -> tuple[list[int], int, list[int], list[str]]:
     """(ids, prompt length, each completion token's step, the steps). The completion is
     tokenized piece by piece (each step with its separator), so every token belongs to one
     step; blank pieces and the end of sequence go with the step before them."""
     ids = tok(prompt, add_special_tokens=True)["input_ids"]  # as the generator encodes it (a BOS where the model has one)
     n_prompt = len(ids)
-    pieces = text.split(separator)
+    pieces, step_of_piece, steps = _pieces(text, separator)
     token_step: list[int] = []
-    steps: list[str] = []
     for i, piece in enumerate(pieces):
-        chunk = piece + (separator if i + 1 < len(pieces) else "")
-        if not chunk:
-            continue
-        if piece.strip():
-            steps.append(piece.strip())
-        k = max(0, len(steps) - 1)
-        new = tok(chunk, add_special_tokens=False)["input_ids"]
+        new = tok(piece + (separator if i + 1 < len(pieces) else ""), add_special_tokens=False)["input_ids"]
         ids += new
-        token_step += [k] * len(new)
+        token_step += [step_of_piece[i]] * len(new)
     if finished and tok.eos_token_id is not None:
         ids.append(tok.eos_token_id)
-        token_step.append(max(0, len(steps) - 1))
+        token_step.append(step_of_piece[-1])
     return ids, n_prompt, token_step, steps
 
 
@@ -254,17 +259,12 @@ def encode_sampled(tok, prompt: str, text: str, token_ids: Sequence[int], separa
     ids = tok(prompt, add_special_tokens=True)["input_ids"]
     if tok.decode(list(token_ids), skip_special_tokens=True) != text:
         return None
-    pieces = text.split(separator)
-    # the step of piece i: non-blank pieces up to it, less one (a blank piece joins the step before)
-    step_of_piece, n = [], 0
-    for piece in pieces:
-        n += bool(piece.strip())
-        step_of_piece.append(max(0, n - 1))
+    _, step_of_piece, steps = _pieces(text, separator)
     token_step = []
     for i in range(len(token_ids)):
         start = len(tok.decode(list(token_ids[:i]), skip_special_tokens=True))  # where token i's text begins
         token_step.append(step_of_piece[text[:start].count(separator)])
-    return ids + list(token_ids), len(ids), token_step, [p.strip() for p in pieces if p.strip()]
+    return ids + list(token_ids), len(ids), token_step, steps
 
 
 def make_samples(tok, problems: Sequence[Problem], prompts: Sequence[str], completions) -> list[Sample]:
@@ -338,6 +338,13 @@ def _credit_mask(samples: Sequence[Sample], action: torch.Tensor) -> torch.Tenso
                 if k >= s.credited_steps:
                     credit[r, a + i] = 0
     return credit
+
+
+def make_optimizer(model, spec: StepPPOSpec, device: str = "cpu") -> tuple[ValueHead | None, torch.optim.Optimizer]:
+    """The value head (where the credit needs one) and the AdamW over it and the policy."""
+    value_head = ValueHead(model.config.hidden_size).to(device) if spec.needs_critic else None
+    params = list(model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
+    return value_head, torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0, eps=spec.adam_eps)
 
 
 def _forward(model, value_head, ids, mask, temperature: float):
@@ -488,9 +495,7 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir).to(device)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
-    value_head = ValueHead(model.config.hidden_size).to(device) if spec.needs_critic else None
-    params = list(model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0, eps=spec.adam_eps)
+    value_head, opt = make_optimizer(model, spec, device)
     fingerprint = _fingerprint(spec, {"base": str(base_dir), "n_problems": len(problems), **(identity or {})})
     progress = Progress()
     if state := _load_state(progress_dir, fingerprint):
