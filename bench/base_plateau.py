@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=BasePolicyConfig().layers)
     ap.add_argument("--heads", type=int, default=BasePolicyConfig().heads)
     ap.add_argument("--lr", type=float, default=BasePolicyConfig().lr)
+    ap.add_argument("--practice", type=float, default=BasePolicyConfig().practice,
+                    help="practice walks per training problem (Countdown; see BasePolicyConfig)")
     ap.add_argument("--problems", type=int, default=200, help="held-out problems per setting")
     ap.add_argument("--save", default="/tmp/plateau", help="where trained policies go")
     ap.add_argument("--threads", type=int, default=2)
@@ -105,7 +107,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     schedules = [int(s) for s in args.steps.split(",")]
     cfg = BasePolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, lr=args.lr,
-                           eval_every=args.curve_every)
+                           eval_every=args.curve_every, practice=args.practice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     runs: dict[str, dict] = {}
     for setting in filter(None, (s.strip() for s in args.settings.split(";"))):
@@ -116,7 +118,8 @@ def main() -> None:
             return greedy_accuracy(TransformersGenerator(model, tok), curve_problems)
 
         for steps in sorted(schedules, reverse=True):  # the longest first: it is the candidate to ship
-            path = Path(args.save) / f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
+            path = Path(args.save) / (f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
+                                      + (f"-practice{cfg.practice:g}" if cfg.practice else ""))
             saved = path / "training.json"  # the trainer's summary beside the weights, as in a checkpoint
             if saved.is_file() and (path / "model.safetensors").is_file():  # trained by an earlier run: measure it
                 summary = json.loads(saved.read_text())
@@ -154,7 +157,8 @@ def main() -> None:
         print(f"{s}: {r['train_problems']} training problems; the longest schedule gains "
               f"{r['gain_of_longest']} greedy -> {'plateau' if r['plateau'] else 'not at a plateau'}")
     print(json.dumps({"bench": "base_plateau", "machine": platform.machine(), "threads": args.threads,
-                      "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "lr": cfg.lr},
+                      "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "lr": cfg.lr,
+                                "practice": cfg.practice},
                       "runs": runs}))
 
 

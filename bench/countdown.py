@@ -7,15 +7,16 @@ held-out problems and a slice of `game24` prints side by side:
 - the sampled steps: how many are *valid* (the numbers are there, the arithmetic is exact,
   the list of what is left is right), and of the valid ones how many keep the target in
   reach. Search can fix bad choices, not slips: issue 16 asks for >= 80% valid steps;
-- beam search at one node budget, valued by the policy's likelihood, by a PRM (--prm) and
-  by the oracle's "still solvable" (a ceiling: what a perfect verifier would let the same
-  search reach).
+- beam search at one node budget, valued by the policy's likelihood, by a PRM (--prm, or
+  --verifier: a language model read as the generative PRM's backbone) and by the oracle's
+  "still solvable" (a ceiling: what a perfect verifier would let the same search reach);
+  and each PRM's best-of-8 of the same samples.
 
 With --specs, one policy per domain setting (how many numbers, their range, the targets'),
 each trained on 60,000 problems of its setting (all of them, when it has fewer) and
 measured on 200 held-out ones, in one run:
 
-    python bench/countdown.py [--model DIR] [--prm DIR] [--steps 900] [--problems 200]
+    python bench/countdown.py [--model DIR] [--prm DIR] [--verifier DIR,DIR] [--steps 900] [--problems 200]
     python bench/countdown.py --specs "4:1-20:10-99,4:1-10:10-50,3:1-20:10-99"
 
 The last line is one JSON object with the figures.
@@ -28,12 +29,14 @@ import itertools
 import json
 import platform
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from qstar_dagster.evaluation.evaluate import EvalSpec, sample
+from qstar_dagster.evaluation.evaluate import EvalSpec, sample, score_samples
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.tree import Tree
@@ -43,7 +46,7 @@ from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
-from qstar_dagster.training.prm import PRMScorer
+from qstar_dagster.training.prm import HEAD_FILE, PRMScorer
 
 BEAM = SearchSpec(algorithm="beam", k=4, beam_width=4, max_nodes=64, value="likelihood")
 
@@ -75,15 +78,20 @@ def step_rates(sampled) -> dict:
     valid = solvable = total = samples = 0
     invalid: dict[str, int] = {}
     first: dict[str, int] = {}  # the first invalid step of each sample: the slip, not its consequences
+    at = {"first": [0, 0], "middle": [0, 0], "last": [0, 0]}  # [valid, steps] by position, up to the first slip
     for s in sampled:
         for steps in s.steps:
             samples += 1
             seen = False
-            for v in countdown.oracle_steps(s.problem.problem, steps).verdicts:
+            verdicts = countdown.oracle_steps(s.problem.problem, steps).verdicts
+            for i, v in enumerate(verdicts):
                 total += 1
                 ok = v.correct or v.reason.startswith("valid, but")
                 valid += ok
                 solvable += v.correct
+                if not seen:
+                    where = at["last" if i == len(verdicts) - 1 else "first" if i == 0 else "middle"]
+                    where[0], where[1] = where[0] + ok, where[1] + 1
                 if not ok:
                     invalid[_why(v.reason)] = invalid.get(_why(v.reason), 0) + 1
                     if not seen:
@@ -92,7 +100,8 @@ def step_rates(sampled) -> dict:
     return {"steps": total, "valid_steps": valid / total if total else None,
             "solvable_of_valid": solvable / valid if valid else None,
             "invalid_because": {k: round(n / total, 3) for k, n in sorted(invalid.items())},
-            "samples_first_invalid_because": {k: round(n / samples, 3) for k, n in sorted(first.items())}}
+            "samples_first_invalid_because": {k: round(n / samples, 3) for k, n in sorted(first.items())},
+            "valid_until_first_slip": {k: ok / n if n else None for k, (ok, n) in at.items()}}
 
 
 def beam(gen, problems, value) -> dict:
@@ -105,8 +114,16 @@ def beam(gen, problems, value) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def measure(gen, problems, prm=None) -> dict:
-    """`prm`: a step scorer; beam search is then also valued by it, at the same budget."""
+def best_of(sampled, scorer) -> float:
+    """PRM best-of-N: per problem the sample whose weakest step the PRM scores highest."""
+    scores = score_samples(scorer, sampled)
+    return sum(s.correct[max(range(len(s.correct)), key=lambda i: min(sc[i]) if sc[i] else 0.0)]
+               for s, sc in zip(sampled, scores)) / len(sampled)
+
+
+def measure(gen, problems, prms=None) -> dict:
+    """`prms`: name -> step scorer; each also picks best-of-8 and values beam search, at the
+    likelihood's node budget."""
     sampled = sample(gen, problems, EvalSpec(ns=(8,), max_new_tokens=96))
     n = len(sampled)
     return {
@@ -117,8 +134,18 @@ def measure(gen, problems, prm=None) -> dict:
         **step_rates(sampled),
         "beam_likelihood": beam(gen, problems, LikelihoodValue()),
         "beam_oracle": beam(gen, problems, OracleValue()),
-        **({"beam_prm": beam(gen, problems, PRMValue(prm))} if prm else {}),
+        "prm": {name: {"best_of_8": best_of(sampled, scorer), "beam": beam(gen, problems, PRMValue(scorer))}
+                for name, scorer in (prms or {}).items()},
     }
+
+
+def verifier_prm(backbone: str, into: Path) -> PRMScorer:
+    """The factory's generative PRM read with `backbone` before calibration (scale 1, bias 0:
+    a fitted bias does not change a ranking by the weakest step)."""
+    shutil.copytree(backbone, into, dirs_exist_ok=True)
+    (into / HEAD_FILE).write_text(json.dumps({"head": "generative", "read_at": "separator", "scale": 1.0,
+                                              "bias": 0.0}))
+    return PRMScorer(into, "cpu")
 
 
 def parse_spec(text: str) -> countdown.CountdownSpec:
@@ -159,8 +186,10 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=200, help="held-out problems and game24 hands")
     ap.add_argument("--save", default="/tmp/countdown-policy", help="where trained policies go")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prm", help="a PRM checkpoint directory: beam search valued by it too (e.g. the demo's "
+    ap.add_argument("--prm", help="a PRM checkpoint directory: best-of-8 and beam search by it too (e.g. the demo's "
                     "Countdown PRM, $QSTAR_HOME/checkpoints/<id>)")
+    ap.add_argument("--verifier", default="", help="comma-separated LM directories, each read as a generative PRM's "
+                    "backbone (uncalibrated): best-of-8 and beam search by each")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     hands = builtin_problems("game24")
@@ -181,11 +210,14 @@ def main() -> None:
         runs["built-in"] = (path, training, builtin_problems("countdown-test", n=args.problems), True)
 
     figures = {}
-    prm = PRMScorer(args.prm, "cpu") if args.prm else None
+    prms = {"PRM": PRMScorer(args.prm, "cpu")} if args.prm else {}
+    scratch = Path(tempfile.mkdtemp(prefix="countdown-verifiers-"))
+    for i, backbone in enumerate(filter(None, args.verifier.split(","))):
+        prms[f"verifier {Path(backbone).name}"] = verifier_prm(backbone, scratch / str(i))
     for name, (path, training, held_out, four) in runs.items():
         gen = TransformersGenerator(str(path))
-        figures[name] = {"training": training, "held-out": measure(gen, held_out, prm),
-                         "game24": measure(gen, game24, prm) if four else None}
+        figures[name] = {"training": training, "held-out": measure(gen, held_out, prms),
+                         "game24": measure(gen, game24, prms) if four else None}
 
     def pct(v):
         return f"{'–':>13} " if v is None else f"{v:>13.1%} "
@@ -203,11 +235,16 @@ def main() -> None:
     for why in dict.fromkeys([*WHY.values(), "wrong arithmetic"]):
         print(f"{'  samples, first: ' + why:36}" + "".join(
             pct(figures[n][part]["samples_first_invalid_because"].get(why, 0.0)) for n, part in columns))
-    for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, PRM value", "beam_prm"),
-                       ("beam, oracle value (ceiling)", "beam_oracle")]:
-        if key == "beam_prm" and not prm:
-            continue
+    for where in ("first", "middle", "last"):
+        print(f"{'  valid, ' + where + ' step (to a slip)':36}"
+              + "".join(pct(figures[n][part]["valid_until_first_slip"][where]) for n, part in columns))
+    for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, oracle value (ceiling)", "beam_oracle")]:
         print(f"{label:36}" + "".join(pct(figures[n][part][key]["selected"]) for n, part in columns))
+    for prm_name in prms:
+        print(f"{('beam, ' + prm_name)[:35]:36}"
+              + "".join(pct(figures[n][part]["prm"][prm_name]["beam"]["selected"]) for n, part in columns))
+        print(f"{('best-of-8, ' + prm_name)[:35]:36}"
+              + "".join(pct(figures[n][part]["prm"][prm_name]["best_of_8"]) for n, part in columns))
     for name, f in figures.items():
         if f["training"]:
             print(f"{name}: trained {f['training']['steps']} steps in {f['training']['seconds']}s, "

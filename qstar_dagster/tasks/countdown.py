@@ -82,7 +82,29 @@ def solvable(numbers: tuple[int, ...] | list[int], target: int) -> bool:
 
 
 def format_step(a: int, op: str, b: int, c: int, left: tuple[int, ...]) -> str:
-    return f"{a} {op} {b} = {c} (left: {' '.join(map(str, left))})"
+    return "".join(_step_parts(a, op, b, c, left))
+
+
+def _step_parts(a: int, op: str, b: int, c: int, left: tuple[int, ...]) -> tuple[str, str]:
+    """A step as (its choice, what follows from the choice): `8 - 4` and ` = 4 (left: 4 7 8)`."""
+    return f"{a} {op} {b}", f" = {c} (left: {' '.join(map(str, left))})"
+
+
+def practice_walk(problem_text: str, rng: random.Random) -> list[tuple[str, bool]]:
+    """Random legal moves until one number is left, as pieces of text that a policy is trained
+    on (True) or not (False): the choices are not, what follows from them is. Reference
+    solutions only ever show steps that reach the target, so a policy trained on them alone
+    learns that a solution's last result *is* the target and writes it whatever the numbers
+    (`7 + 65 = 73` for target 73: most of the built-in policy's invalid steps). On practice
+    walks it learns the arithmetic and the list of what is left on every move, while its
+    choices still come from solutions only (README, "Practice walks")."""
+    numbers, pieces = parse_problem(problem_text).numbers, []
+    while len(numbers) > 1:
+        a, op, b, c, left = rng.choice(moves(numbers))
+        choice, rest = _step_parts(a, op, b, c, left)
+        pieces += [(choice, False), (rest + (LINE.separator if len(left) > 1 else ""), True)]
+        numbers = left
+    return pieces
 
 
 def random_solution(numbers: tuple[int, ...], target: int, rng: random.Random) -> list[str] | None:

@@ -6,6 +6,7 @@ target). Problem generators and reference solutions live in each domain's module
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ class Domain:
     # the step oracle: (problem text, steps) -> verdicts; None where there is none
     oracle_steps: Callable[[str, list[str]], OracleResult] | None = None
     votes: bool = True  # majority@N and PRM-weighted votes apply
+    # (problem text, rng) -> a practice walk's pieces of text, each trained or not (the base
+    # policy's trainer adds them to the reference solutions); None where there are none
+    practice: Callable[[str, random.Random], list[tuple[str, bool]]] | None = None
 
     @property
     def step_format(self) -> StepFormat:
@@ -49,7 +53,7 @@ class Domain:
 DOMAINS: dict[str, Domain] = {
     "arith": Domain("arith", oracle_steps=arith.oracle_steps),
     countdown.DOMAIN: Domain(countdown.DOMAIN, grade=lambda p, s: countdown.grade(p.problem, s),
-                             oracle_steps=countdown.oracle_steps, votes=False),
+                             oracle_steps=countdown.oracle_steps, votes=False, practice=countdown.practice_walk),
     "gsm8k": Domain("gsm8k"),
     "math": Domain("math"),
     "jsonl": Domain("jsonl"),

@@ -6,6 +6,7 @@ Pure core: plain torch over `Problem`s; `assets/policy.py` wraps it for Dagster.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from qstar_dagster.tasks.domains import domain, votes_apply
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 from qstar_dagster.training.checkpoints import build_checkpoint, weights_sha256
-from qstar_dagster.training.sft import FitSpec, encode_pairs, fit_causal_lm
+from qstar_dagster.training.sft import FitSpec, encode_pairs, encode_pieces, fit_causal_lm
 from qstar_dagster.training.shipped import check_fits, copy_files, shipped_policy
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class BasePolicyConfig:
     warmup: int = option(100, "warm-up steps")
     seed: int = option(0, "seed of the weights and the batches")
     eval_every: int = option(250, "steps between points of the accuracy curve; 0: none")
+    practice: float = option(0.0, "practice walks per training problem where the domain has them (Countdown: "
+                             "random legal moves, trained on what follows from each choice, not the choice)")
 
 
 def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyConfig = BasePolicyConfig(),
@@ -51,6 +54,7 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
     tok = char_tokenizer()
     model = tiny_llama(tok, cfg.hidden, cfg.layers, cfg.heads, seed=cfg.seed)
     examples = encode_pairs(tok, [(policy_prompt(p.problem), p.reference_solution) for p in train])
+    examples += practice_examples(tok, train, cfg.practice, cfg.seed)
     spec = FitSpec(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=cfg.seed,
                    eval_every=cfg.eval_every)
     summary = fit_causal_lm(model, tok, examples, spec, "base policy", on_eval)
@@ -91,6 +95,18 @@ class BasePolicyResult:
     metrics: dict  # greedy, pass_at_k, majority_at_k on the evaluation set
     checkpoint_row: dict | None  # the row to record; None when reused
     evaluation_rows: list[dict]
+
+
+def practice_examples(tok, train: Sequence[Problem], per_problem: float, seed: int) -> list[tuple]:
+    """`per_problem` practice walks per problem on average (a fraction: that share of the
+    problems get one), for the problems whose domain has them; seeded."""
+    rng, out = random.Random(seed + 1), []
+    for p in train:
+        walk = domain(p.domain).practice
+        n = int(per_problem) + (rng.random() < per_problem % 1)
+        for _ in range(n if walk else 0):
+            out.append(encode_pieces(tok, policy_prompt(p.problem), walk(p.problem, rng)))
+    return out
 
 
 def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePolicyConfig = BasePolicyConfig(),

@@ -28,7 +28,7 @@ class FitSpec:
     eval_every: int = 100  # steps between `on_eval` points; 0 = none
 
 
-def encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+def encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple]:
     """(token ids of prompt + target + end-of-sequence, prompt length)."""
     out = []
     for prompt, target in pairs:
@@ -36,6 +36,22 @@ def encode_pairs(tok, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int],
         t = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         out.append((p + t, len(p)))
     return out
+
+
+def encode_pieces(tok, prompt: str, pieces: Sequence[tuple[str, bool]]) -> tuple[list[int], int, tuple[bool, ...]]:
+    """One example whose target is `pieces` of text, each trained or not (a practice walk's
+    choices are not): (ids of prompt + target + end-of-sequence, prompt length, which target
+    tokens are trained). A token belongs to the piece its first character is in; the end of
+    sequence is trained."""
+    text, untrained, at = "", [], 0
+    for piece, trained in pieces:
+        if not trained:
+            untrained.append((at, at + len(piece)))
+        text, at = text + piece, at + len(piece)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = tuple(not any(a <= start < b for a, b in untrained) for start, _ in enc["offset_mapping"]) + (True,)
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    return p + enc["input_ids"] + [tok.eos_token_id], len(p), mask
 
 
 def epoch_batches(n: int, batch_size: int, seed: int):
@@ -50,16 +66,20 @@ def epoch_batches(n: int, batch_size: int, seed: int):
         yield idx
 
 
-def lm_batches(examples: list[tuple[list[int], int]], spec: FitSpec, pad_id: int):
-    """Padded (ids, labels) batches of `encode_pairs` examples, loss on the targets only."""
+def lm_batches(examples: list[tuple], spec: FitSpec, pad_id: int):
+    """Padded (ids, labels) batches of `encode_pairs` / `encode_pieces` examples, loss on the
+    (trained) target tokens only."""
     for idx in epoch_batches(len(examples), spec.batch_size, spec.seed):
         batch = [examples[i] for i in idx]
-        width = max(len(ids) for ids, _ in batch)
+        width = max(len(ex[0]) for ex in batch)
         ids = torch.full((len(batch), width), pad_id)
         labels = torch.full((len(batch), width), -100)
-        for r, (seq, n_prompt) in enumerate(batch):
+        for r, (seq, n_prompt, *trained) in enumerate(batch):
             ids[r, : len(seq)] = torch.tensor(seq)
-            labels[r, n_prompt: len(seq)] = torch.tensor(seq[n_prompt:])
+            target = torch.tensor(seq[n_prompt:])
+            if trained:
+                target[~torch.tensor(trained[0])] = -100
+            labels[r, n_prompt: len(seq)] = target
         yield ids, labels
 
 

@@ -3,6 +3,7 @@ that the stages ask instead of assuming arithmetic."""
 
 import itertools
 import random
+import re
 from functools import cache
 
 import pytest
@@ -139,3 +140,19 @@ def test_stages_ask_the_domain():
         gsm.oracle(p, ["x"])
     with pytest.raises(ValueError, match="unknown domain 'chess'"):
         domain("chess")
+
+
+def test_practice_walks_are_legal_and_leave_the_choices_untrained():
+    rng = random.Random(3)
+    for p in builtin_problems("countdown-train", n=50):
+        pieces = domain("countdown").practice(p.problem, rng)
+        steps = LINE.split("".join(text for text, _ in pieces))
+        verdicts = oracle_steps(p.problem, steps).verdicts
+        # every step is valid (legal numbers, exact arithmetic, the right list), whether or not it reaches the target
+        assert all(v.correct or v.reason.startswith("valid, but") for v in verdicts), (p.problem, steps)
+        assert len(steps) == len(countdown.parse_problem(p.problem).numbers) - 1
+        # pieces alternate: a choice `a op b` (not trained), then what follows from it (trained)
+        assert [trained for _, trained in pieces] == [False, True] * len(steps)
+        for (choice, _), (rest, _) in zip(pieces[::2], pieces[1::2]):
+            assert re.fullmatch(r"\d+ [-+*/] \d+", choice) and rest.startswith(" = ")
+    assert domain("arith").practice is None

@@ -9,8 +9,11 @@ from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.training.base_policy import (
     BasePolicyConfig,
+    practice_examples,
     train_base_policy,
 )
+from qstar_dagster.training.charlm import char_tokenizer
+from qstar_dagster.training.sft import FitSpec, encode_pieces, lm_batches
 
 TINY = BasePolicyConfig(hidden=32, layers=1, heads=2, steps=60, batch_size=16, lr=1e-2, warmup=5, eval_every=20)
 
@@ -89,3 +92,22 @@ def test_greedy_pass_and_majority_are_counted_per_problem():
     }
     metrics = evaluate_policy(ScriptedPolicy(script), problems, k=8)
     assert metrics == {"greedy": 0.25, "pass_at_8": 0.75, "majority_at_8": 0.5, "n": 4}
+
+
+def test_a_practice_walk_trains_what_follows_a_choice_not_the_choice():
+    tok = char_tokenizer()
+    prompt, pieces = "Make 24 from: 4 6\n", [("4 * 6", False), (" = 24 (left: 24)", True)]
+    ids, n_prompt, trained = encode_pieces(tok, prompt, pieces)
+    assert tok.decode(ids) == prompt + "4 * 6 = 24 (left: 24)</s>"
+    _, labels = next(lm_batches([(ids, n_prompt, trained)], FitSpec(steps=1, batch_size=1), tok.pad_token_id))
+    taught = "".join(tok.convert_ids_to_tokens([t for t in labels[0].tolist() if t != -100]))
+    assert taught == " = 24 (left: 24)</s>"  # neither the prompt nor the choice
+
+
+def test_practice_walks_are_added_for_domains_that_have_them(tmp_path, one_thread):
+    countdown_train, arith_train = builtin_problems("countdown-train", n=40), builtin_problems("arith-train", n=40)
+    tok = char_tokenizer()
+    assert len(practice_examples(tok, countdown_train, 1.5, seed=0)) in range(40 + 10, 40 + 31)
+    assert practice_examples(tok, arith_train, 1.5, seed=0) == []
+    cfg = BasePolicyConfig(hidden=32, layers=1, heads=2, steps=3, batch_size=8, warmup=1, eval_every=0, practice=1.0)
+    assert train_base_policy(countdown_train, tmp_path / "ck", cfg)["n_train_examples"] == 80
