@@ -155,18 +155,22 @@ def copy_files(policy: ShippedPolicy, out_dir: Path) -> dict:
 
 
 def write_shipped(model_dir: Path, dest: Path, *, domain: str, train_prompt_set: str, train_version: str,
-                  config: dict, metrics: dict, trained_by: str, role: str = "policy") -> ShippedPolicy:
+                  config: dict, metrics: dict, trained_by: str, role: str = "policy",
+                  half: bool = False) -> ShippedPolicy:
     """Ship the checkpoint in `model_dir` as `dest` (replacing what is there): its files, and
-    a manifest with their sha256, what trained it and its figures."""
+    a manifest with their sha256, what trained it and its figures. `half`: store the weights
+    in float16 (half the bytes, for the package's 10 MB) while its config still says float32,
+    so every loader computes in float32 as the model was trained."""
     scratch = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    files = {}
+    if half:
+        _save_half(model_dir, scratch)
     for f in sorted(model_dir.iterdir()):
-        if f.is_file() and f.name != MANIFEST:
+        if f.is_file() and f.name != MANIFEST and not (half and (scratch / f.name).exists()):
             shutil.copy2(f, scratch / f.name)
-            if f.name != SUMMARY:  # the summary is documentation, not the model
-                files[f.name] = file_sha256(f)
+    files = {f.name: file_sha256(f) for f in sorted(scratch.iterdir())
+             if f.name != SUMMARY}  # the summary is documentation, not the model
     if role not in ROLES:
         raise ValueError(f"a shipped model's role is one of {', '.join(ROLES)}, not {role!r}")
     manifest = {"domain": domain, "train_prompt_set": train_prompt_set, "train_prompt_set_version": train_version,
@@ -176,3 +180,13 @@ def write_shipped(model_dir: Path, dest: Path, *, domain: str, train_prompt_set:
     shutil.rmtree(dest, ignore_errors=True)
     scratch.rename(dest)
     return ShippedPolicy(dest, manifest)
+
+
+def _save_half(model_dir: Path, out: Path) -> None:
+    """The model's weights in float16 and its config, which keeps float32 as the dtype it loads in."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(model_dir).to(torch.float16).save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "dtype": "float32"}, indent=2, sort_keys=True) + "\n")

@@ -49,6 +49,23 @@ def test_the_shipped_models_match_their_manifests_and_the_built_in_sets():
     assert total <= 10e6
 
 
+def test_a_model_shipped_in_half_precision_loads_in_float32_with_the_same_outputs(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    policy = write_shipped(tiny_model_dir, tmp_path / "arith", domain="arith", train_prompt_set="arith-train",
+                           train_version="v1", config={}, metrics={}, trained_by="a test", half=True)
+    shipped.verify(policy)  # the manifest hashes the float16 files it ships
+    full = (tiny_model_dir / "model.safetensors").stat().st_size
+    assert (policy.path / "model.safetensors").stat().st_size < 0.6 * full
+    a, b = (AutoModelForCausalLM.from_pretrained(d) for d in (tiny_model_dir, policy.path))
+    assert all(p.dtype == torch.float32 for p in b.parameters())
+    ids = torch.tensor([[1, 20, 30, 40, 50]])
+    with torch.no_grad():
+        assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-2)
+    assert policy.files.keys() >= {"model.safetensors", "config.json", "tokenizer.json"}
+
+
 @pytest.fixture
 def fake_root(tmp_path, monkeypatch):
     """A shipped-policy root holding one policy, trained (here: the untrained tiny model)
