@@ -29,8 +29,6 @@ import itertools
 import json
 import platform
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +44,7 @@ from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
-from qstar_dagster.training.prm import HEAD_FILE, PRMScorer
+from qstar_dagster.training.prm import PRMScorer
 
 BEAM = SearchSpec(algorithm="beam", k=4, beam_width=4, max_nodes=64, value="likelihood")
 
@@ -139,15 +137,6 @@ def measure(gen, problems, prms=None) -> dict:
     }
 
 
-def verifier_prm(backbone: str, into: Path) -> PRMScorer:
-    """The factory's generative PRM read with `backbone` before calibration (scale 1, bias 0:
-    a fitted bias does not change a ranking by the weakest step)."""
-    shutil.copytree(backbone, into, dirs_exist_ok=True)
-    (into / HEAD_FILE).write_text(json.dumps({"head": "generative", "read_at": "separator", "scale": 1.0,
-                                              "bias": 0.0}))
-    return PRMScorer(into, "cpu")
-
-
 def parse_spec(text: str) -> countdown.CountdownSpec:
     """"4:1-20:10-99" -> 4 numbers from 1-20, targets 10-99."""
     try:
@@ -211,9 +200,8 @@ def main() -> None:
 
     figures = {}
     prms = {"PRM": PRMScorer(args.prm, "cpu")} if args.prm else {}
-    scratch = Path(tempfile.mkdtemp(prefix="countdown-verifiers-"))
-    for i, backbone in enumerate(filter(None, args.verifier.split(","))):
-        prms[f"verifier {Path(backbone).name}"] = verifier_prm(backbone, scratch / str(i))
+    for backbone in filter(None, args.verifier.split(",")):  # the factory's PRM before calibration
+        prms[f"verifier {Path(backbone).name}"] = PRMScorer(backbone, "cpu", head="generative")
     for name, (path, training, held_out, four) in runs.items():
         gen = TransformersGenerator(str(path))
         figures[name] = {"training": training, "held-out": measure(gen, held_out, prms),

@@ -35,22 +35,27 @@ def main() -> None:
                     "warm-up + cosine schedules of 1,500 steps, the second from the first's end)")
     ap.add_argument("trained_by", help="one sentence: what trained it, with which command")
     ap.add_argument("metrics", help="its figures, a JSON object")
+    ap.add_argument("--continued-from", default=None, help="a verifier: what its training continued (default: "
+                    "the shipped policy of the domain)")
+    ap.add_argument("--half", action="store_true", help="store the weights in float16 (loaded in float32)")
     args = ap.parse_args()
     train_set, _ = DOMAIN_SETS[args.domain]
     schedules = [int(n) for n in args.steps.split(",")]
-    if args.role == "policy":  # the bench's config: the asset's defaults with its schedule and curve interval
-        config = {**asdict(BasePolicyConfig(steps=sum(schedules), eval_every=250)),
-                  "template": DEFAULT_PROMPT_TEMPLATE, "architecture": "char-llama"}
+    if args.role == "policy":  # the config the bench trained it with (older summaries: the defaults, its schedule)
+        trained = (read_summary(args.model_dir) or {}).get("config") or asdict(
+            BasePolicyConfig(steps=sum(schedules), eval_every=250))
+        config = {**trained, "template": DEFAULT_PROMPT_TEMPLATE, "architecture": "char-llama"}
         dest = SHIPPED_ROOT / args.domain
     else:  # continued training of the shipped policy (bench/verifier_backbone.py's loop), from its summary
         summary = read_summary(args.model_dir)
-        config = {"continued_from": f"the shipped {args.domain} policy", "steps": sum(schedules),
+        config = {"continued_from": args.continued_from or f"the shipped {args.domain} policy", "steps": sum(schedules),
                   "schedules": schedules, "lr": summary["lr"], "seed": summary["seed"], "batch_size": 64,
                   "warmup": 100, "template": DEFAULT_PROMPT_TEMPLATE, "architecture": "char-llama"}
         dest = SHIPPED_ROOT / f"{args.domain}-verifier"
     shipped = write_shipped(args.model_dir, dest, domain=args.domain, train_prompt_set=train_set,
                             train_version=prompt_set_version(builtin_problems(train_set)), config=config,
-                            metrics=json.loads(args.metrics), trained_by=args.trained_by, role=args.role)
+                            metrics=json.loads(args.metrics), trained_by=args.trained_by, role=args.role,
+                            half=args.half)
     print(json.dumps({"shipped": str(shipped.path), "role": shipped.role, "version": shipped.train_version,
                       "bytes": sum((shipped.path / f).stat().st_size for f in shipped.files)}))
 

@@ -406,11 +406,14 @@ class _StepScorer:
 class PRMScorer(_StepScorer):
     """`score_steps(problem, steps)`: the PRM's probability that each step is good."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", head: str | None = None):
+        """`head="generative"` reads any causal LM in `model_dir` as an uncalibrated generative
+        PRM (scale 1, bias 0): it ranks steps and solutions as a PRM calibrated from that
+        backbone would, since a fitted bias or positive scale cannot change a ranking."""
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.head = _load_head(model_dir, self.tok.eos_token_id).to(device).eval()
+        self.head = _load_head(model_dir, self.tok.eos_token_id, head).to(device).eval()
         self.kind = self.head.kind
         self.device = device
 
