@@ -112,6 +112,7 @@ def main() -> None:
     runs: dict[str, dict] = {}
     for setting in filter(None, (s.strip() for s in args.settings.split(";"))):
         train, held_out = problems_of(setting, args.problems)
+        kind = setting.partition(":")[0]  # practice walks are Countdown's
         runs[setting] = {"train_problems": len(train), "schedules": {}}
 
         def on_eval(model, tok, curve_problems=held_out[:100]) -> float:
@@ -119,7 +120,7 @@ def main() -> None:
 
         for steps in sorted(schedules, reverse=True):  # the longest first: it is the candidate to ship
             path = Path(args.save) / (f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
-                                      + (f"-practice{cfg.practice:g}" if cfg.practice else ""))
+                                      + (f"-practice{cfg.practice:g}" if cfg.practice and kind == "countdown" else ""))
             saved = path / "training.json"  # the trainer's summary beside the weights, as in a checkpoint
             if saved.is_file() and (path / "model.safetensors").is_file():  # trained by an earlier run: measure it
                 summary = json.loads(saved.read_text())

@@ -141,7 +141,8 @@ def test_a_countdown_base_policy_is_trained_and_measured_without_votes(env):
                                      "eval_prompt_set": "countdown-test", "eval_max_new_tokens": 96}))
     store = LineageStore(env[2] / "lineage.duckdb")
     [ck] = store.records("SELECT * FROM checkpoints")
-    assert ck["trained_on_prompt_set"].startswith("countdown-train@") and meta["n_train_examples"] == 300
+    assert ck["trained_on_prompt_set"].startswith("countdown-train@")
+    assert 300 + 100 <= meta["n_train_examples"] <= 300 + 200  # the reference solutions and ~150 practice walks
     evals = {r["method"]: r["accuracy"] for r in store.records("SELECT * FROM evaluations")}
     assert set(evals) == {"greedy", "pass@4"} and meta["majority_at_4"] is None
     assert 0 <= meta["greedy_accuracy"] <= meta["pass_at_4"] <= 1
