@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from qstar_dagster.evaluation.evaluate import EvalSpec, sample, score_samples
+from qstar_dagster.evaluation.evaluate import EvalSpec, prm_metrics, sample, score_samples
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.tree import Tree
@@ -112,13 +112,6 @@ def beam(gen, problems, value) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def best_of(sampled, scorer) -> float:
-    """PRM best-of-N: per problem the sample whose weakest step the PRM scores highest."""
-    scores = score_samples(scorer, sampled)
-    return sum(s.correct[max(range(len(s.correct)), key=lambda i: min(sc[i]) if sc[i] else 0.0)]
-               for s, sc in zip(sampled, scores)) / len(sampled)
-
-
 def measure(gen, problems, prms=None) -> dict:
     """`prms`: name -> step scorer; each also picks best-of-8 and values beam search, at the
     likelihood's node budget."""
@@ -132,7 +125,8 @@ def measure(gen, problems, prms=None) -> dict:
         **step_rates(sampled),
         "beam_likelihood": beam(gen, problems, LikelihoodValue()),
         "beam_oracle": beam(gen, problems, OracleValue()),
-        "prm": {name: {"best_of_8": best_of(sampled, scorer), "beam": beam(gen, problems, PRMValue(scorer))}
+        "prm": {name: {"best_of_8": prm_metrics(sampled, score_samples(scorer, sampled), [8])[("prm_best_of:min", 8)],
+                       "beam": beam(gen, problems, PRMValue(scorer))}
                 for name, scorer in (prms or {}).items()},
     }
 
