@@ -9,7 +9,13 @@ numbers (`7 + 65 = 73`): 13% of its last steps were valid (README, "Practice wal
 
 import pytest
 
-from qstar_dagster.evaluation.evaluate import EvalSpec, prm_metrics, sample, score_samples
+from qstar_dagster.evaluation.evaluate import (
+    EvalSpec,
+    policy_metrics,
+    prm_metrics,
+    sample,
+    score_samples,
+)
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.tasks import countdown
 from qstar_dagster.tasks.prompt_sets import builtin_problems
@@ -41,6 +47,6 @@ def test_the_shipped_countdown_verifier_picks_far_better_than_a_random_sample(sa
     assert verifier is not None and verifier.files["tokenizer.json"] == shipped_policy("countdown-train").files[
         "tokenizer.json"]
     scores = score_samples(PRMScorer(verifier.path, head="generative"), sampled)
-    random_pick = sum(sum(s.correct) / len(s.correct) for s in sampled) / len(sampled)
+    random_pick = policy_metrics(sampled, [8])[("random", 8)]
     best = prm_metrics(sampled, scores, [8])[("prm_best_of:min", 8)]
     assert best >= random_pick + 0.15, (best, random_pick)
