@@ -112,6 +112,15 @@ def beam(gen, problems, value) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def by_numbers(sampled) -> dict:
+    """Greedy and pass@8 per count of numbers (a mixture's parts differ widely)."""
+    groups: dict[str, list] = {}
+    for s in sampled:
+        groups.setdefault(str(len(countdown.parse_problem(s.problem.problem).numbers)), []).append(s)
+    return {k: {"problems": len(g), "greedy": sum(s.greedy_correct for s in g) / len(g),
+                "pass_at_8": sum(any(s.correct) for s in g) / len(g)} for k, g in sorted(groups.items())}
+
+
 def measure(gen, problems, prms=None) -> dict:
     """`prms`: name -> step scorer; each also picks best-of-8 and values beam search, at the
     likelihood's node budget."""
@@ -122,6 +131,7 @@ def measure(gen, problems, prms=None) -> dict:
         "greedy": sum(s.greedy_correct for s in sampled) / n,
         "pass_at_8": sum(any(s.correct) for s in sampled) / n,
         "random_sample": sum(sum(s.correct) / len(s.correct) for s in sampled) / n,
+        "by_numbers": by_numbers(sampled),
         **step_rates(sampled),
         "beam_likelihood": beam(gen, problems, LikelihoodValue()),
         "beam_oracle": beam(gen, problems, OracleValue()),
@@ -131,19 +141,30 @@ def measure(gen, problems, prms=None) -> dict:
     }
 
 
-def parse_spec(text: str) -> countdown.CountdownSpec:
-    """"4:1-20:10-99" -> 4 numbers from 1-20, targets 10-99."""
+def parse_spec(text: str) -> countdown.CountdownSpec | tuple[countdown.CountdownSpec, ...]:
+    """"4:1-20:10-99" -> 4 numbers from 1-20, targets 10-99; "3:1-30:10-99+4:1-13:10-99" -> a
+    mixture, equal shares (the built-in default)."""
+    if "+" in text:
+        return tuple(parse_spec(part) for part in text.split("+"))
     try:
         n, numbers, targets = text.split(":")
         (lo, hi), (tlo, thi) = (map(int, numbers.split("-")), map(int, targets.split("-")))
         return countdown.CountdownSpec(int(n), lo, hi, tlo, thi)
     except ValueError as e:
-        raise SystemExit(f"--specs entry {text!r}: {e}; write n:min-max:target_min-target_max, e.g. 4:1-20:10-99")
+        raise SystemExit(f"--specs entry {text!r}: {e}; write n:min-max:target_min-target_max, e.g. 4:1-20:10-99, "
+                         "or several joined by +")
 
 
-def setting_problems(spec: countdown.CountdownSpec, n: int, exclude: frozenset[str]) -> list:
+def has_four(spec) -> bool:
+    """Whether a setting makes four-number problems, as game24's hands are."""
+    return any(s.n_numbers == 4 for s in (spec if isinstance(spec, tuple) else (spec,)))
+
+
+def setting_problems(spec, n: int, exclude: frozenset[str]) -> list:
     """n distinct problems of the setting, or all of them (shuffled) when it has fewer: a
     small setting's policy then sees each training problem more than once."""
+    if isinstance(spec, tuple):  # a mixture: each part must have its share
+        return countdown.generate_problems(n, seed=11, spec=spec, exclude=exclude)
     rng = random.Random(11)
     hands = itertools.combinations_with_replacement(range(spec.min_number, spec.max_number + 1), spec.n_numbers)
     space = [countdown.CountdownProblem(h, t) for h in hands for t in sorted(countdown.reachable(h))
@@ -163,7 +184,8 @@ def train(problems, path: Path, steps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="a trained policy directory (skips training; the built-in sets)")
-    ap.add_argument("--specs", help="comma-separated domain settings n:min-max:target_min-target_max, one policy "
+    ap.add_argument("--specs", help="comma-separated domain settings n:min-max:target_min-target_max (or several "
+                    "joined by +, a mixture), one policy "
                     "each (default: the built-in sets, countdown-train / countdown-test)")
     ap.add_argument("--steps", type=int, default=BasePolicyConfig().steps, help="training steps")
     ap.add_argument("--problems", type=int, default=200, help="held-out problems and game24 hands")
@@ -186,7 +208,7 @@ def main() -> None:
             problems = setting_problems(spec, 60000 + args.problems, game24_texts)
             path = Path(args.save) / text.strip().replace(":", "_")
             runs[text.strip()] = (path, train(problems[args.problems:], path, args.steps), problems[: args.problems],
-                                  spec.n_numbers == 4)  # game24 hands have four numbers
+                                  has_four(spec))
     else:
         path = Path(args.model or args.save)
         training = None if args.model else train(builtin_problems("countdown-train"), path, args.steps)
@@ -211,6 +233,10 @@ def main() -> None:
             ("valid steps", "valid_steps"), ("solvable, of valid", "solvable_of_valid")]
     for label, key in rows:
         print(f"{label:36}" + "".join(pct(figures[n][part][key]) for n, part in columns))
+    for count in sorted({k for n, part in columns for k in figures[n][part]["by_numbers"]}):
+        for label, key in [("greedy", "greedy"), ("pass@8", "pass_at_8")]:
+            print(f"{'  ' + label + ', ' + count + ' numbers':36}" + "".join(
+                pct(figures[n][part]["by_numbers"].get(count, {}).get(key)) for n, part in columns))
     for why in dict.fromkeys([*WHY.values(), "wrong arithmetic"]):
         print(f"{'  steps invalid: ' + why:36}" + "".join(pct(figures[n][part]["invalid_because"].get(why, 0.0))
                                                           for n, part in columns))

@@ -126,13 +126,8 @@ def random_solution(numbers: tuple[int, ...], target: int, rng: random.Random) -
 class CountdownSpec:
     """Knobs of the generator: how many numbers, their range, and the target's range. Only
     solvable problems are made: the target is drawn among the values the numbers reach.
-    The default draws from Game of 24's range (1-13), so the built-in policy learns the numbers
-    `game24` tests it on (no game24 problem is in training: a hand with target 24 is held out);
-    that leaves ~70,000 problems with targets 10-99, which the 60,000-problem training set nearly
-    exhausts (1-20 would leave about half a million). At 1-13 the built-in policy trained 3,000
-    steps with practice walks reaches 13.0% greedy and pass@8 43.5% on held-out problems, 90%
-    of its sampled steps valid; at 1-20 the issue's feasibility run had 7.5% and 40.0% after
-    2,500 (README, "Base policy" and "Practice walks")."""
+    A generator may take several specs at once (a mixture, equal shares): the built-in
+    default, `DEFAULT_SPECS`, is one."""
 
     n_numbers: int = 4
     min_number: int = 1
@@ -173,6 +168,16 @@ def parse_problem(text: str) -> CountdownProblem:
     return CountdownProblem(tuple(sorted(int(x) for x in m.group(2).split())), int(m.group(1)))
 
 
+# The built-in default: half three numbers from 1-30, half Game of 24's four numbers from
+# 1-13 (no game24 problem is in training: a hand with target 24 is held out), targets 10-99.
+# Four numbers alone leave the converged built-in policy at 13% greedy (it has to see two
+# moves ahead to choose the first); three numbers put greedy in the band where it is neither
+# hopeless nor saturated, and four keep the search problem that Game of 24 is. Three numbers
+# go to 30 because 1-13 has only ~4,000 three-number problems (1-30: ~33,000). README,
+# "Countdown defaults".
+DEFAULT_SPECS: tuple[CountdownSpec, ...] = (CountdownSpec(n_numbers=3, max_number=30), CountdownSpec())
+
+
 def sample_problem(rng: random.Random, spec: CountdownSpec) -> CountdownProblem:
     while True:
         numbers = tuple(sorted(rng.randint(spec.min_number, spec.max_number) for _ in range(spec.n_numbers)))
@@ -181,18 +186,20 @@ def sample_problem(rng: random.Random, spec: CountdownSpec) -> CountdownProblem:
             return CountdownProblem(numbers, rng.choice(targets))
 
 
-def generate_problems(n: int, seed: int, spec: CountdownSpec | None = None,
+def generate_problems(n: int, seed: int, spec: CountdownSpec | tuple[CountdownSpec, ...] | None = None,
                       exclude: frozenset[str] = frozenset()) -> list[Problem]:
     """`n` distinct solvable problems (none of whose texts is in `exclude`), the same ones
-    for the same seed and spec."""
-    spec = spec or CountdownSpec()
+    for the same seed and spec. Several specs share `n` equally, in turn (problem i is drawn
+    from spec i mod their count)."""
+    specs = DEFAULT_SPECS if spec is None else spec if isinstance(spec, tuple) else (spec,)
     rng = random.Random(seed)
     seen, out, attempts = set(exclude), [], 0
     while len(out) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise ValueError(f"{spec} has too few distinct problems for n={n}; widen the ranges")
-        p = sample_problem(rng, spec)
+            raise ValueError(f"{specs[len(out) % len(specs)]} has too few distinct problems for n={n}; "
+                             "widen the ranges")
+        p = sample_problem(rng, specs[len(out) % len(specs)])
         if p.text not in seen:
             seen.add(p.text)
             out.append(p.to_problem(rng))

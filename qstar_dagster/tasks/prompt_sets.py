@@ -20,7 +20,7 @@ class BuiltinSet:
     n: int | None  # None: every problem the domain's generator has (game24)
     seed: int
     domain: str = "arith"
-    spec: ArithSpec | CountdownSpec | None = None  # the domain generator's knobs; None: its defaults
+    spec: ArithSpec | CountdownSpec | tuple[CountdownSpec, ...] | None = None  # the generator's knobs; None: defaults
     exclude: tuple[str, ...] = ()  # sets whose problems this one must not repeat (train for test)
 
 
@@ -49,7 +49,7 @@ def _generate(base: BuiltinSet, n: int, seed: int, spec, exclude: frozenset[str]
 
 
 def builtin_problems(name: str, n: int | None = None, seed: int | None = None,
-                     spec: ArithSpec | CountdownSpec | None = None) -> list[Problem]:
+                     spec: ArithSpec | CountdownSpec | tuple[CountdownSpec, ...] | None = None) -> list[Problem]:
     if name not in BUILTIN_PROMPT_SETS:
         raise KeyError(f"no built-in prompt set {name!r}; built-in sets: {sorted(BUILTIN_PROMPT_SETS)}")
     base = BUILTIN_PROMPT_SETS[name]

@@ -54,7 +54,7 @@ def test_game24_is_every_hand_that_makes_24_under_integer_rules():
 
 
 def test_reference_solutions_are_right_and_vary_in_order():
-    problems = countdown.generate_problems(300, seed=5)
+    problems = countdown.generate_problems(300, seed=5, spec=CountdownSpec())
     assert len({p.problem for p in problems}) == 300
     first_moves = set()
     for p in problems:
@@ -67,6 +67,21 @@ def test_reference_solutions_are_right_and_vary_in_order():
     assert first_moves == set("+-*/")  # the solver's move order is random, not fixed
 
 
+def test_the_default_mixes_three_and_four_numbers_in_equal_shares():
+    problems = countdown.generate_problems(400, seed=5)
+    parsed = [countdown.parse_problem(p.problem) for p in problems]
+    threes = [q for q in parsed if len(q.numbers) == 3]
+    fours = [q for q in parsed if len(q.numbers) == 4]
+    assert len(threes) == len(fours) == 200
+    assert max(max(q.numbers) for q in threes) > 13 >= max(max(q.numbers) for q in fours)  # 1-30 and 1-13
+    assert all(10 <= q.target <= 99 for q in parsed)
+    for p in problems:  # each with its own number of steps
+        steps = LINE.split(p.reference_solution)
+        assert len(steps) == p.meta["n_numbers"] - 1 and oracle_steps(p.problem, steps).answer_correct
+    with pytest.raises(ValueError, match="n_numbers=3, min_number=1, max_number=3.*too few distinct"):
+        countdown.generate_problems(100, seed=1, spec=(CountdownSpec(3, 1, 3), CountdownSpec()))
+
+
 def test_the_built_in_sets_are_disjoint_and_solvable():
     test = builtin_problems("countdown-test")
     train = {p.problem for p in builtin_problems("countdown-train", n=20000)}
@@ -75,7 +90,7 @@ def test_the_built_in_sets_are_disjoint_and_solvable():
     assert not train & game24
     for p in test:
         q = countdown.parse_problem(p.problem)
-        assert solvable(q.numbers, q.target) and 10 <= q.target <= 99 and len(q.numbers) == 4
+        assert solvable(q.numbers, q.target) and 10 <= q.target <= 99 and len(q.numbers) in (3, 4)
 
 
 @pytest.mark.parametrize(("steps", "reasons"), [
