@@ -310,11 +310,11 @@ def _print_leg(leg: dict) -> None:
               help="where to write it (default: the package's qstar_dagster/policies/<domain>)")
 def ship_policy(domain: str, policy_config: str | None, dest: Path | None) -> None:
     """Rebuild a shipped base policy: train it from scratch with the base_policy asset in the
-    data directory (the domain's built-in training set, the asset's defaults), then write it
+    data directory (the domain's built-in training set, the config of the policy shipped now), then write it
     with its manifest (sha256 of each file, config, training set, figures) into the package."""
     from qstar_dagster.rounds import StageFailed, make_executor
     from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS
-    from qstar_dagster.training.shipped import REBUILD, SHIPPED_ROOT, write_shipped
+    from qstar_dagster.training.shipped import REBUILD, SHIPPED_ROOT, rebuild_config, write_shipped
 
     train_set, test_set = DOMAIN_SETS[domain]
     overrides = _json_option(policy_config, "--policy-config")
@@ -324,7 +324,8 @@ def ship_policy(domain: str, policy_config: str | None, dest: Path | None) -> No
         for key in (train_set, test_set):
             execute("embedded_pipeline", f"prompt set {key}", key, "prompt_set", None)
         meta = execute("base_policy_job", f"base policy on {train_set}, from scratch", None, "base_policy",
-                       {"train_prompt_set": train_set, "eval_prompt_set": test_set, **overrides, "shipped": False})
+                       {"train_prompt_set": train_set, "eval_prompt_set": test_set, **rebuild_config(train_set),
+                        **overrides, "shipped": False})
     except StageFailed as e:
         raise click.ClickException(str(e)) from None
     row = _require_store().checkpoint(meta["checkpoint_id"])

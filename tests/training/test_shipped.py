@@ -141,3 +141,17 @@ def test_base_policy_starts_from_the_shipped_policy_and_records_it(env, fake_roo
     scratch = metadata(run_policy(env, {**EVAL, "shipped": False, "hidden": 32, "layers": 1, "heads": 2, "steps": 4,
                                         "batch_size": 4, "warmup": 1, "eval_every": 0}))
     assert scratch["shipped"] is False and scratch["checkpoint_id"] != ck["checkpoint_id"]
+
+
+def test_a_rebuild_trains_with_the_shipped_policys_settings(tmp_path):
+    """`qstar ship-policy` rebuilds what ships, not the asset's defaults: the Countdown policy
+    trained 4,000 steps where `BasePolicyConfig` says 3,000. Only trainer fields pass through."""
+    for name, steps in (("countdown", 4000), ("countdown-verifier", 9000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "shipped.json").write_text(json.dumps({
+            "domain": "countdown", "train_prompt_set": "countdown-train", "files": {},
+            "role": "verifier" if name.endswith("verifier") else "policy",
+            "config": {"steps": steps, "practice": 0.5, "template": "{problem}\n", "continued_from": "x"}}))
+    assert shipped.rebuild_config("countdown-train", tmp_path) == {"steps": 4000, "practice": 0.5}
+    assert shipped.rebuild_config("arith-train", tmp_path) == {}
+    assert shipped.rebuild_config("countdown-train")["steps"] == shipped.shipped_policy("countdown-train").config["steps"]
