@@ -124,6 +124,7 @@ def main() -> None:
                     help="the PPO arms' learning rate; a comma-separated list runs each PPO arm at each (a sweep)")
     ap.add_argument("--test", type=int, default=200, help="held-out problems")
     ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
+    ap.add_argument("--lam", type=float, default=StepPPOSpec().lam, help="GAE's lambda (credit step and gae)")
     ap.add_argument("--seed", type=int, default=StepPPOSpec().seed, help="the PPO arms' seed (problems, samples)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -145,7 +146,7 @@ def main() -> None:
     lrs = [float(x) for x in args.lr.split(",")]
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
-                            adam_eps=args.adam_eps, seed=args.seed, eval_every=0)
+                            adam_eps=args.adam_eps, lam=args.lam, seed=args.seed, eval_every=0)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
     # the problems the PPO arms see, for the offline arms (the same seeded draws)
@@ -199,7 +200,7 @@ def main() -> None:
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}")
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
-                      "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps, "seed": args.seed, "optimizer_steps": opt_steps,
+                      "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps, "lam": args.lam, "seed": args.seed, "optimizer_steps": opt_steps,
                       "arms": figures}))
 
 
