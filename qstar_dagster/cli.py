@@ -314,7 +314,8 @@ def ship_policy(domain: str, policy_config: str | None, dest: Path | None) -> No
     with its manifest (sha256 of each file, config, training set, figures) into the package."""
     from qstar_dagster.rounds import StageFailed, make_executor
     from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS
-    from qstar_dagster.training.shipped import REBUILD, SHIPPED_ROOT, rebuild_config, write_shipped
+    from qstar_dagster.training.base_policy import rebuild_config
+    from qstar_dagster.training.shipped import REBUILD, SHIPPED_ROOT, write_shipped
 
     train_set, test_set = DOMAIN_SETS[domain]
     overrides = _json_option(policy_config, "--policy-config")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from qstar_dagster.generation.base import Generator, SamplingParams
@@ -21,7 +21,7 @@ from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
 from qstar_dagster.training.checkpoints import build_checkpoint, weights_sha256
 from qstar_dagster.training.sft import FitSpec, encode_pairs, encode_pieces, fit_causal_lm
-from qstar_dagster.training.shipped import check_fits, copy_files, shipped_policy
+from qstar_dagster.training.shipped import check_fits, copy_files, shipped_policies, shipped_policy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ class BasePolicyConfig:
     eval_every: int = option(250, "steps between points of the accuracy curve; 0: none")
     practice: float = option(0.5, "practice walks per training problem where the domain has them (Countdown: "
                              "random legal moves, trained on what follows from each choice, not the choice)")
+
+
+def rebuild_config(train_prompt_set: str, root: Path | None = None) -> dict:
+    """The trainer settings in the manifest of the policy shipped for `train_prompt_set` (none
+    shipped: {}), so that `qstar ship-policy` rebuilds what ships: the Countdown policy trains
+    4,000 steps where the default is 3,000 (README, "Countdown defaults")."""
+    policy = shipped_policies(root).get(train_prompt_set)
+    names = {f.name for f in fields(BasePolicyConfig)}
+    return {k: v for k, v in (policy.config if policy else {}).items() if k in names}
 
 
 def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyConfig = BasePolicyConfig(),

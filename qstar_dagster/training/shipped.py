@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from qstar_dagster.lineage.files import file_sha256
@@ -77,18 +77,6 @@ def shipped_policies(root: Path | None = None, role: str = "policy") -> dict[str
         if policy.role == role:
             found[policy.train_prompt_set] = policy
     return found
-
-
-def rebuild_config(train_prompt_set: str, root: Path | None = None) -> dict:
-    """The trainer settings in the manifest of the policy shipped for `train_prompt_set` (none
-    shipped: {}), so that `qstar ship-policy` rebuilds what ships: the Countdown policy trains
-    4,000 steps where the asset's default is 3,000 (README, "Countdown defaults")."""
-    # imported here: base_policy imports this module
-    from qstar_dagster.training.base_policy import BasePolicyConfig
-
-    policy = shipped_policies(root).get(train_prompt_set)
-    names = {f.name for f in fields(BasePolicyConfig)}
-    return {k: v for k, v in (policy.config if policy else {}).items() if k in names}
 
 
 def shipped_verifier(train_prompt_set: str, root: Path | None = None) -> ShippedPolicy | None:

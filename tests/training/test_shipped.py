@@ -11,6 +11,7 @@ from qstar_dagster.lineage import LineageStore
 from qstar_dagster.lineage.store import prompt_set_version
 from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS, builtin_problems
 from qstar_dagster.training import shipped
+from qstar_dagster.training.base_policy import rebuild_config
 from qstar_dagster.training.shipped import (
     ShippedPolicyError,
     file_sha256,
@@ -152,6 +153,6 @@ def test_a_rebuild_trains_with_the_shipped_policys_settings(tmp_path):
             "domain": "countdown", "train_prompt_set": "countdown-train", "files": {},
             "role": "verifier" if name.endswith("verifier") else "policy",
             "config": {"steps": steps, "practice": 0.5, "template": "{problem}\n", "continued_from": "x"}}))
-    assert shipped.rebuild_config("countdown-train", tmp_path) == {"steps": 4000, "practice": 0.5}
-    assert shipped.rebuild_config("arith-train", tmp_path) == {}
-    assert shipped.rebuild_config("countdown-train")["steps"] == shipped.shipped_policy("countdown-train").config["steps"]
+    assert rebuild_config("countdown-train", tmp_path) == {"steps": 4000, "practice": 0.5}
+    assert rebuild_config("arith-train", tmp_path) == {}
+    assert rebuild_config("countdown-train")["steps"] == shipped.shipped_policy("countdown-train").config["steps"]
