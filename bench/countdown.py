@@ -157,7 +157,7 @@ def parse_spec(text: str) -> countdown.CountdownSpec | tuple[countdown.Countdown
 
 def has_four(spec) -> bool:
     """Whether a setting makes four-number problems, as game24's hands are."""
-    return any(s.n_numbers == 4 for s in (spec if isinstance(spec, tuple) else (spec,)))
+    return any(s.n_numbers == 4 for s in countdown.spec_parts(spec))
 
 
 def setting_problems(spec, n: int, exclude: frozenset[str]) -> list:

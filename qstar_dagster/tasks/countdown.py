@@ -178,6 +178,11 @@ def parse_problem(text: str) -> CountdownProblem:
 DEFAULT_SPECS: tuple[CountdownSpec, ...] = (CountdownSpec(n_numbers=3, max_number=30), CountdownSpec())
 
 
+def spec_parts(spec: CountdownSpec | tuple[CountdownSpec, ...] | None) -> tuple[CountdownSpec, ...]:
+    """A spec or a mixture as the mixture's parts (None: the built-in default's)."""
+    return DEFAULT_SPECS if spec is None else spec if isinstance(spec, tuple) else (spec,)
+
+
 def sample_problem(rng: random.Random, spec: CountdownSpec) -> CountdownProblem:
     while True:
         numbers = tuple(sorted(rng.randint(spec.min_number, spec.max_number) for _ in range(spec.n_numbers)))
@@ -191,15 +196,15 @@ def generate_problems(n: int, seed: int, spec: CountdownSpec | tuple[CountdownSp
     """`n` distinct solvable problems (none of whose texts is in `exclude`), the same ones
     for the same seed and spec. Several specs share `n` equally, in turn (problem i is drawn
     from spec i mod their count)."""
-    specs = DEFAULT_SPECS if spec is None else spec if isinstance(spec, tuple) else (spec,)
+    specs = spec_parts(spec)
     rng = random.Random(seed)
     seen, out, attempts = set(exclude), [], 0
     while len(out) < n:
         attempts += 1
+        part = specs[len(out) % len(specs)]
         if attempts > 50 * n + 1000:
-            raise ValueError(f"{specs[len(out) % len(specs)]} has too few distinct problems for n={n}; "
-                             "widen the ranges")
-        p = sample_problem(rng, specs[len(out) % len(specs)])
+            raise ValueError(f"{part} has too few distinct problems for n={n}; widen the ranges")
+        p = sample_problem(rng, part)
         if p.text not in seen:
             seen.add(p.text)
             out.append(p.to_problem(rng))

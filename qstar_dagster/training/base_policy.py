@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BasePolicyConfig:
     """The defaults are what trained the policies shipped with the package (README, "Base
-    policy"): 3,000 steps, about 30-50 minutes on one CPU core. `practice` adds Countdown's
+    policy"): 3,000 steps, about 30-50 minutes on one CPU core; Countdown's trained 4,000,
+    which its manifest records and `rebuild_config` reads. `practice` adds Countdown's
     practice walks (a third of the rows at 0.5): without them the policy writes the target as
     its last step's result whatever the arithmetic (README, "Practice walks")."""
 
