@@ -170,8 +170,11 @@ def main() -> None:
             score = {"prm": lambda: prm_scores(PRMScorer(prm)), "mc": lambda: mc_scores(4, 0.7, 96)}.get(
                 reward, lambda: None)()
             summary = train_step_ppo(policy, train, out, spec, score=score)
+            right = [v for _, v in summary["curves"]["sample_accuracy"]]  # the training problems' right samples
             info = {"sampled_tokens": summary["sampled_tokens"], "final_kl": round(summary["final_kl"], 4),
-                    "train_oracle_step_accuracy": summary["final_oracle_step_accuracy"]}
+                    "train_oracle_step_accuracy": summary["final_oracle_step_accuracy"],
+                    "train_right_first_10": sum(right[:10]) / len(right[:10]),
+                    "train_right_last_10": sum(right[-10:]) / len(right[-10:])}
             path = str(out)
         else:  # the offline arms: a dataset from the same problems, then the same optimizer steps
             if arm == "RFT":
@@ -194,10 +197,13 @@ def main() -> None:
 
     print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
           f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr})")
-    print(f"{'arm':32}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}")
+    print(f"{'arm':32}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
+          f"{'right on train, first/last 10 it.':>36}")
     for arm, f in figures.items():
+        trend = (f"{f['train_right_first_10']:.1%} -> {f['train_right_last_10']:.1%}"
+                 if "train_right_first_10" in f else "")
         print(f"{arm:32}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
-              f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}")
+              f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}")
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
                       "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps, "lam": args.lam, "seed": args.seed, "optimizer_steps": opt_steps,
