@@ -47,13 +47,14 @@ from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import step_format
+from qstar_dagster.training.base_policy import greedy_accuracy
 from qstar_dagster.training.dpo import DPOSpec, train_dpo
 from qstar_dagster.training.prm import PRMScorer
 from qstar_dagster.training.rft import RFTSpec, train_rft
 from qstar_dagster.training.step_ppo import StepPPOSpec, mc_scores, prm_scores, train_step_ppo
 
 SETS = {"arith": ("arith-train", "arith-test"), "countdown": ("countdown-train", "countdown-test")}
-PPO_ARMS = {  # name -> (reward, credit, after_error)
+PPO_ARMS = {  # name -> (reward, credit, after_error[, baseline of credit step])
     "outcome GRPO": ("none", "group", "keep"),
     "outcome PPO": ("none", "gae", "keep"),
     "step-PPO step/prm": ("prm", "step", "keep"),
@@ -65,6 +66,9 @@ PPO_ARMS = {  # name -> (reward, credit, after_error)
     "step-PPO step/prm mask": ("prm", "step", "mask"),
     "step-PPO group/prm mask": ("prm", "group", "mask"),
     "step-PPO step/oracle mask": ("oracle", "step", "mask"),
+    # credit step without a critic: the problem's samples' steps at the same depth are the baseline
+    "step-PPO step/prm group-baseline": ("prm", "step", "keep", "group"),
+    "step-PPO step/oracle group-baseline": ("oracle", "step", "keep", "group"),
 }
 ARMS = ["base", *PPO_ARMS, "RFT", "step-DPO"]
 
@@ -123,8 +127,14 @@ def main() -> None:
     ap.add_argument("--lr", default=str(StepPPOSpec().lr),
                     help="the PPO arms' learning rate; a comma-separated list runs each PPO arm at each (a sweep)")
     ap.add_argument("--test", type=int, default=200, help="held-out problems")
+    ap.add_argument("--train-problems", type=int, default=0,
+                    help="learn on the first N training problems only (0: all); with N = --problems every "
+                         "iteration samples the same problems, so 'right on train' shows whether the loop fits them")
     ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
-    ap.add_argument("--lam", type=float, default=StepPPOSpec().lam, help="GAE's lambda (credit step and gae)")
+    ap.add_argument("--lam", type=float, default=StepPPOSpec().lam, help="GAE's lambda (credit gae)")
+    ap.add_argument("--vf-lr", type=float, default=StepPPOSpec().vf_lr, help="the value head's lr (0: the PPO lr)")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="PPO arms: held-out greedy on the first 100 --test problems every N iterations (0: none)")
     ap.add_argument("--seed", type=int, default=StepPPOSpec().seed, help="the PPO arms' seed (problems, samples)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -143,10 +153,12 @@ def main() -> None:
         print("no PRM (pass --prm, or run make demo): the prm arms are left out")
     train_set, test_set = SETS[args.domain]
     train, test = builtin_problems(train_set), builtin_problems(test_set)[: args.test]
+    if args.train_problems:
+        train = train[: args.train_problems]
     lrs = [float(x) for x in args.lr.split(",")]
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
-                            adam_eps=args.adam_eps, lam=args.lam, seed=args.seed, eval_every=0)
+                            adam_eps=args.adam_eps, lam=args.lam, vf_lr=args.vf_lr, seed=args.seed, eval_every=0)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
     # the problems the PPO arms see, for the offline arms (the same seeded draws)
@@ -165,16 +177,21 @@ def main() -> None:
         if arm == "base":
             path = policy
         elif arm in PPO_ARMS:
-            reward, credit, after_error = PPO_ARMS[arm]
-            spec = replace(base_spec, reward=reward, credit=credit, after_error=after_error, lr=lr)
+            reward, credit, after_error, *baseline = PPO_ARMS[arm]
+            spec = replace(base_spec, reward=reward, credit=credit, after_error=after_error, lr=lr,
+                           baseline=baseline[0] if baseline else base_spec.baseline)
             score = {"prm": lambda: prm_scores(PRMScorer(prm)), "mc": lambda: mc_scores(4, 0.7, 96)}.get(
                 reward, lambda: None)()
-            summary = train_step_ppo(policy, train, out, spec, score=score)
+            summary = train_step_ppo(policy, train, out, replace(spec, eval_every=args.curve_every), score=score,
+                                     evaluate=(lambda m, t: greedy_accuracy(TransformersGenerator(m, t), test[:100]))
+                                     if args.curve_every else None)
             right = [v for _, v in summary["curves"]["sample_accuracy"]]  # the training problems' right samples
             info = {"sampled_tokens": summary["sampled_tokens"], "final_kl": round(summary["final_kl"], 4),
                     "train_oracle_step_accuracy": summary["final_oracle_step_accuracy"],
                     "train_right_first_10": sum(right[:10]) / len(right[:10]),
-                    "train_right_last_10": sum(right[-10:]) / len(right[-10:])}
+                    "train_right_last_10": sum(right[-10:]) / len(right[-10:]),
+                    "heldout_curve": summary["curves"]["heldout_greedy"],
+                    "value_explained_last": summary["curves"]["value_explained"][-1][1] if spec.needs_critic else None}
             path = str(out)
         else:  # the offline arms: a dataset from the same problems, then the same optimizer steps
             if arm == "RFT":
@@ -192,6 +209,9 @@ def main() -> None:
         train_s = time.monotonic() - started
         figures[name] = {**measure(path, test), **info, "train_seconds": round(train_s, 1)}
         f = figures[name]
+        if f.get("heldout_curve"):
+            print(f"{name}: held-out greedy along training (first 100 problems): "
+                  + ", ".join(f"{it}: {g:.0%}" for it, g in f["heldout_curve"]), flush=True)
         print(f"{name}: greedy {f['greedy']:.1%}, pass@8 {f['pass_at_8']:.1%}, oracle step accuracy "
               f"{f['oracle_step_accuracy']:.1%} ({train_s:.0f}s)", flush=True)
 
@@ -206,7 +226,9 @@ def main() -> None:
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}")
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
-                      "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps, "lam": args.lam, "seed": args.seed, "optimizer_steps": opt_steps,
+                      "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps,
+                      "lam": args.lam, "vf_lr": args.vf_lr, "train_problems": args.train_problems or len(train),
+                      "seed": args.seed, "optimizer_steps": opt_steps,
                       "arms": figures}))
 
 

@@ -318,10 +318,13 @@ def step_ppo_policy(context: AssetExecutionContext, config: StepPPOConfig, store
         ("KL to the starting policy", "KL", {"KL": series.get("kl", [])}),
         (f"held-out greedy ({len(curve)} of {config.eval_prompt_set})", "accuracy",
          {"greedy": series.get("heldout_greedy", [])}),
+        *([("the critic: share of the returns' variance its values explain", "explained",
+            {"value head": series["value_explained"]})] if series.get("value_explained") else []),
     ])
     return MaterializeResult(metadata={
         "checkpoint_id": built.checkpoint_id, "path": str(built.path), "reused": built.reused,
         "trained_on_prompt_set": trained_on, "reward": spec.reward, "credit": spec.credit,
+        "baseline": spec.baseline if spec.credit == "step" else None,
         "reward_checkpoint": prm and prm["checkpoint_id"], "iterations": spec.iterations,
         "sampled_tokens": built.training.get("sampled_tokens"), "final_loss": built.training.get("final_loss"),
         "train_seconds": built.training.get("train_seconds"), "final_reward": built.training.get("final_reward"),

@@ -57,10 +57,11 @@ log = logging.getLogger(__name__)
 STEP_PPO_TRAINER = "step_ppo"  # the checkpoints' config.trainer
 # Bumped when the trainer's output changes for the same inputs; part of the checkpoint's id
 # and the step_ppo_policy asset's code version.
-STEP_PPO_REVISION = 2
+STEP_PPO_REVISION = 3
 CREDITS = ("step", "gae", "group")
 REWARDS = ("prm", "mc", "oracle", "none")  # none: the outcome alone (outcome-only RL)
 AFTER_ERROR = ("mask", "keep")
+BASELINES = ("critic", "group")
 SHAPINGS = ("clip", "delta", "none")
 STATE = "state.pt"  # the progress of an unfinished training, in its progress directory
 
@@ -76,6 +77,8 @@ class StepPPOSpec:
     credit: str = option("step", f"credit assignment: {', '.join(CREDITS)}")
     shaping: str = option("clip", f"step-reward shaping against hacking: {', '.join(SHAPINGS)}")
     outcome_weight: float = option(1.0, "weight of the outcome reward (1 right, 0 wrong) at the solution's end")
+    baseline: str = option("critic", "credit step's baseline: critic (a value head) or group (no critic: the "
+                                     "mean reward of the problem's samples' steps at the same depth)")
     after_error: str = option("keep", "steps after a wrong solution's first step scored below 0.5: mask (no policy "
                                       "gradient: their score is the doomed prefix's, not theirs) or keep")
     mc_n: int = option(4, "reward=mc: completions per step prefix")
@@ -86,14 +89,16 @@ class StepPPOSpec:
     clip: float = option(0.2, "PPO's clip range of the probability ratio")
     kl_coef: float = option(0.05, "weight of the KL penalty against the starting policy")
     vf_coef: float = option(0.5, "weight of the value loss (credit step and gae)")
+    vf_lr: float = option(0.0, "the value head's learning rate (credit step and gae); 0: the policy's lr")
     gamma: float = option(1.0, "discount per token")
-    lam: float = option(0.95, "GAE's lambda")
+    lam: float = option(0.95, "GAE's lambda (credit gae; within a step, credit step uses 1)")
     eval_every: int = option(4, "iterations between held-out greedy measurements; 0: at the end only")
     seed: int = option(0, "seed of the problems, the samples and the value head")
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("reward", self.reward, REWARDS), ("credit", self.credit, CREDITS),
-                                     ("shaping", self.shaping, SHAPINGS), ("after_error", self.after_error, AFTER_ERROR)):
+                                     ("shaping", self.shaping, SHAPINGS), ("baseline", self.baseline, BASELINES),
+                                     ("after_error", self.after_error, AFTER_ERROR)):
             if value not in allowed:
                 raise ValueError(f"step_ppo {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.credit == "group" and self.group_size < 2:
@@ -103,7 +108,7 @@ class StepPPOSpec:
 
     @property
     def needs_critic(self) -> bool:
-        return self.credit in ("step", "gae")
+        return self.credit == "gae" or (self.credit == "step" and self.baseline == "critic")
 
 
 # --- rewards and advantages: pure functions on lists, checked by hand in the tests -----------
@@ -132,9 +137,12 @@ def gae(rewards: Sequence[float], values: Sequence[float], gamma: float = 1.0, l
 
 
 def step_advantages(token_step: Sequence[int], rewards: Sequence[float], values: Sequence[float],
-                    gamma: float = 1.0, lam: float = 0.95) -> list[float]:
-    """credit=step: each step is an episode of its own tokens with its reward at its last
-    token; GAE within it, never across its end. `token_step[i]`: the step of token i."""
+                    gamma: float = 1.0) -> list[float]:
+    """credit=step: each step is an episode of its own tokens, its reward paid at its end:
+    a token's advantage is the step's reward (discounted to it) minus the value of its state,
+    never anything from later steps. No lambda within a step: the reward is the whole step's,
+    and the tokens that decide it are its first (`8 - 4` of `8 - 4 = 4 (left: 4 7 8)`), which
+    GAE's decay from the step's end would credit least. `token_step[i]`: the step of token i."""
     out: list[float] = []
     start = 0
     while start < len(token_step):
@@ -143,7 +151,7 @@ def step_advantages(token_step: Sequence[int], rewards: Sequence[float], values:
             end += 1
         r = [0.0] * (end - start)
         r[-1] = rewards[token_step[start]]
-        out += gae(r, values[start:end], gamma, lam)
+        out += gae(r, values[start:end], gamma, 1.0)
         start = end
     return out
 
@@ -177,6 +185,20 @@ def group_advantages(group: Sequence[tuple[Sequence[float], float]], eps: float 
         normed = [steps(r) for r in rewards]
         out.append([sum(normed[k:]) + outcome(o) for k in range(len(rewards))])
     return out
+
+
+def depth_baseline_advantages(group: Sequence[Sequence[float]]) -> list[list[float]]:
+    """credit=step, baseline=group: `group` is one problem's samples' step rewards (the
+    outcome included on each last step). A step's advantage is its reward minus the mean
+    reward of the group's steps at the same depth: for the first step, whose state all the
+    samples share, that is the value of the state the choice was made in; deeper it is the
+    problem's typical step there. Nothing from later steps, as with the critic."""
+    by_depth: dict[int, list[float]] = {}
+    for rewards in group:
+        for k, r in enumerate(rewards):
+            by_depth.setdefault(k, []).append(r)
+    mean = {k: sum(rs) / len(rs) for k, rs in by_depth.items()}
+    return [[r - mean[k] for k, r in enumerate(rewards)] for rewards in group]
 
 
 def whiten(xs: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -343,8 +365,10 @@ def _credit_mask(samples: Sequence[Sample], action: torch.Tensor) -> torch.Tenso
 def make_optimizer(model, spec: StepPPOSpec, device: str = "cpu") -> tuple[ValueHead | None, torch.optim.Optimizer]:
     """The value head (where the credit needs one) and the AdamW over it and the policy."""
     value_head = ValueHead(model.config.hidden_size).to(device) if spec.needs_critic else None
-    params = list(model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
-    return value_head, torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0, eps=spec.adam_eps)
+    groups = [{"params": list(model.parameters())}]
+    if value_head is not None:  # a head that starts at zero: at the policy's small lr it barely moves
+        groups.append({"params": list(value_head.parameters()), "lr": spec.vf_lr or spec.lr})
+    return value_head, torch.optim.AdamW(groups, lr=spec.lr, weight_decay=0.0, eps=spec.adam_eps)
 
 
 def _forward(model, value_head, ids, mask, temperature: float):
@@ -366,14 +390,14 @@ def _per_token(samples: Sequence[Sample], width: int, values: torch.Tensor | Non
         if n == 0:
             continue
         a = s.n_prompt - 1
-        if spec.credit == "group":
+        if r in group_adv:
             per_step = group_adv[r]
             row = [per_step[k] if k < len(per_step) else 0.0 for k in s.token_step]
         else:
             v = values[r, a: a + n].tolist()
             rewards = s.rewards or [0.0]
-            fn = step_advantages if spec.credit == "step" else gae_advantages
-            row = fn(s.token_step, rewards, v, spec.gamma, spec.lam)
+            row = (step_advantages(s.token_step, rewards, v, spec.gamma) if spec.credit == "step"
+                   else gae_advantages(s.token_step, rewards, v, spec.gamma, spec.lam))
         adv[r, a: a + n] = torch.tensor(row)
     return adv
 
@@ -434,7 +458,8 @@ class Progress:
     resumes from its last saved iteration."""
     iteration: int = 0
     curves: dict = field(default_factory=lambda: {k: [] for k in (
-        "reward", "step_score", "oracle_step_accuracy", "sample_accuracy", "kl", "heldout_greedy", "loss")})
+        "reward", "step_score", "oracle_step_accuracy", "sample_accuracy", "kl", "heldout_greedy", "loss",
+        "value_explained")})
     train_seconds: float = 0.0
     sampled_tokens: int = 0
 
@@ -531,7 +556,7 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
                  "step_score": sum(all_scores) / len(all_scores) if all_scores else None,
                  "oracle_step_accuracy": sum(oracle_steps) / len(oracle_steps) if oracle_steps else None,
                  "sample_accuracy": sum(s.correct for s in samples) / max(1, len(samples)),
-                 "kl": stats["kl"], "loss": stats["loss"]}
+                 "kl": stats["kl"], "loss": stats["loss"], "value_explained": stats["value_explained"]}
         for k, v in point.items():
             progress.curves[k].append((it, v))
         if evaluate and ((spec.eval_every and it % spec.eval_every == 0) or it == spec.iterations):
@@ -541,9 +566,10 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
         rate = progress.train_seconds / it  # seconds per iteration, a resumed run's earlier ones included
         held = progress.curves["heldout_greedy"]
         log.info("step_ppo: iteration %d/%d, reward %.3f, step score %s, oracle step accuracy %s, samples right %.1f%%, "
-                 "KL %.4f, %.0f tokens/s, ETA %.0fs%s", it, spec.iterations, point["reward"],
+                 "KL %.4f, value explains %s, %.0f tokens/s, ETA %.0fs%s", it, spec.iterations, point["reward"],
                  _fmt(point["step_score"]), _fmt(point["oracle_step_accuracy"]), 100 * point["sample_accuracy"],
-                 point["kl"], sampled_tokens / max(1e-9, time.monotonic() - t0), (spec.iterations - it) * rate,
+                 point["kl"], _fmt(point["value_explained"]), sampled_tokens / max(1e-9, time.monotonic() - t0),
+                 (spec.iterations - it) * rate,
                  f", held-out greedy {held[-1][1]:.1%}" if held and held[-1][0] == it else "")
         if progress_dir is not None and it < spec.iterations:
             _save_state(progress_dir, model, value_head, opt, progress, fingerprint)
@@ -571,7 +597,7 @@ def _fmt(v: float | None) -> str:
 def _update(model, reference, value_head, opt, samples: list[Sample], spec: StepPPOSpec, pad_id: int) -> dict:
     """PPO epochs over one iteration's samples; returns the mean loss and KL."""
     if not samples:
-        return {"loss": None, "kl": 0.0}
+        return {"loss": None, "kl": 0.0, "value_explained": None}
     device = next(model.parameters()).device
     ids, mask, action = _pad(samples, pad_id)
     credit = _credit_mask(samples, action)
@@ -579,17 +605,25 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
     with torch.no_grad():
         old_logp, values = _forward(model, value_head, ids, mask, spec.temperature)
         ref_logp, _ = _forward(reference, None, ids, mask, spec.temperature)
-    group_adv: dict[int, list[float]] = {}
-    if spec.credit == "group":
+    group_adv: dict[int, list[float]] = {}  # the critic-free modes' advantages per step, by row
+    if not spec.needs_critic:
         by_group: dict[int, list[int]] = {}
         for r, s in enumerate(samples):
             by_group.setdefault(s.group, []).append(r)
         for rows in by_group.values():
-            group = [(samples[r].step_rewards, spec.outcome_weight * float(samples[r].correct)) for r in rows]
-            for r, a in zip(rows, group_advantages(group)):
-                group_adv[r] = a
+            if spec.credit == "group":
+                per_row = group_advantages([(samples[r].step_rewards, spec.outcome_weight * float(samples[r].correct))
+                                            for r in rows])
+            else:
+                per_row = depth_baseline_advantages([samples[r].rewards for r in rows])
+            group_adv.update(zip(rows, per_row))
     adv = _per_token(samples, action.shape[1], None if values is None else values.cpu(), spec, group_adv).to(device)
     returns = adv + values if values is not None else None  # the value head's targets, before whitening
+    explained = None  # of the returns by the value head before this update: 1 a perfect critic, 0 none
+    if returns is not None:
+        on = action.bool()
+        var = returns[on].var()
+        explained = (1 - (returns[on] - values[on]).var() / var).item() if var > 0 else None
     if spec.credit != "group":
         adv = whiten(adv, credit)
     order = torch.Generator().manual_seed(spec.seed)
@@ -618,4 +652,4 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
             losses.append(loss.item())
             kls.append(((kl * m).sum() / n).item())
     model.eval()
-    return {"loss": sum(losses) / len(losses), "kl": sum(kls) / len(kls)}
+    return {"loss": sum(losses) / len(losses), "kl": sum(kls) / len(kls), "value_explained": explained}

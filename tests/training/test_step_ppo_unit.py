@@ -10,6 +10,7 @@ from qstar_dagster.training.step_ppo import (
     _credit_mask,
     _pad,
     credited_steps,
+    depth_baseline_advantages,
     encode_sample,
     encode_sampled,
     gae,
@@ -38,7 +39,7 @@ def test_step_credit_never_reaches_past_a_steps_end():
     # two steps of two tokens; step 0 right (reward 0), step 1 wrong (reward -0.5); values 0.
     # Each step's tokens see their own step's reward only.
     token_step = [0, 0, 1, 1]
-    assert step_advantages(token_step, [0.0, -0.5], [0, 0, 0, 0], lam=1.0) == approx([0, 0, -0.5, -0.5])
+    assert step_advantages(token_step, [0.0, -0.5], [0, 0, 0, 0]) == approx([0, 0, -0.5, -0.5])
     # the same under gae: the right first step is blamed for the wrong second one
     assert gae_advantages(token_step, [0.0, -0.5], [0, 0, 0, 0], lam=1.0) == approx([-0.5, -0.5, -0.5, -0.5])
 
@@ -46,14 +47,39 @@ def test_step_credit_never_reaches_past_a_steps_end():
 def test_step_credit_keeps_a_wrong_step_punished_when_the_answer_comes_out_right():
     # step 0 wrong (-0.5), step 1 right and the answer right (outcome +1 on the last step)
     token_step = [0, 1]
-    assert step_advantages(token_step, [-0.5, 1.0], [0, 0], lam=1.0) == approx([-0.5, 1.0])
+    assert step_advantages(token_step, [-0.5, 1.0], [0, 0]) == approx([-0.5, 1.0])
     assert gae_advantages(token_step, [-0.5, 1.0], [0, 0], lam=1.0) == approx([0.5, 1.0])
 
 
 def test_step_credit_subtracts_the_value_within_the_step():
-    # one step of three tokens, reward 1 at its end, values 0.5, 0.6, 0.7, lambda 0.5:
-    # deltas: 0.6-0.5=0.1, 0.7-0.6=0.1, 1-0.7=0.3; A2=0.3, A1=0.1+0.5*0.3=0.25, A0=0.1+0.5*0.25=0.225
-    assert step_advantages([0, 0, 0], [1.0], [0.5, 0.6, 0.7], lam=0.5) == approx([0.225, 0.25, 0.3])
+    # one step of three tokens, reward 1 at its end, values 0.5, 0.6, 0.7: the return is 1 at
+    # every token, so the advantages are 1 - V: 0.5, 0.4, 0.3
+    assert step_advantages([0, 0, 0], [1.0], [0.5, 0.6, 0.7]) == approx([0.5, 0.4, 0.3])
+
+
+def test_the_tokens_that_choose_a_step_get_its_whole_reward():
+    # `8 - 4 = 4 (left: 4 7 8)`: the choice is the first tokens, the rest follows from it.
+    # A dead end (-0.5) must reach the choice undecayed, however long the step and whatever
+    # the spec's lambda (which GAE credit uses across steps); with values 0 every token of
+    # the step gets -0.5. (Decayed by 0.95 per token from the step's end, the first token of
+    # this 24-token step got -0.15, and after whitening a dead end's choice was barely
+    # punished while its forced arithmetic was: on Countdown exact oracle rewards lowered
+    # the training problems' success.)
+    step = "8 - 4 = 4 (left: 4 7 8)\n"
+    token_step = [0] * len(step)
+    assert step_advantages(token_step, [-0.5], [0.0] * len(step)) == approx([-0.5] * len(step))
+
+
+def test_step_credit_with_a_group_baseline_compares_steps_at_the_same_depth():
+    # three samples of one problem. A: steps right, right, and right at the end (0, 0, 0 + 1);
+    # B: a dead end first (-0.5), then -0.5; C: right, then a dead end (0, -0.5).
+    # Depth means: first (0 - 0.5 + 0) / 3 = -1/6; second (0 - 0.5 - 0.5) / 3 = -1/3; third 1 (A alone).
+    group = [[0.0, 0.0, 1.0], [-0.5, -0.5], [0.0, -0.5]]
+    a, b, c = depth_baseline_advantages(group)
+    assert a == approx([1 / 6, 1 / 3, 0.0])
+    assert b == approx([-1 / 3, -1 / 6])
+    # C's right first step is not blamed for its dead end: it is credited as A's is
+    assert c == approx([1 / 6, -1 / 6])
 
 
 def test_group_credit_normalises_over_the_group_and_sums_what_follows():
