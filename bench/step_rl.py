@@ -9,12 +9,17 @@ accuracy of its samples (are its steps right, not only its answers?), with wall 
   group, or gae with a value head);
 - `step-PPO <credit>/<reward>`: step rewards from the PRM (default: the store's latest,
   trained from the policy), the oracle (a ceiling for the PRM) or Monte Carlo values;
+  `group-baseline`: credit step without a critic (the group's steps at the same depth);
 - `RFT`: the same number of samples drawn once from the base policy, the right ones
   deduplicated, fine-tuned for the same optimizer steps;
 - `step-DPO`: beam-search trees on the same problems, step pairs by the oracle's labels,
   the same optimizer steps.
 
     python bench/step_rl.py [--model DIR] [--prm DIR] [--domain arith] [--iterations 20] [--arms A,B]
+
+`--train-problems N --problems N` makes every iteration sample the same N problems: a loop
+that works must then raise their right samples (the column "right on train"), whatever it
+does on held-out problems. `--curve-every K` logs held-out greedy along training.
 
 The last line is one JSON object.
 """
