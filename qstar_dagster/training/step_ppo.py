@@ -8,10 +8,12 @@ takes a few epochs of PPO's clipped objective with a KL penalty against the star
 
 Credit assignment (`credit`):
 
-- `step`: each step's tokens see only that step's reward. A step is its own episode: the
-  value head predicts the step's reward from inside it, and GAE stops at the step's end
-  (nothing bootstraps from later steps), so a right step is not blamed for a later slip and
-  a wrong step stays punished when the answer comes out right (BACKGROUND.md, step-level PPO).
+- `step`: each step's tokens see only that step's reward. A step is its own episode:
+  every token of it gets the step's whole reward minus a baseline, and nothing bootstraps
+  from later steps, so a right step is not blamed for a later slip and a wrong step stays
+  punished when the answer comes out right (BACKGROUND.md, step-level PPO). The baseline is
+  a value head predicting the step's reward from inside it (`baseline: critic`) or the
+  group's steps at the same depth (`baseline: group`, no critic).
 - `gae`: each step's reward sits on its last token, and token-level GAE runs across the
   whole solution (OpenR's TPPO): a step's advantage includes what follows it.
 - `group`: no critic. The problem's group of samples is the baseline (GRPO with process
@@ -595,7 +597,8 @@ def _fmt(v: float | None) -> str:
 
 
 def _update(model, reference, value_head, opt, samples: list[Sample], spec: StepPPOSpec, pad_id: int) -> dict:
-    """PPO epochs over one iteration's samples; returns the mean loss and KL."""
+    """PPO epochs over one iteration's samples; returns the mean loss and KL, and the share of
+    the returns' variance the value head explained before the update (None without one)."""
     if not samples:
         return {"loss": None, "kl": 0.0, "value_explained": None}
     device = next(model.parameters()).device
