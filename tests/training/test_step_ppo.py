@@ -61,7 +61,8 @@ def test_exact_step_rewards_teach_a_choice(tmp_path):
     """On Countdown, where a step is a choice (which two numbers, which operation) and most
     wrong steps are dead ends rather than slips, the oracle's step rewards with step credit
     raise the share of right samples on the problems trained on. The shipped policy, 8
-    problems sampled 8 times each."""
+    problems sampled 8 times each: 22% over the first 2 iterations, 38% over the last 3
+    here; the same run at lr 0 gives 18% and 19%, so the bar of +10 points is the learning."""
     from qstar_dagster.tasks.prompt_sets import builtin_problems
     from qstar_dagster.training.shipped import SHIPPED_ROOT
 
