@@ -163,7 +163,8 @@ def main() -> None:
     lrs = [float(x) for x in args.lr.split(",")]
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
-                            adam_eps=args.adam_eps, lam=args.lam, vf_lr=args.vf_lr, seed=args.seed, eval_every=0)
+                            adam_eps=args.adam_eps, lam=args.lam, vf_lr=args.vf_lr, seed=args.seed,
+                            eval_every=args.curve_every)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
     # the problems the PPO arms see, for the offline arms (the same seeded draws)
@@ -187,7 +188,7 @@ def main() -> None:
                            baseline=baseline[0] if baseline else base_spec.baseline)
             score = {"prm": lambda: prm_scores(PRMScorer(prm)), "mc": lambda: mc_scores(4, 0.7, 96)}.get(
                 reward, lambda: None)()
-            summary = train_step_ppo(policy, train, out, replace(spec, eval_every=args.curve_every), score=score,
+            summary = train_step_ppo(policy, train, out, spec, score=score,
                                      evaluate=(lambda m, t: greedy_accuracy(TransformersGenerator(m, t), test[:100]))
                                      if args.curve_every else None)
             right = [v for _, v in summary["curves"]["sample_accuracy"]]  # the training problems' right samples
@@ -222,12 +223,12 @@ def main() -> None:
 
     print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
           f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr})")
-    print(f"{'arm':32}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
+    print(f"{'arm':40}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
           f"{'right on train, first/last 10 it.':>36}")
     for arm, f in figures.items():
         trend = (f"{f['train_right_first_10']:.1%} -> {f['train_right_last_10']:.1%}"
                  if "train_right_first_10" in f else "")
-        print(f"{arm:32}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
+        print(f"{arm:40}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}")
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
