@@ -19,7 +19,10 @@ accuracy of its samples (are its steps right, not only its answers?), with wall 
 
 `--train-problems N --problems N` makes every iteration sample the same N problems: a loop
 that works must then raise their right samples (the column "right on train"), whatever it
-does on held-out problems. `--curve-every K` logs held-out greedy along training.
+does on held-out problems (`tests/training/test_step_ppo.py`'s Countdown case and its lr-0
+control: `--train-problems 8 --problems 8 --group 8 --iterations 10 --temperature 1
+--max-new-tokens 64 --lr 2e-4,0 --arms "step-PPO step/oracle group-baseline"`).
+`--curve-every K` logs held-out greedy along training.
 
 The last line is one JSON object.
 """
@@ -140,6 +143,8 @@ def main() -> None:
     ap.add_argument("--vf-lr", type=float, default=StepPPOSpec().vf_lr, help="the value head's lr (0: the PPO lr)")
     ap.add_argument("--curve-every", type=int, default=0,
                     help="PPO arms: held-out greedy on the first 100 --test problems every N iterations (0: none)")
+    ap.add_argument("--temperature", type=float, default=StepPPOSpec().temperature, help="the PPO arms' sampling temperature")
+    ap.add_argument("--max-new-tokens", type=int, default=StepPPOSpec().max_new_tokens, help="the PPO arms' tokens per solution")
     ap.add_argument("--seed", type=int, default=StepPPOSpec().seed, help="the PPO arms' seed (problems, samples)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -164,6 +169,7 @@ def main() -> None:
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
                             adam_eps=args.adam_eps, lam=args.lam, vf_lr=args.vf_lr, seed=args.seed,
+                            temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             eval_every=args.curve_every)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
@@ -223,12 +229,12 @@ def main() -> None:
 
     print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
           f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr})")
-    print(f"{'arm':40}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
+    print(f"{'arm':48}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
           f"{'right on train, first/last 10 it.':>36}")
     for arm, f in figures.items():
         trend = (f"{f['train_right_first_10']:.1%} -> {f['train_right_last_10']:.1%}"
                  if "train_right_first_10" in f else "")
-        print(f"{arm:40}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
+        print(f"{arm:48}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}")
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
