@@ -143,8 +143,10 @@ def main() -> None:
     ap.add_argument("--vf-lr", type=float, default=StepPPOSpec().vf_lr, help="the value head's lr (0: the PPO lr)")
     ap.add_argument("--curve-every", type=int, default=0,
                     help="PPO arms: held-out greedy on the first 100 --test problems every N iterations (0: none)")
-    ap.add_argument("--temperature", type=float, default=StepPPOSpec().temperature, help="the PPO arms' sampling temperature")
-    ap.add_argument("--max-new-tokens", type=int, default=StepPPOSpec().max_new_tokens, help="the PPO arms' tokens per solution")
+    ap.add_argument("--temperature", type=float, default=StepPPOSpec().temperature,
+                    help="the PPO arms' sampling temperature")
+    ap.add_argument("--max-new-tokens", type=int, default=StepPPOSpec().max_new_tokens,
+                    help="the PPO arms' tokens per solution")
     ap.add_argument("--seed", type=int, default=StepPPOSpec().seed, help="the PPO arms' seed (problems, samples)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
