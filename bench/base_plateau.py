@@ -108,6 +108,10 @@ def main() -> None:
     schedules = [int(s) for s in args.steps.split(",")]
     cfg = BasePolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, lr=args.lr,
                            eval_every=args.curve_every, practice=args.practice)
+    # another size trains into another directory (the default size keeps the names earlier runs saved)
+    size = (cfg.hidden, cfg.layers, cfg.heads)
+    d = BasePolicyConfig()
+    size_tag = "" if size == (d.hidden, d.layers, d.heads) else "-h{}l{}a{}".format(*size)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     runs: dict[str, dict] = {}
     for setting in filter(None, (s.strip() for s in args.settings.split(";"))):
@@ -120,7 +124,8 @@ def main() -> None:
 
         for steps in sorted(schedules, reverse=True):  # the longest first: it is the candidate to ship
             path = Path(args.save) / (f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
-                                      + (f"-practice{cfg.practice:g}" if cfg.practice and kind == "countdown" else ""))
+                                      + (f"-practice{cfg.practice:g}" if cfg.practice and kind == "countdown" else "")
+                                      + size_tag)
             saved = path / "training.json"  # the trainer's summary beside the weights, as in a checkpoint
             if saved.is_file() and (path / "model.safetensors").is_file():  # trained by an earlier run: measure it
                 summary = json.loads(saved.read_text())
