@@ -53,7 +53,7 @@ from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import NoValue
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import policy_prompt
-from qstar_dagster.tasks.prompt_sets import builtin_problems
+from qstar_dagster.tasks.prompt_sets import BUILTIN_PROMPT_SETS, builtin_problems
 from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.base_policy import greedy_accuracy
 from qstar_dagster.training.dpo import DPOSpec, train_dpo
@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--adam-eps", type=float, default=StepPPOSpec().adam_eps, help="the PPO arms' AdamW epsilon")
     ap.add_argument("--lr", default=str(StepPPOSpec().lr),
                     help="the PPO arms' learning rate; a comma-separated list runs each PPO arm at each (a sweep)")
-    ap.add_argument("--test", type=int, default=200, help="held-out problems")
+    ap.add_argument("--test", type=int, default=200,
+                    help="held-out problems (beyond the built-in held-out set's size: more of the same draw)")
     ap.add_argument("--train-problems", type=int, default=0,
                     help="learn on the first N training problems only (0: all); with N = --problems every "
                          "iteration samples the same problems, so 'right on train' shows whether the loop fits them")
@@ -147,7 +148,9 @@ def main() -> None:
                     help="the PPO arms' sampling temperature")
     ap.add_argument("--max-new-tokens", type=int, default=StepPPOSpec().max_new_tokens,
                     help="the PPO arms' tokens per solution")
-    ap.add_argument("--seed", type=int, default=StepPPOSpec().seed, help="the PPO arms' seed (problems, samples)")
+    ap.add_argument("--seed", default=str(StepPPOSpec().seed),
+                    help="the trained arms' seed (problems, samples); a comma-separated list runs each arm at each "
+                         "and adds the arm's mean over them (the seed moves an arm by more than 200 problems' noise)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -164,27 +167,37 @@ def main() -> None:
         arms = [a for a in arms if not a.endswith("/prm")]
         print("no PRM (pass --prm, or run make demo): the prm arms are left out")
     train_set, test_set = SETS[args.domain]
-    train, test = builtin_problems(train_set), builtin_problems(test_set)[: args.test]
+    train = builtin_problems(train_set)
+    test = builtin_problems(test_set, n=max(args.test, BUILTIN_PROMPT_SETS[test_set].n))[: args.test]
     if args.train_problems:
         train = train[: args.train_problems]
     lrs = [float(x) for x in args.lr.split(",")]
+    seeds = [int(x) for x in args.seed.split(",")]
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
-                            adam_eps=args.adam_eps, lam=args.lam, vf_lr=args.vf_lr, seed=args.seed,
+                            adam_eps=args.adam_eps, lam=args.lam, vf_lr=args.vf_lr, seed=seeds[0],
                             temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             eval_every=args.curve_every)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
-    # the problems the PPO arms see, for the offline arms (the same seeded draws)
-    seen = list(dict.fromkeys(p.problem for it in range(1, args.iterations + 1) for p in
-                              random.Random(base_spec.seed * 100003 + it).sample(train, args.problems)))
     by_text = {p.problem: p for p in train}
-    offline = [by_text[t] for t in seen]
+
+    def offline_problems(seed: int) -> list:
+        """The problems the PPO arms of `seed` see (the same seeded draws), for the offline arms."""
+        seen = dict.fromkeys(p.problem for it in range(1, args.iterations + 1)
+                             for p in random.Random(seed * 100003 + it).sample(train, args.problems))
+        return [by_text[t] for t in seen]
+
     figures: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="step_rl-"))
-    runs = [(f"{a} lr {lr:g}" if len(lrs) > 1 and a in PPO_ARMS else a, a, lr)
-            for a in arms for lr in (lrs if a in PPO_ARMS else lrs[:1])]
-    for name, arm, lr in runs:
+
+    def run_name(arm: str, lr: float, seed: int) -> str:
+        return (arm + (f" lr {lr:g}" if len(lrs) > 1 and arm in PPO_ARMS else "")
+                + (f" seed {seed}" if len(seeds) > 1 and arm != "base" else ""))
+
+    runs = [(run_name(a, lr, seed), a, lr, seed) for a in arms for lr in (lrs if a in PPO_ARMS else lrs[:1])
+            for seed in (seeds if a != "base" else seeds[:1])]
+    for name, arm, lr, seed in runs:
         started = time.monotonic()
         out = work / name.replace(" ", "_").replace("/", "_")
         info: dict = {}
@@ -192,7 +205,7 @@ def main() -> None:
             path = policy
         elif arm in PPO_ARMS:
             reward, credit, after_error, *baseline = PPO_ARMS[arm]
-            spec = replace(base_spec, reward=reward, credit=credit, after_error=after_error, lr=lr,
+            spec = replace(base_spec, reward=reward, credit=credit, after_error=after_error, lr=lr, seed=seed,
                            baseline=baseline[0] if baseline else base_spec.baseline)
             score = {"prm": lambda: prm_scores(PRMScorer(prm)), "mc": lambda: mc_scores(4, 0.7, 96)}.get(
                 reward, lambda: None)()
@@ -208,6 +221,7 @@ def main() -> None:
                     "value_explained_last": summary["curves"]["value_explained"][-1][1] if spec.needs_critic else None}
             path = str(out)
         else:  # the offline arms: a dataset from the same problems, then the same optimizer steps
+            offline = offline_problems(seed)
             if arm == "RFT":
                 rows, tokens = rft_rows(policy, offline, max(1, samples // len(offline)), 0.7)
             else:
@@ -238,12 +252,28 @@ def main() -> None:
                  if "train_right_first_10" in f else "")
         print(f"{arm:48}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}")
+    means = {}
+    if len(seeds) > 1:  # each trained arm over its seeds
+        for arm in arms:
+            for lr in (lrs if arm in PPO_ARMS else lrs[:1]):
+                if arm == "base":
+                    continue
+                runs_of = [figures[run_name(arm, lr, seed)] for seed in seeds]
+                means[run_name(arm, lr, seeds[0]).rsplit(" seed ", 1)[0]] = {
+                    key: sum(f[key] or 0 for f in runs_of) / len(runs_of)
+                    for key in ("greedy", "pass_at_8", "oracle_step_accuracy")} | {
+                    "greedy_per_seed": [f["greedy"] for f in runs_of]}
+        print(f"\nmean over seeds {args.seed}")
+        print(f"{'arm':48}{'greedy':>9}{'pass@8':>9}{'step acc':>10}   greedy per seed")
+        for arm, m in means.items():
+            print(f"{arm:48}{m['greedy']:>9.1%}{m['pass_at_8']:>9.1%}{m['oracle_step_accuracy']:>10.1%}   "
+                  + " / ".join(f"{g:.1%}" for g in m["greedy_per_seed"]))
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
                       "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps,
                       "lam": args.lam, "vf_lr": args.vf_lr, "train_problems": args.train_problems or len(train),
                       "seed": args.seed, "optimizer_steps": opt_steps,
-                      "arms": figures}))
+                      "arms": figures, "means_over_seeds": means}))
 
 
 if __name__ == "__main__":
