@@ -82,7 +82,9 @@ def measure(setting: str, path: Path, held_out: list) -> dict:
     gen = TransformersGenerator(str(path))
     if setting.startswith("countdown"):
         return countdown_measure(gen, held_out)
-    sampled = sample(gen, held_out, EvalSpec(ns=(8,), max_new_tokens=96))
+    # room for the longest reference solution: with multipliers to 99 about 1% run past 96 characters
+    longest = max(len(p.reference_solution) for p in held_out)
+    sampled = sample(gen, held_out, EvalSpec(ns=(8,), max_new_tokens=max(96, longest + 8)))
     m, n = policy_metrics(sampled, [8]), len(sampled)
     return {"problems": n, "greedy": m[("greedy", 1)], "pass_at_8": m[("pass", 8)],
             "majority_at_8": m[("majority", 8)],
@@ -101,6 +103,9 @@ def main() -> None:
                     help="practice walks per training problem (Countdown; see BasePolicyConfig)")
     ap.add_argument("--problems", type=int, default=200, help="held-out problems per setting")
     ap.add_argument("--save", default="/tmp/plateau", help="where trained policies go")
+    ap.add_argument("--references", type=int, default=0,
+                    help="train on the reference solutions of the first N training problems only (0: all), as when "
+                         "written solutions are scarce and problems with a checker are not")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--curve-every", type=int, default=250, help="steps between greedy points (100 problems) in the log")
     args = ap.parse_args()
@@ -116,6 +121,7 @@ def main() -> None:
     runs: dict[str, dict] = {}
     for setting in filter(None, (s.strip() for s in args.settings.split(";"))):
         train, held_out = problems_of(setting, args.problems)
+        train = train[: args.references] if args.references else train
         kind = setting.partition(":")[0]  # practice walks are Countdown's
         runs[setting] = {"train_problems": len(train), "schedules": {}}
 
@@ -125,7 +131,7 @@ def main() -> None:
         for steps in sorted(schedules, reverse=True):  # the longest first: it is the candidate to ship
             path = Path(args.save) / (f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
                                       + (f"-practice{cfg.practice:g}" if cfg.practice and kind == "countdown" else "")
-                                      + size_tag)
+                                      + size_tag + (f"-ref{args.references}" if args.references else ""))
             saved = path / "training.json"  # the trainer's summary beside the weights, as in a checkpoint
             if saved.is_file() and (path / "model.safetensors").is_file():  # trained by an earlier run: measure it
                 summary = json.loads(saved.read_text())
@@ -164,7 +170,7 @@ def main() -> None:
               f"{r['gain_of_longest']} greedy -> {'plateau' if r['plateau'] else 'not at a plateau'}")
     print(json.dumps({"bench": "base_plateau", "machine": platform.machine(), "threads": args.threads,
                       "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "lr": cfg.lr,
-                                "practice": cfg.practice},
+                                "practice": cfg.practice}, "references": args.references or None,
                       "runs": runs}))
 
 
