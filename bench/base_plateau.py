@@ -14,6 +14,9 @@ measures every policy on the same 200 held-out problems, side by side:
 A setting is `arith:<ArithSpec field>=<value>,...` (none: the defaults) or
 `countdown:n:min-max:target_min-target_max`. A schedule whose policy is already in --save (with
 its training.json) is measured again, not retrained, so a longer schedule can be added later.
+`--references N` trains on the reference solutions of the first N training problems only (the
+held-out problems stay outside all of them), as for a real policy that has seen few written
+solutions of a task whose problems and checker are plentiful.
 The last line is one JSON object.
 """
 
