@@ -254,10 +254,8 @@ def main() -> None:
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}")
     means = {}
     if len(seeds) > 1:  # each trained arm over its seeds
-        for arm in arms:
+        for arm in (a for a in arms if a != "base"):
             for lr in (lrs if arm in PPO_ARMS else lrs[:1]):
-                if arm == "base":
-                    continue
                 runs_of = [figures[run_name(arm, lr, seed)] for seed in seeds]
                 means[run_name(arm, lr, seeds[0]).rsplit(" seed ", 1)[0]] = {
                     key: sum(f[key] or 0 for f in runs_of) / len(runs_of)
