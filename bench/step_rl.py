@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import platform
-import random
 import tempfile
 import time
 from dataclasses import replace
@@ -59,7 +58,13 @@ from qstar_dagster.training.base_policy import greedy_accuracy
 from qstar_dagster.training.dpo import DPOSpec, train_dpo
 from qstar_dagster.training.prm import PRMScorer
 from qstar_dagster.training.rft import RFTSpec, train_rft
-from qstar_dagster.training.step_ppo import StepPPOSpec, mc_scores, prm_scores, train_step_ppo
+from qstar_dagster.training.step_ppo import (
+    StepPPOSpec,
+    iteration_batch,
+    mc_scores,
+    prm_scores,
+    train_step_ppo,
+)
 
 SETS = {"arith": ("arith-train", "arith-test"), "countdown": ("countdown-train", "countdown-test")}
 PPO_ARMS = {  # name -> (reward, credit, after_error[, baseline of credit step])
@@ -184,16 +189,18 @@ def main() -> None:
 
     def offline_problems(seed: int) -> list:
         """The problems the PPO arms of `seed` see (the same seeded draws), for the offline arms."""
+        seeded = replace(base_spec, seed=seed)
         seen = dict.fromkeys(p.problem for it in range(1, args.iterations + 1)
-                             for p in random.Random(seed * 100003 + it).sample(train, args.problems))
+                             for p in iteration_batch(train, seeded, it))
         return [by_text[t] for t in seen]
 
     figures: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="step_rl-"))
 
-    def run_name(arm: str, lr: float, seed: int) -> str:
+    def run_name(arm: str, lr: float, seed: int | None) -> str:
+        """The arm's name in the tables; seed None: its mean over the seeds."""
         return (arm + (f" lr {lr:g}" if len(lrs) > 1 and arm in PPO_ARMS else "")
-                + (f" seed {seed}" if len(seeds) > 1 and arm != "base" else ""))
+                + (f" seed {seed}" if seed is not None and len(seeds) > 1 and arm != "base" else ""))
 
     runs = [(run_name(a, lr, seed), a, lr, seed) for a in arms for lr in (lrs if a in PPO_ARMS else lrs[:1])
             for seed in (seeds if a != "base" else seeds[:1])]
@@ -257,7 +264,7 @@ def main() -> None:
         for arm in (a for a in arms if a != "base"):
             for lr in (lrs if arm in PPO_ARMS else lrs[:1]):
                 runs_of = [figures[run_name(arm, lr, seed)] for seed in seeds]
-                means[run_name(arm, lr, seeds[0]).rsplit(" seed ", 1)[0]] = {
+                means[run_name(arm, lr, None)] = {
                     key: sum(f[key] or 0 for f in runs_of) / len(runs_of)
                     for key in ("greedy", "pass_at_8", "oracle_step_accuracy")} | {
                     "greedy_per_seed": [f["greedy"] for f in runs_of]}

@@ -495,6 +495,13 @@ def _load_state(progress_dir: Path | None, fingerprint: str) -> dict | None:
     return state
 
 
+def iteration_batch(problems: Sequence[Problem], spec: StepPPOSpec, it: int) -> list[Problem]:
+    """The problems iteration `it` samples: seeded by the iteration, so a resumed run draws the
+    same ones, and a benchmark can give offline arms the problems the PPO arms saw."""
+    return random.Random(spec.seed * 100003 + it).sample(list(problems), min(spec.problems_per_iteration,
+                                                                             len(problems)))
+
+
 def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: Path,
                    spec: StepPPOSpec = StepPPOSpec(), *, score: ScoreFn | None = None,
                    sampler: Callable[[object, object], Generator] | None = None,
@@ -536,8 +543,7 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
     started = time.monotonic() - progress.train_seconds
     for it in range(progress.iteration + 1, spec.iterations + 1):
         t0 = time.monotonic()
-        rng = random.Random(spec.seed * 100003 + it)  # the same problems for an iteration after a resume
-        batch = rng.sample(list(problems), min(spec.problems_per_iteration, len(problems)))
+        batch = iteration_batch(problems, spec, it)
         model.eval()
         gen = sampler(model, tok)
         prompts = [policy_prompt(p.problem, template) for p in batch]
