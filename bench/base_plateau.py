@@ -115,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     schedules = [int(s) for s in args.steps.split(",")]
     cfg = BasePolicyConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, lr=args.lr,
-                           eval_every=args.curve_every, practice=args.practice)
+                           eval_every=args.curve_every, practice=args.practice, references=args.references)
     # another size trains into another directory (the default size keeps the names earlier runs saved)
     size = (cfg.hidden, cfg.layers, cfg.heads)
     d = BasePolicyConfig()
@@ -124,7 +124,7 @@ def main() -> None:
     runs: dict[str, dict] = {}
     for setting in filter(None, (s.strip() for s in args.settings.split(";"))):
         train, held_out = problems_of(setting, args.problems)
-        train = train[: args.references] if args.references else train
+        train = cfg.problems(train)
         kind = setting.partition(":")[0]  # practice walks are Countdown's
         runs[setting] = {"train_problems": len(train), "schedules": {}}
 

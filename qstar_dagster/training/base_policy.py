@@ -45,6 +45,21 @@ class BasePolicyConfig:
     eval_every: int = option(250, "steps between points of the accuracy curve; 0: none")
     practice: float = option(0.5, "practice walks per training problem where the domain has them (Countdown: "
                              "random legal moves, trained on what follows from each choice, not the choice)")
+    references: int = option(0, "learn from the first N training problems only (0: all): a policy that has seen few "
+                             "written solutions, the rest of the prompt set left to RL and its checker (README, "
+                             "\"Arithmetic from few written solutions\")")
+
+    def identity(self) -> dict:
+        """The settings that name a trained checkpoint; `references` at 0 is left out, so the
+        checkpoints trained before it existed keep their ids."""
+        return {k: v for k, v in asdict(self).items() if not (k == "references" and v == 0)}
+
+    def problems(self, train: Sequence[Problem]) -> Sequence[Problem]:
+        """The training problems this config learns from."""
+        if self.references < 0 or self.references > len(train):
+            raise ValueError(f"base policy: references={self.references}, but the training prompt set has "
+                             f"{len(train)} problems; give 0 (all) up to {len(train)}")
+        return train[: self.references] if self.references else train
 
 
 def rebuild_config(train_prompt_set: str, root: Path | None = None) -> dict:
@@ -63,6 +78,7 @@ def train_base_policy(train: Sequence[Problem], out_dir: Path, cfg: BasePolicyCo
     steps and should return an accuracy; the points make the training curve."""
     if not train:
         raise ValueError("base policy: the training prompt set is empty")
+    train = cfg.problems(train)
     tok = char_tokenizer()
     model = tiny_llama(tok, cfg.hidden, cfg.layers, cfg.heads, seed=cfg.seed)
     examples = encode_pairs(tok, [(policy_prompt(p.problem), p.reference_solution) for p in train])
@@ -156,7 +172,8 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         given = None
         train_version, train_problems = store.prompt_set_problems(train_prompt_set)
         trained_on = f"{train_prompt_set}@{train_version}"
-        config = {**asdict(cfg), "template": template, "architecture": "char-llama"}
+        cfg.problems(train_problems)  # a bad `references` fails before anything is recorded
+        config = {**cfg.identity(), "template": template, "architecture": "char-llama"}
         identity = ("builtin", config, trained_on)
         record = {"base": None, "trained_on_prompt_set": trained_on, "config": config}
     votes = votes_apply(eval_problems)

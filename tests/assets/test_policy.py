@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from dagster import DagsterInstance, materialize
 
@@ -80,6 +82,11 @@ def test_trains_records_and_reuses_the_base_policy(env):
     metadata(run_policy(env, {**TINY, "seed": 1}))
     assert store.query("SELECT count(*) FROM checkpoints")[1] == [(2,)]
 
+    # Fewer written solutions: another checkpoint, its config saying how many it learned.
+    fewer = metadata(run_policy(env, {**TINY, "references": 100}))
+    assert fewer["n_train_examples"] == 100 and fewer["checkpoint_id"] != meta["checkpoint_id"]
+    assert json.loads(store.checkpoint(fewer["checkpoint_id"])["config"])["references"] == 100
+
 
 def test_a_run_killed_after_training_resumes_without_retraining(env):
     load_prompt_sets(env)
@@ -130,6 +137,14 @@ def test_unknown_backend_fails_before_any_work(env):
     result = run_policy(env, {**TINY, "backend": "tgi"}, raise_on_error=False)
     [failure] = [e for e in result.all_events if e.is_step_failure]
     assert "backend must be transformers or vllm, got 'tgi'" in failure.step_failure_data.error.to_string()
+    assert not (env[2] / "checkpoints").exists() or not list((env[2] / "checkpoints").iterdir())
+
+
+def test_more_references_than_problems_fails_before_any_work(env):
+    load_prompt_sets(env)
+    result = run_policy(env, {**TINY, "references": 301}, raise_on_error=False)
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "references=301, but the training prompt set has 300 problems" in failure.step_failure_data.error.to_string()
     assert not (env[2] / "checkpoints").exists() or not list((env[2] / "checkpoints").iterdir())
 
 

@@ -1,3 +1,5 @@
+from dataclasses import asdict, replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,6 +55,17 @@ def test_same_seed_same_weights(tmp_path, one_thread):
     a = train_base_policy(train, tmp_path / "a", cfg)
     b = train_base_policy(train, tmp_path / "b", cfg)
     assert a["loss_curve"] == b["loss_curve"]
+
+
+def test_references_learns_from_the_first_n_problems_only(tmp_path, one_thread):
+    train = builtin_problems("arith-train", n=100)
+    cfg = BasePolicyConfig(hidden=32, layers=1, heads=2, steps=3, batch_size=8, warmup=1, eval_every=0, references=30)
+    assert train_base_policy(train, tmp_path / "ck", cfg)["n_train_examples"] == 30
+    # it names the checkpoint; left at 0 it is out of the name, so earlier checkpoints keep theirs
+    assert cfg.identity()["references"] == 30
+    assert replace(cfg, references=0).identity() == {k: v for k, v in asdict(cfg).items() if k != "references"}
+    with pytest.raises(ValueError, match=r"references=101, but the training prompt set has 100 problems; give 0"):
+        train_base_policy(train, tmp_path / "x", replace(cfg, references=101))
 
 
 def test_training_on_nothing_is_a_clear_error(tmp_path):
