@@ -59,6 +59,7 @@ from qstar_dagster.training.dpo import DPOSpec, train_dpo
 from qstar_dagster.training.prm import PRMScorer
 from qstar_dagster.training.rft import RFTSpec, train_rft
 from qstar_dagster.training.step_ppo import (
+    KL_ESTIMATORS,
     StepPPOSpec,
     iteration_batch,
     mc_scores,
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--minibatch", type=int, default=StepPPOSpec().minibatch_size, help="sequences per optimizer step")
     ap.add_argument("--epochs", type=int, default=StepPPOSpec().ppo_epochs, help="PPO passes over each iteration's samples")
     ap.add_argument("--adam-eps", type=float, default=StepPPOSpec().adam_eps, help="the PPO arms' AdamW epsilon")
+    ap.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=StepPPOSpec().kl_estimator,
+                    help="the PPO arms' KL penalty term (StepPPOSpec.kl_estimator)")
     ap.add_argument("--lr", default=str(StepPPOSpec().lr),
                     help="the PPO arms' learning rate; a comma-separated list runs each PPO arm at each (a sweep)")
     ap.add_argument("--test", type=int, default=200,
@@ -180,7 +183,7 @@ def main() -> None:
     seeds = [int(x) for x in args.seed.split(",")]
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
-                            adam_eps=args.adam_eps, lam=args.lam, vf_lr=args.vf_lr, seed=seeds[0],
+                            adam_eps=args.adam_eps, kl_estimator=args.kl_estimator, lam=args.lam, vf_lr=args.vf_lr, seed=seeds[0],
                             temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             eval_every=args.curve_every)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
@@ -276,6 +279,7 @@ def main() -> None:
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
                       "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps,
+                      "kl_estimator": args.kl_estimator,
                       "lam": args.lam, "vf_lr": args.vf_lr, "train_problems": args.train_problems or len(train),
                       "seed": args.seed, "optimizer_steps": opt_steps,
                       "arms": figures, "means_over_seeds": means}))

@@ -278,7 +278,9 @@ def step_ppo_policy(context: AssetExecutionContext, config: StepPPOConfig, store
         _, held_out = lineage.prompt_set_problems(config.eval_prompt_set)
         template = artifacts.checkpoint_template(base)
         trained_on = f"{context.partition_key}@{version}"
-        train_config = {"trainer": STEP_PPO_TRAINER, "revision": STEP_PPO_REVISION, **asdict(spec),
+        # kl_estimator at k3, what trained before it was an option, is left out: those checkpoints keep their ids
+        settings = {k: v for k, v in asdict(spec).items() if (k, v) != ("kl_estimator", "k3")}
+        train_config = {"trainer": STEP_PPO_TRAINER, "revision": STEP_PPO_REVISION, **settings,
                         "reward_checkpoint": prm and prm["checkpoint_id"]}
         identity = (base["checkpoint_id"], trained_on, train_config)
         checkpoints_dir = data_dir.subdir("checkpoints")

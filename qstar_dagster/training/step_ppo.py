@@ -65,6 +65,7 @@ REWARDS = ("prm", "mc", "oracle", "none")  # none: the outcome alone (outcome-on
 AFTER_ERROR = ("mask", "keep")
 BASELINES = ("critic", "group")
 SHAPINGS = ("clip", "delta", "none")
+KL_ESTIMATORS = ("k3", "k2")
 STATE = "state.pt"  # the progress of an unfinished training, in its progress directory
 
 
@@ -90,6 +91,9 @@ class StepPPOSpec:
     adam_eps: float = option(1e-8, "AdamW's epsilon")
     clip: float = option(0.2, "PPO's clip range of the probability ratio")
     kl_coef: float = option(0.05, "weight of the KL penalty against the starting policy")
+    kl_estimator: str = option("k3", "the KL penalty's per-token term: k3 (its gradient grows as ref/policy where the "
+                                     "policy left a token) or k2 (half the squared log-ratio: the gradient of "
+                                     "KL(policy || reference) on the policy's own samples; README, \"The KL penalty\")")
     vf_coef: float = option(0.5, "weight of the value loss (credit step and gae)")
     vf_lr: float = option(0.0, "the value head's learning rate (credit step and gae); 0: the policy's lr")
     gamma: float = option(1.0, "discount per token")
@@ -100,7 +104,8 @@ class StepPPOSpec:
     def __post_init__(self) -> None:
         for name, value, allowed in (("reward", self.reward, REWARDS), ("credit", self.credit, CREDITS),
                                      ("shaping", self.shaping, SHAPINGS), ("baseline", self.baseline, BASELINES),
-                                     ("after_error", self.after_error, AFTER_ERROR)):
+                                     ("after_error", self.after_error, AFTER_ERROR),
+                                     ("kl_estimator", self.kl_estimator, KL_ESTIMATORS)):
             if value not in allowed:
                 raise ValueError(f"step_ppo {name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.credit == "group" and self.group_size < 2:
@@ -598,6 +603,22 @@ def train_step_ppo(base_dir: str | Path, problems: Sequence[Problem], out_dir: P
             "loss_curve": curves["loss"], "curves": curves, "config": asdict(spec)}
 
 
+def kl_terms(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token (penalty, estimate) of KL(policy || reference) on the policy's samples.
+    The estimate is k3 = r - log r - 1 (r = ref/policy): non-negative, unbiased, the figure
+    logged whatever the penalty. As a loss, k3's gradient is (1 - r) grad log p, whose mean is
+    the gradient of KL(reference || policy): it grows without bound where the policy left a
+    token the reference liked. k2 = (log r)^2 / 2 has gradient -log r grad log p, whose mean
+    is the gradient of KL(policy || reference) itself."""
+    log_r = ref_logp - logp
+    k3 = torch.exp(log_r) - log_r - 1
+    if estimator == "k3":
+        return k3, k3
+    if estimator == "k2":
+        return 0.5 * log_r ** 2, k3
+    raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {estimator!r}")
+
+
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
@@ -648,10 +669,8 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
             ratio = torch.exp(logp - old_logp[idx])
             a = adv[idx]
             pg = -torch.min(ratio * a, ratio.clamp(1 - spec.clip, 1 + spec.clip) * a)
-            # k3 estimator of KL(policy || reference): non-negative, unbiased
-            delta = ref_logp[idx] - logp
-            kl = torch.exp(delta) - delta - 1
-            loss = (pg * c).sum() / n_c + spec.kl_coef * (kl * m).sum() / n
+            penalty, kl = kl_terms(logp, ref_logp[idx], spec.kl_estimator)
+            loss = (pg * c).sum() / n_c + spec.kl_coef * (penalty * m).sum() / n
             if v is not None:
                 loss = loss + spec.vf_coef * (((v - returns[idx]) ** 2) * m).sum() / n
             opt.zero_grad()

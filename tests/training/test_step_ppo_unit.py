@@ -16,6 +16,7 @@ from qstar_dagster.training.step_ppo import (
     gae,
     gae_advantages,
     group_advantages,
+    kl_terms,
     shape,
     step_advantages,
 )
@@ -174,3 +175,22 @@ def test_bad_config_says_what_is_allowed():
         StepPPOSpec(credit="group", group_size=1)
     with pytest.raises(ValueError, match="after_error must be one of mask, keep"):
         StepPPOSpec(after_error="drop")
+    with pytest.raises(ValueError, match="kl_estimator must be one of k3, k2"):
+        StepPPOSpec(kl_estimator="k1")
+
+
+def test_the_kl_penalties_and_their_gradients():
+    # tokens where the policy's log-prob is 1 above the reference's, equal, and 3 below
+    ref = torch.tensor([-2.0, -1.0, -1.0])
+    for estimator, penalty_by_hand, gradient_by_hand in (
+        # k3 = r - log r - 1, r = ref/policy: e^-1, 0, e^3 - 4; d/dlogp = 1 - r
+        ("k3", [0.367879, 0.0, 16.085537], [0.632121, 0.0, -19.085537]),
+        # k2 = (log r)^2 / 2: 0.5, 0, 4.5; d/dlogp = log p - log ref, growing only linearly
+        ("k2", [0.5, 0.0, 4.5], [1.0, 0.0, -3.0]),
+    ):
+        logp = torch.tensor([-1.0, -1.0, -4.0], requires_grad=True)
+        penalty, estimate = kl_terms(logp, ref, estimator)
+        penalty.sum().backward()
+        assert penalty.tolist() == pytest.approx(penalty_by_hand, abs=1e-5)
+        assert logp.grad.tolist() == pytest.approx(gradient_by_hand, abs=1e-5)
+        assert estimate.tolist() == pytest.approx([0.367879, 0.0, 16.085537], abs=1e-5)  # k3 is what is logged
