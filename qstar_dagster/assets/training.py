@@ -5,7 +5,6 @@ started from, its training metrics and its evaluation on a held-out prompt set.
 (No `from __future__ import annotations`: Dagster reads these annotations.)"""
 
 import random
-from dataclasses import asdict
 from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
@@ -25,6 +24,7 @@ from qstar_dagster.plots import line_plots_markdown
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.rollouts import load_trees
+from qstar_dagster.spec import id_settings
 from qstar_dagster.tasks.steps import step_format
 from qstar_dagster.training.base_policy import greedy_accuracy
 from qstar_dagster.training.checkpoints import (
@@ -278,9 +278,7 @@ def step_ppo_policy(context: AssetExecutionContext, config: StepPPOConfig, store
         _, held_out = lineage.prompt_set_problems(config.eval_prompt_set)
         template = artifacts.checkpoint_template(base)
         trained_on = f"{context.partition_key}@{version}"
-        # kl_estimator at k3, what trained before it was an option, is left out: those checkpoints keep their ids
-        settings = {k: v for k, v in asdict(spec).items() if (k, v) != ("kl_estimator", "k3")}
-        train_config = {"trainer": STEP_PPO_TRAINER, "revision": STEP_PPO_REVISION, **settings,
+        train_config = {"trainer": STEP_PPO_TRAINER, "revision": STEP_PPO_REVISION, **id_settings(spec),
                         "reward_checkpoint": prm and prm["checkpoint_id"]}
         identity = (base["checkpoint_id"], trained_on, train_config)
         checkpoints_dir = data_dir.subdir("checkpoints")

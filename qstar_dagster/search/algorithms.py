@@ -43,7 +43,7 @@ class SearchSpec:
     value: str = option("likelihood", f"value function: {', '.join(VALUE_FUNCTIONS)} (mc reads the reference "
                         "answer: for making data; answers are then chosen by majority vote)")
     mc_rollouts: int = option(4, "value mc: completions sampled per node")
-    prm_checkpoint: str | None = option(None, "value prm: PRM checkpoint id; unset: the latest PRM")
+    prm_checkpoint: str | None = option(None, "value prm: PRM checkpoint id; unset: the latest PRM", added=True)
     seed: int = option(0, "seed of the search's sampling")
 
     def __post_init__(self) -> None:

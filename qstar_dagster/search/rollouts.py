@@ -24,6 +24,7 @@ from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.algorithms import SearchSpec, SearchStats, search
 from qstar_dagster.search.tree import Tree
 from qstar_dagster.search.value import make_value_function
+from qstar_dagster.spec import id_settings
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, content_id, policy_prompt
 from qstar_dagster.tasks.steps import step_format
 
@@ -63,8 +64,7 @@ def plan_rollout(prompt_set: str, version: str, problems: Sequence[Problem], pol
     if len(separators) > 1:  # one stop string per generator call
         raise ValueError(f"prompt set {prompt_set!r} mixes step formats {sorted(separators)}; "
                          "split it into one prompt set per domain")
-    # A spec without a PRM hashes as before PRMs existed, so earlier rollouts keep their ids.
-    key = {k: v for k, v in asdict(spec).items() if not (k == "prm_checkpoint" and v is None)}
+    key = id_settings(spec)  # a spec without a PRM hashes as before PRMs existed
     rollout_id = content_id("r", prompt_set, version, policy_checkpoint, key, batch_size, template)
     batches = []
     for index, start in enumerate(range(0, len(problems), batch_size)):

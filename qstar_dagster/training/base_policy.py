@@ -15,7 +15,7 @@ from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator, resolve_model_dir
 from qstar_dagster.lineage import artifacts
 from qstar_dagster.lineage.store import LineageStore
-from qstar_dagster.spec import option
+from qstar_dagster.spec import id_settings, option
 from qstar_dagster.tasks.domains import domain, votes_apply
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.training.charlm import char_tokenizer, tiny_llama
@@ -47,12 +47,7 @@ class BasePolicyConfig:
                              "random legal moves, trained on what follows from each choice, not the choice)")
     references: int = option(0, "learn from the first N training problems only (0: all): a policy that has seen few "
                              "written solutions, the rest of the prompt set left to RL and its checker (README, "
-                             "\"Arithmetic from few written solutions\")")
-
-    def identity(self) -> dict:
-        """The settings that name a trained checkpoint; `references` at 0 is left out, so the
-        checkpoints trained before it existed keep their ids."""
-        return {k: v for k, v in asdict(self).items() if not (k == "references" and v == 0)}
+                             "\"Arithmetic from few written solutions\")", added=True)
 
     def problems(self, train: Sequence[Problem]) -> Sequence[Problem]:
         """The training problems this config learns from."""
@@ -173,7 +168,7 @@ def build_base_policy(store: LineageStore, checkpoints_dir: Path, *, cfg: BasePo
         train_version, train_problems = store.prompt_set_problems(train_prompt_set)
         trained_on = f"{train_prompt_set}@{train_version}"
         cfg.problems(train_problems)  # a bad `references` fails before anything is recorded
-        config = {**cfg.identity(), "template": template, "architecture": "char-llama"}
+        config = {**id_settings(cfg), "template": template, "architecture": "char-llama"}
         identity = ("builtin", config, trained_on)
         record = {"base": None, "trained_on_prompt_set": trained_on, "config": config}
     votes = votes_apply(eval_problems)

@@ -93,7 +93,8 @@ class StepPPOSpec:
     kl_coef: float = option(0.05, "weight of the KL penalty against the starting policy")
     kl_estimator: str = option("k3", "the KL penalty's per-token term: k3 (its gradient grows as ref/policy where the "
                                      "policy left a token) or k2 (half the squared log-ratio: the gradient of "
-                                     "KL(policy || reference) on the policy's own samples; README, \"The KL penalty\")")
+                                     "KL(policy || reference) on the policy's own samples; README, \"The KL penalty\")",
+                               added=True)
     vf_coef: float = option(0.5, "weight of the value loss (credit step and gae)")
     vf_lr: float = option(0.0, "the value head's learning rate (credit step and gae); 0: the policy's lr")
     gamma: float = option(1.0, "discount per token")

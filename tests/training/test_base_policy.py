@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from qstar_dagster.evaluation.evaluate import evaluate_policy
 from qstar_dagster.generation.base import Completion, SamplingParams
 from qstar_dagster.generation.hf import TransformersGenerator
+from qstar_dagster.spec import id_settings
 from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.training.base_policy import (
@@ -62,8 +63,8 @@ def test_references_learns_from_the_first_n_problems_only(tmp_path, one_thread):
     cfg = BasePolicyConfig(hidden=32, layers=1, heads=2, steps=3, batch_size=8, warmup=1, eval_every=0, references=30)
     assert train_base_policy(train, tmp_path / "ck", cfg)["n_train_examples"] == 30
     # it names the checkpoint; left at 0 it is out of the name, so earlier checkpoints keep theirs
-    assert cfg.identity()["references"] == 30
-    assert replace(cfg, references=0).identity() == {k: v for k, v in asdict(cfg).items() if k != "references"}
+    assert id_settings(cfg)["references"] == 30
+    assert id_settings(replace(cfg, references=0)) == {k: v for k, v in asdict(cfg).items() if k != "references"}
     with pytest.raises(ValueError, match=r"references=101, but the training prompt set has 100 problems; give 0"):
         train_base_policy(train, tmp_path / "x", replace(cfg, references=101))
 
