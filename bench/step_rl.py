@@ -162,9 +162,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    # each PPO iteration's line (reward, oracle step accuracy, samples right, KL) on stderr
+    # each PPO iteration's line (reward, oracle step accuracy, samples right, KL) on stderr, and
+    # the RFT and DPO trainers' progress lines (step, loss, rate, ETA)
     logging.basicConfig(format="%(message)s")
-    logging.getLogger("qstar_dagster.training.step_ppo").setLevel(logging.INFO)
+    logging.getLogger("qstar_dagster.training").setLevel(logging.INFO)
     policy = args.model or default_model()
     prm = args.prm or default_prm(policy)
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else ARMS

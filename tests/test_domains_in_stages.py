@@ -3,6 +3,7 @@ goes through them unchanged in their cores: trees grade their leaves with the do
 oracle labels Countdown steps (valid and still solvable), and evaluation reports no
 majority vote where votes mean nothing."""
 
+from qstar_dagster.datasets.build import DatasetSpec, step_pair_rows
 from qstar_dagster.evaluation.evaluate import EvalSpec, policy_metrics, prm_metrics, sample
 from qstar_dagster.generation.base import Completion
 from qstar_dagster.labeling.oracle import oracle_labels
@@ -38,6 +39,16 @@ def test_a_countdown_tree_grades_its_leaves_and_gets_oracle_labels():
     assert by_text["8 - 4 = 4 (left: 4 7 8)"] == (True, True)
     assert by_text["4 * 7 = 28 (left: 8 8 28)"] == (False, False)  # valid, but a dead end
     assert by_text["3 * 8 = 25 (left: 25)"] == (False, False)  # a slip of arithmetic
+
+
+def test_countdown_step_pairs_end_a_last_step_bare_and_the_others_with_the_separator():
+    tree = _tree([RIGHT, DEAD_END, SLIP])
+    hard = {n: prefix_ok for n, (_, prefix_ok) in oracle_labels([tree]).items()}
+    rows = {r["chosen"]: r["rejected"] for r in step_pair_rows([tree], hard, DatasetSpec(kind="step_pairs"))}
+    # the solution's last step: the trainer ends it with the end of sequence, so DPO learns to stop there
+    assert rows["3 * 8 = 24 (left: 24)"] == "3 * 8 = 25 (left: 25)"
+    assert rows["8 - 4 = 4 (left: 4 7 8)\n"] == "4 * 7 = 28 (left: 8 8 28)\n"  # the solution goes on
+    assert len(rows) == 2
 
 
 class Scripted:

@@ -12,6 +12,7 @@ from qstar_dagster.assets._runs import partition_rollout, recorded_run
 from qstar_dagster.assets.prompts import prompt_set_partitions
 from qstar_dagster.automation import follows_inputs
 from qstar_dagster.datasets.build import (
+    KIND_FORMAT,
     KINDS,
     ROW_FORMAT,
     DatasetSpec,
@@ -32,7 +33,8 @@ class DatasetsConfig(spec_config(DatasetSpec, exclude=("kind",))):
 @asset(
     partitions_def=prompt_set_partitions,
     group_name="datasets",
-    code_version=str(ROW_FORMAT),  # the rows change with the format, and so do dataset ids
+    # the rows change with the format, and so do dataset ids
+    code_version=".".join(map(str, [ROW_FORMAT, *KIND_FORMAT.values()])),
     kinds={"duckdb", "parquet"},
     deps=[AssetKey("tot_rollouts"), AssetKey("mc_labels"), AssetKey("judge_labels"), AssetKey("consensus_labels"),
           AssetKey("oracle_labels"), AssetKey("imported_labels")],

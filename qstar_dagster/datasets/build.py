@@ -7,7 +7,9 @@
   each dataset is also exported in Math-Shepherd's, PRM800K's and ProcessBench's shapes,
   which `tasks/process_files.py` reads back to the same labels;
 - `step_pairs`: step-DPO pairs: one prefix, a next step the labeler calls right (chosen) and
-  one it calls wrong (rejected), each ending with the step separator;
+  one it calls wrong (rejected), each ending with the step separator, except a step the
+  policy ended its solution with, which ends bare: a trainer ends it with the end of
+  sequence (`train_dpo`'s `completion_end`), so the pairs teach where a solution stops;
 - `pairs`: whole-solution DPO pairs: one problem, a right and a wrong finished solution.
 
 In every kind, `prompt` is what the model trained on the row reads before its completion:
@@ -34,7 +36,7 @@ from qstar_dagster.lineage.files import write_atomically
 from qstar_dagster.lineage.labels import as_positive, label_values
 from qstar_dagster.lineage.store import LineageStore, utcnow
 from qstar_dagster.search.rollouts import load_trees
-from qstar_dagster.search.tree import Tree
+from qstar_dagster.search.tree import Node, Tree
 from qstar_dagster.spec import option
 from qstar_dagster.tasks.problem import content_id
 from qstar_dagster.tasks.process_files import STEP_TAG
@@ -44,6 +46,9 @@ PRM_EXPORTS = ("math_shepherd", "prm800k", "processbench")  # a prm dataset's fi
 # Part of every dataset id: bump it when the rows a spec produces change, so that a dataset
 # recorded by earlier code is rebuilt instead of reused. 3: the PRM800K and ProcessBench files.
 ROW_FORMAT = 3
+# The same for one kind, where only its rows changed (ids of the others stay): step_pairs 1:
+# a solution's last step ends bare, not with the separator.
+KIND_FORMAT = {"step_pairs": 1}
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,12 @@ def processbench_rows(trees: Sequence[Tree], hard: dict[str, bool]) -> list[dict
     return out
 
 
+def _step_completion(t: Tree, n: Node) -> str:
+    """A step as a completion: with the separator where the solution goes on, bare where the
+    policy ended it there (a step pair that never shows the end teaches a policy not to stop)."""
+    return n.text if n.is_terminal and not n.truncated else n.text + t.step_format.separator
+
+
 def step_pair_rows(trees: Sequence[Tree], hard: dict[str, bool], spec: DatasetSpec) -> list[dict]:
     rows = []
     for t in trees:
@@ -180,8 +191,8 @@ def step_pair_rows(trees: Sequence[Tree], hard: dict[str, bool], spec: DatasetSp
             bad = list({k.text: k for k in kids if not hard[k.node_id]}.values())
             pairs = [(g, b) for g in good for b in bad if g.text != b.text]
             for g, b in _cap(pairs, spec.max_per_problem):
-                sep = t.step_format.separator  # a step ends with the separator, not the solution's end
-                rows.append({"prompt": t.prefix(parent), "chosen": g.text + sep, "rejected": b.text + sep,
+                rows.append({"prompt": t.prefix(parent), "chosen": _step_completion(t, g),
+                             "rejected": _step_completion(t, b),
                              "prompt_id": t.problem.prompt_id, "chosen_ids": [g.node_id], "rejected_ids": [b.node_id]})
     return rows
 
@@ -242,7 +253,8 @@ def build_dataset(store: LineageStore, rollout_id: str, spec: DatasetSpec, out_d
         raise LookupError(f"rollout {rollout_id} has no {spec.labeler!r} labels; materialize the labeler's asset "
                           f"first or pick another labeler (mc, binary_search, judge, consensus, oracle)")
     fingerprint = hashlib.sha256(json.dumps(sorted(hard.items())).encode()).hexdigest()[:16]
-    dataset_id = content_id("ds", spec.kind, rollout_id, asdict(spec), fingerprint, ROW_FORMAT)
+    dataset_id = content_id("ds", spec.kind, rollout_id, asdict(spec), fingerprint, ROW_FORMAT,
+                            *([KIND_FORMAT[spec.kind]] if spec.kind in KIND_FORMAT else []))
     base = out_dir / dataset_id
     recorded = artifacts.dataset_row(store, dataset_id)
     files = {"jsonl": base.with_suffix(".jsonl"), "parquet": base.with_suffix(".parquet")}

@@ -41,23 +41,28 @@ def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: D
 
     TRL ends every plain-text completion with the end-of-sequence token, which is right for
     whole solutions and wrong for one step (the policy would learn to stop after a step).
-    For step pairs `completion_end` is the step separator the rows already end with: TRL is
-    handed a copy of the tokenizer whose end-of-sequence text is that separator, so it
-    appends nothing; the checkpoint is saved with the real tokenizer."""
+    For step pairs `completion_end` is the step separator that a step ends with where the
+    solution goes on: TRL is handed a copy of the tokenizer whose end-of-sequence text is that
+    separator, so it appends nothing there; a step that ends bare is a solution's last, and
+    gets the real end of sequence. The checkpoint is saved with the real tokenizer."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tok = AutoTokenizer.from_pretrained(base_dir)
-    trl_tok = tok
+    trl_tok, sides = tok, ("chosen", "rejected")
+    final = [(False, False)] * len(rows)  # (chosen, rejected) ends the solution
     if completion_end is not None:
-        if not all(r["chosen"].endswith(completion_end) and r["rejected"].endswith(completion_end) for r in rows):
-            raise ValueError(f"step pairs must end with the step separator {completion_end!r}")
         trl_tok = AutoTokenizer.from_pretrained(base_dir)
         trl_tok.eos_token = completion_end
+        final = [tuple(not r[side].endswith(completion_end) for side in sides) for r in rows]
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    # A last step goes to TRL with the separator too (so it appends nothing), swapped for the
+    # real end of sequence once tokenized, below.
+    data = Dataset.from_list([{"prompt": r["prompt"], **{side: r[side] + (completion_end if f else "")
+                                                          for side, f in zip(sides, ends)}}
+                              for r, ends in zip(rows, final)])
     args = DPOConfig(
         output_dir=str(out_dir / "trainer"), max_steps=n_steps(spec.steps, spec.epochs, len(rows), spec.batch_size),
         per_device_train_batch_size=spec.batch_size, learning_rate=spec.lr, beta=spec.beta,
@@ -67,6 +72,8 @@ def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: D
         gradient_checkpointing=spec.gradient_checkpointing,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=trl_tok)
+    if any(any(f) for f in final):
+        trainer.train_dataset = _end_solutions(trainer.train_dataset, final, tok, completion_end)
     log_trainer_progress(trainer, "dpo")
     result = trainer.train()
     history = trainer.state.log_history
@@ -81,3 +88,22 @@ def train_dpo(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: D
             "n_train_examples": len(rows),
             "reward_accuracy": last.get("rewards/accuracies"), "reward_margin": last.get("rewards/margins"),
             "loss_curve": [(h["step"], h["loss"]) for h in history if "loss" in h], "config": asdict(spec)}
+
+
+def _end_solutions(tokenized, final: Sequence[tuple[bool, bool]], tok, separator: str):
+    """Swap the separator that ends each solution's last step for the end-of-sequence token."""
+    sep = tok(separator, add_special_tokens=False)["input_ids"]
+    if len(tokenized) != len(final):
+        raise RuntimeError(f"TRL kept {len(tokenized)} of {len(final)} step pairs; cannot match their ends")
+
+    def end(example: dict, i: int) -> dict:
+        for side, is_final in zip(("chosen_ids", "rejected_ids"), final[i]):
+            ids = example[side]
+            if is_final:
+                if ids[len(ids) - len(sep):] != sep:
+                    raise ValueError(f"step pair {i}: its {side[:-4]} step does not tokenize to end with the "
+                                     f"separator {separator!r}, so its end cannot be marked")
+                example[side] = ids[:len(ids) - len(sep)] + [tok.eos_token_id]
+        return example
+
+    return tokenized.map(end, with_indices=True)

@@ -94,10 +94,16 @@ def test_datasets_trace_to_nodes_and_labels_and_load_with_datasets(env):
 
     _, step_pairs = rows_of(store, meta["step_pairs_dataset_id"])
     assert step_pairs
+    def ended(n):  # the policy ended its solution with this step (not a budget)
+        stats = n["stats"] if isinstance(n["stats"], dict) else json.loads(n["stats"] or "{}")
+        return n["is_terminal"] and not stats.get("truncated", False)
+
     for r in step_pairs:
         [c], [x] = r["chosen_ids"], r["rejected_ids"]
         assert hard[c] and not hard[x] and nodes[c]["parent_id"] == nodes[x]["parent_id"]
-        assert r["prompt"].endswith("\n") and r["chosen"] == nodes[c]["text"] + "\n"
+        assert r["prompt"].endswith("\n")
+        for side, n in (("chosen", nodes[c]), ("rejected", nodes[x])):  # a last step ends bare
+            assert r[side] == n["text"] + ("" if ended(n) else "\n")
 
     _, pairs = rows_of(store, meta["pairs_dataset_id"])
     for r in pairs:
