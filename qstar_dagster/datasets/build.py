@@ -179,7 +179,7 @@ def processbench_rows(trees: Sequence[Tree], hard: dict[str, bool]) -> list[dict
 def _step_completion(t: Tree, n: Node) -> str:
     """A step as a completion: with the separator where the solution goes on, bare where the
     policy ended it there (a step pair that never shows the end teaches a policy not to stop)."""
-    return n.text if n.is_terminal and not n.truncated else n.text + t.step_format.separator
+    return n.text if n.finished else n.text + t.step_format.separator
 
 
 def step_pair_rows(trees: Sequence[Tree], hard: dict[str, bool], spec: DatasetSpec) -> list[dict]:
@@ -200,7 +200,7 @@ def step_pair_rows(trees: Sequence[Tree], hard: dict[str, bool], spec: DatasetSp
 def pair_rows(trees: Sequence[Tree], spec: DatasetSpec) -> list[dict]:
     rows = []
     for t in trees:
-        finished = [leaf for leaf in t.terminals() if not leaf.truncated]
+        finished = [leaf for leaf in t.terminals() if leaf.finished]
         text = {leaf.node_id: t.step_format.join([n.text for n in t.path(leaf)[1:]]) for leaf in finished}
         good = list({text[x.node_id]: x for x in finished if x.is_correct}.values())
         bad = list({text[x.node_id]: x for x in finished if not x.is_correct}.values())

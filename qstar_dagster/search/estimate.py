@@ -130,4 +130,4 @@ class PrefixEstimator:
 
     @staticmethod
     def _finished_paths(tree: Tree, node: Node) -> list[Node]:
-        return [d for d in tree.descendants(node) if d.is_terminal and not d.truncated]
+        return [d for d in tree.descendants(node) if d.finished]

@@ -37,6 +37,11 @@ class Node:
     selected: bool = False  # on the path the search picked as its answer
     children: list[str] = field(default_factory=list)
 
+    @property
+    def finished(self) -> bool:
+        """The policy ended its solution with this step (a budget did not cut it)."""
+        return self.is_terminal and not self.truncated
+
 
 @dataclass
 class Tree:
