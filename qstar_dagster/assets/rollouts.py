@@ -54,7 +54,11 @@ class RolloutsConfig(spec_config(SearchSpec)):
                                           "base_policy asset's latest)")
     backend: str = Field("transformers", description="transformers, or vllm (extra gpu)")
     batch_size: int = Field(64, description="problems searched together; also the unit a killed run resumes by")
-    max_problems: int | None = Field(None, description="search only the first n problems of the prompt set")
+    max_problems: int | None = Field(None, description="search only the first n problems of the prompt set (after "
+                                     "skip_problems)")
+    skip_problems: int = Field(0, description="start at problem n of the prompt set, a multiple of batch_size (its "
+                               "batches and trees are then those a search of the whole set makes): e.g. past the "
+                               "problems a base policy learned by heart (base_policy's references)")
     shards: int = Field(1, description="search steps the rollout's batches are spread over, run in parallel by the "
                         "run's executor (batch i goes to shard i mod shards); the trees are the same for any value")
 
@@ -71,9 +75,14 @@ def _plan(context: OpExecutionContext, lineage: LineageStore, config: RolloutsCo
     spec = config.spec()  # validates algorithm, value function and budgets before any work
     version, problems = lineage.prompt_set_problems(context.partition_key)
     policy = lineage.checkpoint(config.policy_checkpoint, "policy", prompt_set=context.partition_key)
+    if config.skip_problems % config.batch_size or not 0 <= config.skip_problems < len(problems):
+        raise ValueError(f"tot_rollouts config skip_problems={config.skip_problems}: prompt set "
+                         f"{context.partition_key!r} has {len(problems)} problems, searched in batches of "
+                         f"{config.batch_size}; give a multiple of batch_size below {len(problems)}")
+    window = problems[config.skip_problems:][: config.max_problems]
     if spec.value == "prm":  # record which PRM guided the search, not "the latest"
         spec = replace(spec, prm_checkpoint=lineage.checkpoint(config.prm_checkpoint, "prm")["checkpoint_id"])
-    plan = plan_rollout(context.partition_key, version, problems[: config.max_problems], policy["checkpoint_id"],
+    plan = plan_rollout(context.partition_key, version, window, policy["checkpoint_id"],
                         spec, config.batch_size, checkpoint_template(policy))
     return plan, policy
 

@@ -155,6 +155,29 @@ def test_bad_config_and_missing_policy_fail_clearly_before_any_work(env, tmp_pat
     assert "materialize base_policy first" in failure.step_failure_data.error.to_string()
 
 
+def test_skipping_problems_searches_a_window_with_the_whole_searchs_trees(env, seeded_home, tmp_path):
+    """skip_problems (past the problems a base policy learned by heart) searches the later
+    problems only, and their trees are node for node those of a search from the first problem."""
+    _, _, store = env
+    meta = metadata(rollouts(env, {"skip_problems": 3, "max_problems": 3}))
+    _, problems = store.prompt_set_problems("arith-test")
+    searched = {r["prompt_id"] for r in store.records("SELECT prompt_id FROM trees")}
+    assert meta["trees"] == 3 and searched == {p.prompt_id for p in problems[3:6]}
+
+    whole_env = copied_env(seeded_home, tmp_path / "whole")
+    whole = metadata(rollouts(whole_env))
+    assert whole["rollout_id"] == meta["rollout_id"]  # a window of the same rollout
+    query = ("SELECT n.node_id, n.tree_id, n.parent_id, n.text, n.is_correct FROM nodes n JOIN trees t USING (tree_id) "
+             f"WHERE t.prompt_id IN ({', '.join(repr(p) for p in sorted(searched))}) ORDER BY n.node_id")
+    assert store.records(query) == whole_env[2].records(query) != []
+
+    for skip in (2, 12):  # not a batch boundary; past the set's end
+        result = rollouts(env, {"skip_problems": skip}, raise_on_error=False)
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        assert (f"skip_problems={skip}: prompt set 'arith-test' has 12 problems, searched in batches of 3; give a "
+                "multiple of batch_size below 12") in failure.step_failure_data.error.to_string()
+
+
 def test_sharded_rollouts_make_the_serial_runs_trees_and_each_shard_resumes_on_its_own(env, seeded_home, tmp_path):
     _, _, store = env
     sharded = rollouts(env, {"shards": 2})
