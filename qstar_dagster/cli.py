@@ -348,17 +348,27 @@ def ship_policy(domain: str, policy_config: str | None, dest: Path | None) -> No
               help=help_of(RoundSpec, "train_problems"))
 @click.option("--labeler", type=click.Choice(ROUND_LABELERS), default=ROUND_LABELERS[0], show_default=True,
               help=help_of(RoundSpec, "labeler"))
+@click.option("--round-config", help="JSON overrides of the round (qstar_dagster.rounds.RoundSpec: rollouts, labels, "
+              'training, evaluation), e.g. \'{"rollouts": {"skip_problems": 2048}, "training": {"step_ppo_policy": '
+              '{"iterations": 300}}}\'')
 @click.option("--print-config", is_flag=True, help="print the run's partition, tags and config (YAML, for the "
               "UI's launchpad) instead of running it")
-def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str, print_config: bool) -> None:
+def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: str, round_config: str | None,
+           print_config: bool) -> None:
     """Run one expert-iteration round: one run of the `expert_iteration_round` job, partition
     TRAIN_SET, tagged qstar/round=K, with round K-1's checkpoints in its config."""
     from qstar_dagster.evaluation.report import render, report
     from qstar_dagster.rounds import ROUND_JOB, StageFailed, plan_round
 
+    overrides = _json_option(round_config, "--round-config")
     try:
-        spec = RoundSpec(round=k, train_set=train_set, test_set=test_set, train_problems=train_problems,
-                         labeler=labeler)
+        spec = RoundSpec(**{"round": k, "train_set": train_set, "test_set": test_set, "train_problems": train_problems,
+                            "labeler": labeler, **overrides})
+    except TypeError as e:  # a key RoundSpec does not have
+        raise click.BadParameter(str(e), param_hint="--round-config") from None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         if print_config:
             import yaml
 

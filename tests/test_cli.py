@@ -91,6 +91,15 @@ def test_demo_then_sql_and_lineage(home):
     [base] = [r["checkpoint_id"] for r in json.loads(runner.invoke(main, ["sql", query, "--json"]).output)]
     assert config["tot_rollouts"]["config"]["policy_checkpoint"] == base == config["rft_policy"]["config"][
         "base_checkpoint"] and f"{ROUND_TAG}=1" in out.output and runs[0].tags["qstar/policy"] == base
+    # --round-config overrides the round's stages (here: a window past the first 64 training problems)
+    overrides = {"rollouts": {"skip_problems": 64}, "training": {"step_ppo_policy": {"iterations": 300}}}
+    out = runner.invoke(main, ["round", "--round", "1", "--print-config", "--round-config", json.dumps(overrides)])
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load(out.output)["ops"]
+    assert config["tot_rollouts"]["config"]["skip_problems"] == 64 and config["tot_rollouts"]["config"][
+        "max_problems"] == 384 and config["step_ppo_policy"]["config"]["iterations"] == 300
+    out = runner.invoke(main, ["round", "--round", "1", "--print-config", "--round-config", '{"trainin": {}}'])
+    assert out.exit_code == 2 and "--round-config" in out.output and "'trainin'" in out.output
     # this tiny policy solves nothing, so round 1 made no RFT policy and round 2 says what is missing
     out = runner.invoke(main, ["round", "--round", "2", "--print-config"])
     assert out.exit_code == 1 and "round 1 has no RFT policy yet" in out.output
