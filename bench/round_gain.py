@@ -47,7 +47,8 @@ def main() -> None:
                     "base policy learns")
     ap.add_argument("--base-config", help="JSON overrides of base_policy's config (default: the domain's in BASES)")
     ap.add_argument("--train-problems", type=int, default=1024, help="training problems the round searches")
-    ap.add_argument("--labeler", default="mc", help="the round's step labeler: mc (the round's default; step-DPO's pairs need it) or binary_search")
+    ap.add_argument("--labeler", default="mc", help="the round's step labeler: mc (the round's default; binary "
+                    "search labels finished solutions only, which leaves step-DPO few pairs) or binary_search")
     ap.add_argument("--step-ppo", help="JSON overrides of step_ppo_policy's config")
     ap.add_argument("--test", type=int, default=1000, help="held-out problems (the built-in set's first N)")
     ap.add_argument("--threads", type=int, default=1)
