@@ -380,8 +380,11 @@ def round_(k: int, train_set: str, test_set: str, train_problems: int, labeler: 
         done = _run_round(*_dagster(_home()), spec)
     except (StageFailed, LookupError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"round {k}: policy {done['rft_policy']['checkpoint_id']} (from {done['policy']}), "
-               f"PRM {done['prm_model']['checkpoint_id']}; rollouts guided by {done['prm'] or 'likelihood'}\n"
+    def made(asset: str) -> str:  # a checkpoint id, or why the stage trained none (e.g. no right solution)
+        return done[asset].get("checkpoint_id") or f"none ({done[asset].get('skipped', 'not trained')})"
+
+    click.echo(f"round {k}: policy {made('rft_policy')} (from {done['policy']}), "
+               f"PRM {made('prm_model')}; rollouts guided by {done['prm'] or 'likelihood'}\n"
                f"rounds of every artifact: qstar sql \"select * from rounds order by round\"\n"
                f"{render(report(_require_store(), test_set))}")
 
