@@ -98,15 +98,16 @@ def main() -> None:
     base_greedy = r["base_greedy"]
     print(f"\n{args.domain}: round 1 from a base that learned {args.references} written solutions "
           f"({base['checkpoint_id']}); {args.test} held-out problems of {test_set}")
-    print("| policy | greedy | vs the base | pass@8 | PRM best-of-8 |")
+    print("| policy | greedy | vs the base (points) | pass@8 | PRM best-of-8 |")
     print("|---|---|---|---|---|")
+
     def pct(v, spec=".1%"):  # a stage with nothing to learn from (no right solution) trains no checkpoint
         return "–" if v is None else format(v, spec)
 
     for prefix, name in (("base", "base"), ("round1", "RFT"), ("round1_dpo", "step-DPO"),
                          ("round1_step_ppo", "step-PPO")):
         g = r.get(f"{prefix}_greedy")
-        print(f"| {name} | {pct(g)} | {pct(None if g is None else g - base_greedy, '+.1%')} | "
+        print(f"| {name} | {pct(g)} | {pct(None if g is None else 100 * (g - base_greedy), '+.1f')} | "
               f"{pct(r.get(f'{prefix}_pass_at_8'))} | {pct(r.get(f'{prefix}_prm_best_of_8'))} |")
     datasets = {k: v for k, v in done["datasets"].items() if k.endswith("_rows")}  # the round's dataset sizes
     print(json.dumps({"domain": args.domain, "references": args.references, "train_problems": args.train_problems,
