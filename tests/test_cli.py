@@ -100,8 +100,8 @@ def test_demo_then_sql_and_lineage(home):
         "max_problems"] == 384 and config["step_ppo_policy"]["config"]["iterations"] == 300
     out = runner.invoke(main, ["round", "--round", "1", "--print-config", "--round-config", '{"trainin": {}}'])
     assert out.exit_code == 2 and "--round-config" in out.output and "'trainin'" in out.output
-    # this tiny policy solves nothing, so round 1 made no RFT policy: run again (the demo's round, so
-    # nothing new is trained) it says so, and round 2 says what is missing
+    # this tiny policy solves nothing, so round 1 made no RFT policy: round 1 run again with the demo's
+    # config (nothing new to train) says so, and round 2 says what is missing
     out = runner.invoke(main, ["round", "--round", "1", "--labeler", "binary_search", "--round-config", json.dumps(
         {"rollouts": json.loads(TINY_ROLLOUTS), "labels": {"n": 2, "max_new_tokens": 16}, **json.loads(TINY_ROUND)})])
     assert out.exit_code == 0, out.output
