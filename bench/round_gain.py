@@ -89,11 +89,12 @@ def main() -> None:
                      training={"prm_model": NO_OWN_LOOK, "rft_policy": NO_OWN_LOOK, "dpo_policy": NO_OWN_LOOK,
                                "step_ppo_policy": step_ppo},
                      evaluation={"ns": [1, 2, 4, 8]})
+    store = LineageStore(default_store_path())
     t = time.monotonic()
-    done = run_round(LineageStore(default_store_path()), defs.resolve_job_def(ROUND_JOB), instance, spec)
+    done = run_round(store, defs.resolve_job_def(ROUND_JOB), instance, spec)
     seconds["round"] = time.monotonic() - t
 
-    r = report(LineageStore(default_store_path()), test_set)
+    r = report(store, test_set)
     print("\n" + render(r))
     base_greedy = r["base_greedy"]
     print(f"\n{args.domain}: round 1 from a base that learned {args.references} written solutions "
