@@ -102,10 +102,18 @@ def plan_rollout_shards(context: OpExecutionContext, config: RolloutsConfig, sto
         raise ValueError(f"tot_rollouts config shards must be >= 1, got {config.shards}")
     start_run(context, lineage, ASSET, config.model_dump(), CODE_VERSION)
     try:
-        plan, _ = _plan(context, lineage, config)
+        plan, policy = _plan(context, lineage, config)
     except BaseException:
         _end_run(lineage, context, "failure")
         raise
+    learned = lineage.learned_solutions(policy["checkpoint_id"])
+    searched = f"{plan.prompt_set}@{plan.prompt_set_version}"
+    if learned and learned[0] == searched and config.skip_problems < learned[1]:
+        n = min(learned[1], config.skip_problems + plan.n_problems) - config.skip_problems
+        context.log.warning(f"{n} of the {plan.n_problems} problems searched are among the first {learned[1]} of "
+                            f"{searched}, whose written solutions policy {policy['checkpoint_id']} (or its base) "
+                            "learned by heart: their trees teach it little; set skip_problems to "
+                            f"{-(-learned[1] // config.batch_size) * config.batch_size} to search past them")
     shards = min(config.shards, len(plan.batches))  # no shard without a batch
     context.log.info(f"rollout {plan.rollout_id}: {len(plan.batches)} batches of {config.batch_size} problems "
                      f"over {shards} shard(s)")

@@ -333,6 +333,22 @@ class LineageStore:
                                     f"{rows[0]['path']}; materialize it again")
         return rows[0]
 
+    def learned_solutions(self, checkpoint_id: str) -> tuple[str, int] | None:
+        """('set@version', N) when the policy descends (by `base`) from a base policy that learned
+        the written solutions of only the first N problems of that set (`references`), else None:
+        a search of those problems finds what the policy learned by heart."""
+        rows = self.records("""
+            WITH RECURSIVE up(checkpoint_id, base, config, trained_on_prompt_set, depth) AS (
+                SELECT checkpoint_id, base, config, trained_on_prompt_set, 0 FROM checkpoints WHERE checkpoint_id = ?
+                UNION ALL
+                SELECT c.checkpoint_id, c.base, c.config, c.trained_on_prompt_set, up.depth + 1
+                FROM checkpoints c JOIN up ON c.checkpoint_id = up.base WHERE up.depth < 1000)
+            SELECT trained_on_prompt_set, TRY_CAST(config->>'references' AS INTEGER) AS n
+            FROM up ORDER BY depth DESC LIMIT 1""", [checkpoint_id])
+        if not rows or not rows[0]["n"] or not rows[0]["trained_on_prompt_set"]:
+            return None
+        return rows[0]["trained_on_prompt_set"], rows[0]["n"]
+
     def latest_checkpoint(self, kind: str = "policy", base_only: bool = False,
                           prompt_set: str | None = None) -> dict[str, Any] | None:
         """The most recently recorded checkpoint of `kind` whose files are still on disk;

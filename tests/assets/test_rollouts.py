@@ -1,6 +1,7 @@
 """The tot_rollouts asset in a real Dagster instance, writing to a real DuckDB store."""
 
 
+import logging
 from dataclasses import replace
 
 import pytest
@@ -176,6 +177,36 @@ def test_skipping_problems_searches_a_window_with_the_whole_searchs_trees(env, s
         [failure] = [e for e in result.all_events if e.is_step_failure]
         assert (f"skip_problems={skip}: prompt set 'arith-test' has 12 problems, searched in batches of 3; give a "
                 "multiple of batch_size below 12") in failure.step_failure_data.error.to_string()
+
+
+def test_a_search_of_problems_the_base_learned_by_heart_is_flagged(env):
+    """A base that learned the written solutions of the first N problems (`references`), and
+    the policies trained from it, find those problems' solutions by heart: the rollout warns
+    when its window overlaps them, naming the skip_problems that searches past them."""
+    instance, home, store = env
+    materialize([base_policy], instance=instance, resources=resources(home),
+                run_config={"ops": {"base_policy": {"config": {**TINY, "references": 5}}}})
+    base = store.latest_checkpoint("policy", base_only=True)
+    version = store.prompt_set_head("arith-train")
+    with store.transaction() as con:  # a policy fine-tuned from it, as RFT records one
+        store.insert(con, "checkpoints", [{**base, "checkpoint_id": "ck_child", "base": base["checkpoint_id"],
+                                           "trained_on_prompt_set": None,
+                                           "config": {"trainer": "rft", "template": "{problem}\n"}}])
+    assert store.learned_solutions("ck_child") == store.learned_solutions(base["checkpoint_id"]) == (
+        f"arith-train@{version}", 5)
+    assert [store.learned_solutions(c["checkpoint_id"]) for c in store.records(
+        "SELECT checkpoint_id FROM checkpoints WHERE (config->>'references') IS NULL AND base IS NULL")] == [None]
+
+    def warnings(result):  # what the run's log says at warning level
+        return [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+
+    inside = rollouts(env, {"max_problems": 3, "policy_checkpoint": "ck_child"}, partition="arith-train")
+    assert any(f"3 of the 3 problems searched are among the first 5 of arith-train@{version}, whose written "
+               "solutions policy ck_child (or its base) learned by heart" in m and "set skip_problems to 6" in m
+               for m in warnings(inside))
+    past = rollouts(env, {"max_problems": 3, "skip_problems": 6}, partition="arith-train")
+    assert not [m for m in warnings(past) if "learned by heart" in m]
+    assert not [m for m in warnings(rollouts(env)) if "learned by heart" in m]  # another prompt set
 
 
 def test_sharded_rollouts_make_the_serial_runs_trees_and_each_shard_resumes_on_its_own(env, seeded_home, tmp_path):
