@@ -103,10 +103,10 @@ def plan_rollout_shards(context: OpExecutionContext, config: RolloutsConfig, sto
     start_run(context, lineage, ASSET, config.model_dump(), CODE_VERSION)
     try:
         plan, policy = _plan(context, lineage, config)
+        learned = lineage.learned_solutions(policy["checkpoint_id"])
     except BaseException:
         _end_run(lineage, context, "failure")
         raise
-    learned = lineage.learned_solutions(policy["checkpoint_id"])
     searched = f"{plan.prompt_set}@{plan.prompt_set_version}"
     if learned and learned[0] == searched and config.skip_problems < learned[1]:
         n = min(learned[1], config.skip_problems + plan.n_problems) - config.skip_problems
