@@ -338,11 +338,15 @@ class LineageStore:
         the written solutions of only the first N problems of that set (`references`), else None:
         a search of those problems finds what the policy learned by heart."""
         rows = self.records("""
-            WITH RECURSIVE up(checkpoint_id, base, config, trained_on_prompt_set, depth) AS (
-                SELECT checkpoint_id, base, config, trained_on_prompt_set, 0 FROM checkpoints WHERE checkpoint_id = ?
+            -- materialized once, as in lineage(): a recursive step that scanned a shared store's
+            -- table itself saw nothing after its first step
+            WITH RECURSIVE ck AS MATERIALIZED (SELECT checkpoint_id, base, config, trained_on_prompt_set
+                                               FROM checkpoints),
+            up(checkpoint_id, base, config, trained_on_prompt_set, depth) AS (
+                SELECT checkpoint_id, base, config, trained_on_prompt_set, 0 FROM ck WHERE checkpoint_id = ?
                 UNION ALL
                 SELECT c.checkpoint_id, c.base, c.config, c.trained_on_prompt_set, up.depth + 1
-                FROM checkpoints c JOIN up ON c.checkpoint_id = up.base WHERE up.depth < 1000)
+                FROM ck c JOIN up ON c.checkpoint_id = up.base WHERE up.depth < 1000)
             SELECT trained_on_prompt_set, TRY_CAST(config->>'references' AS INTEGER) AS n
             FROM up ORDER BY depth DESC LIMIT 1""", [checkpoint_id])
         if not rows or not rows[0]["n"] or not rows[0]["trained_on_prompt_set"]:

@@ -12,6 +12,7 @@ from qstar_dagster.assets.prompts import prompt_set, prompt_set_partitions
 from qstar_dagster.cli import main
 from qstar_dagster.lineage import LineageStore
 from qstar_dagster.lineage.shared import SharedStoreError
+from qstar_dagster.lineage.store import utcnow
 from qstar_dagster.resources import DataDirResource, LineageStoreResource
 from tests.lineage.shared_writers import (
     BATCHES,
@@ -118,3 +119,19 @@ def test_an_unreachable_shared_store_says_where_and_what_to_do():
     message = str(refused.value)
     assert message.startswith("cannot reach the shared lineage store postgresql://qstar:***@127.0.0.1:9/nowhere")
     assert "Connection refused" in message and "QSTAR_STORE" in message and "secret" not in message
+
+
+def test_what_a_policy_learned_by_heart_is_found_through_its_bases_in_both_stores(pg_url, tmp_path):
+    """learned_solutions walks a fine-tuned policy's `base` chain up to the base policy: a
+    recursive step over a shared store's tables must see them (as the local file does)."""
+    base = {"kind": "policy", "path": "/ckpt", "created_at": utcnow()}
+    rows = [{**base, "checkpoint_id": "ck_base", "trained_on_prompt_set": "arith-train@v1",
+             "config": {"references": 2000}},
+            {**base, "checkpoint_id": "ck_rft", "base": "ck_base", "config": {"trainer": "rft"}},
+            {**base, "checkpoint_id": "ck_ppo", "base": "ck_rft", "config": {"trainer": "step_ppo"}},
+            {**base, "checkpoint_id": "ck_all", "trained_on_prompt_set": "arith-train@v1", "config": {}}]
+    for store in (LineageStore(pg_url), LineageStore(tmp_path / "local.duckdb")):
+        with store.transaction() as con:
+            store.insert(con, "checkpoints", rows)
+        assert [store.learned_solutions(c) for c in ("ck_base", "ck_rft", "ck_ppo", "ck_all")] == [
+            ("arith-train@v1", 2000)] * 3 + [None], store.path
