@@ -58,12 +58,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from qstar_dagster.assets.rollouts import RolloutsConfig
     from qstar_dagster.cli import prepare_instance
     from qstar_dagster.definitions import make_definitions
     from qstar_dagster.evaluation.report import render, report
     from qstar_dagster.lineage import LineageStore
     from qstar_dagster.resources import default_store_path
     from qstar_dagster.rounds import ROUND_JOB, RoundSpec, make_executor, run_round
+    from qstar_dagster.search.rollouts import skip_past
     from qstar_dagster.tasks.prompt_sets import DOMAIN_SETS
 
     train_set, test_set = DOMAIN_SETS[args.domain]
@@ -81,8 +83,8 @@ def main() -> None:
                    base_config)
     seconds["base_policy"] = time.monotonic() - t
 
-    batch = 64  # tot_rollouts' default batch_size: the window starts on a batch boundary
-    skip = -(-args.references // batch) * batch
+    batch = RolloutsConfig.model_fields["batch_size"].default  # the window starts on a batch boundary
+    skip = skip_past(args.references, batch)
     step_ppo = {**STEP_PPO_COMMON, **STEP_PPO[args.domain], **json.loads(args.step_ppo or "{}"), **NO_OWN_LOOK}
     spec = RoundSpec(round=1, train_set=train_set, test_set=test_set, train_problems=args.train_problems,
                      rollouts={"skip_problems": skip, "batch_size": batch}, labeler=args.labeler,

@@ -42,7 +42,7 @@ from qstar_dagster.plots import bar_plots_markdown
 from qstar_dagster.resources import LineageStoreResource
 from qstar_dagster.resources.compute import GPU_OP_TAGS, GPU_POOL, ComputeResource
 from qstar_dagster.search.algorithms import SearchSpec
-from qstar_dagster.search.rollouts import RolloutPlan, plan_rollout, run_rollout
+from qstar_dagster.search.rollouts import RolloutPlan, plan_rollout, run_rollout, skip_past
 from qstar_dagster.training.prm import PRMScorer
 
 ASSET = "tot_rollouts"
@@ -113,7 +113,7 @@ def plan_rollout_shards(context: OpExecutionContext, config: RolloutsConfig, sto
         context.log.warning(f"{n} of the {plan.n_problems} problems searched are among the first {learned[1]} of "
                             f"{searched}, whose written solutions policy {policy['checkpoint_id']} (or its base) "
                             "learned by heart: their trees teach it little; set skip_problems to "
-                            f"{-(-learned[1] // config.batch_size) * config.batch_size} to search past them")
+                            f"{skip_past(learned[1], config.batch_size)} to search past them")
     shards = min(config.shards, len(plan.batches))  # no shard without a batch
     context.log.info(f"rollout {plan.rollout_id}: {len(plan.batches)} batches of {config.batch_size} problems "
                      f"over {shards} shard(s)")

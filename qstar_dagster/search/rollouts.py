@@ -54,6 +54,11 @@ class RolloutPlan:
         return sum(len(b.problems) for b in self.batches)
 
 
+def skip_past(n: int, batch_size: int) -> int:
+    """The least skip_problems (a multiple of batch_size) whose window starts after the first n problems."""
+    return -(-n // batch_size) * batch_size
+
+
 def plan_rollout(prompt_set: str, version: str, problems: Sequence[Problem], policy_checkpoint: str | None,
                  spec: SearchSpec, batch_size: int = 64, template: str = DEFAULT_PROMPT_TEMPLATE) -> RolloutPlan:
     if batch_size < 1:
