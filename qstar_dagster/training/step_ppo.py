@@ -95,6 +95,9 @@ class StepPPOSpec:
                                      "policy left a token) or k2 (half the squared log-ratio: the gradient of "
                                      "KL(policy || reference) on the policy's own samples; README, \"The KL penalty\")",
                                added=True)
+    sft_coef: float = option(0.0, "weight of a supervised term: the negative log-likelihood (temperature 1) of "
+                                  "the iteration's right samples, RFT inside the update (self-imitation); 0: "
+                                  "off (README, \"A supervised term\")", added=True)
     vf_coef: float = option(0.5, "weight of the value loss (credit step and gae)")
     vf_lr: float = option(0.0, "the value head's learning rate (credit step and gae); 0: the policy's lr")
     gamma: float = option(1.0, "discount per token")
@@ -379,13 +382,16 @@ def make_optimizer(model, spec: StepPPOSpec, device: str = "cpu") -> tuple[Value
     return value_head, torch.optim.AdamW(groups, lr=spec.lr, weight_decay=0.0, eps=spec.adam_eps)
 
 
-def _forward(model, value_head, ids, mask, temperature: float):
-    """(log-probability of each next token at `temperature` [B, T-1], values [B, T-1] or None)."""
+def _forward(model, value_head, ids, mask, temperature: float, plain: bool = False):
+    """(log-probability of each next token at `temperature` [B, T-1], values [B, T-1] or None),
+    and with `plain` the log-probability at temperature 1 as well (the supervised term's)."""
     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=value_head is not None)
-    logits = out.logits[:, :-1].float() / max(temperature, 1e-6)
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    logits = out.logits[:, :-1].float()
+    logp = torch.log_softmax(logits / max(temperature, 1e-6), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     # the value of the state before each action token: the hidden state that predicts it
     values = value_head(out.hidden_states[-1][:, :-1].float()) if value_head is not None else None
+    if plain:
+        return logp, values, torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     return logp, values
 
 
@@ -632,7 +638,9 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
     device = next(model.parameters()).device
     ids, mask, action = _pad(samples, pad_id)
     credit = _credit_mask(samples, action)
-    ids, mask, action, credit = (t.to(device) for t in (ids, mask, action, credit))
+    # the supervised term's tokens: every completion token of a right sample
+    right = action * torch.tensor([float(s.correct) for s in samples])[:, None]
+    ids, mask, action, credit, right = (t.to(device) for t in (ids, mask, action, credit, right))
     with torch.no_grad():
         old_logp, values = _forward(model, value_head, ids, mask, spec.temperature)
         ref_logp, _ = _forward(reference, None, ids, mask, spec.temperature)
@@ -666,12 +674,17 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
             idx = perm[start: start + spec.minibatch_size]
             m, c = action[idx], credit[idx]
             n, n_c = m.sum().clamp(min=1), c.sum().clamp(min=1)
-            logp, v = _forward(model, value_head, ids[idx], mask[idx], spec.temperature)
+            if spec.sft_coef:
+                logp, v, plain = _forward(model, value_head, ids[idx], mask[idx], spec.temperature, plain=True)
+            else:
+                logp, v = _forward(model, value_head, ids[idx], mask[idx], spec.temperature)
             ratio = torch.exp(logp - old_logp[idx])
             a = adv[idx]
             pg = -torch.min(ratio * a, ratio.clamp(1 - spec.clip, 1 + spec.clip) * a)
             penalty, kl = kl_terms(logp, ref_logp[idx], spec.kl_estimator)
             loss = (pg * c).sum() / n_c + spec.kl_coef * (penalty * m).sum() / n
+            if spec.sft_coef and right[idx].any():
+                loss = loss - spec.sft_coef * (plain * right[idx]).sum() / right[idx].sum()
             if v is not None:
                 loss = loss + spec.vf_coef * (((v - returns[idx]) ** 2) * m).sum() / n
             opt.zero_grad()

@@ -8,7 +8,9 @@ from qstar_dagster.training.step_ppo import (
     Sample,
     StepPPOSpec,
     _credit_mask,
+    _forward,
     _pad,
+    _update,
     credited_steps,
     depth_baseline_advantages,
     encode_sample,
@@ -194,3 +196,43 @@ def test_the_kl_penalties_and_their_gradients():
         assert penalty.tolist() == pytest.approx(penalty_by_hand, abs=1e-5)
         assert logp.grad.tolist() == pytest.approx(gradient_by_hand, abs=1e-5)
         assert estimate.tolist() == pytest.approx([0.367879, 0.0, 16.085537], abs=1e-5)  # k3 is what is logged
+
+
+def test_the_supervised_term_imitates_the_right_samples_only():
+    """sft_coef adds the right samples' negative log-likelihood to the update. Each group here
+    has equal samples, so the policy gradient is zero (GRPO's advantages all 0) and with no KL
+    penalty the update moves nothing; the supervised term then raises the likelihood of the
+    right solution, and a batch with no right sample still moves nothing."""
+    import copy
+
+    from qstar_dagster.training.charlm import tiny_llama
+
+    tok = char_tokenizer()
+
+    def sample(text, group, correct):
+        ids, n_prompt, token_step, steps = encode_sample(tok, "Q: 1 + 2\n", text, "\n", finished=True)
+        return Sample(problem=None, group=group, text=text, steps=steps, ids=ids, n_prompt=n_prompt,
+                      token_step=token_step, correct=correct, step_rewards=[0.0] * len(steps),
+                      rewards=[0.0] * len(steps))
+
+    right, wrong = "1 + 2 = 3\nThe answer is 3", "1 + 2 = 4\nThe answer is 4"
+    batch = [sample(right, 0, True), sample(right, 0, True), sample(wrong, 1, False), sample(wrong, 1, False)]
+
+    def logp_after(samples, sft_coef):
+        model = tiny_llama(tok, hidden=32, layers=1, heads=2, seed=3)
+        spec = StepPPOSpec(reward="none", credit="group", kl_coef=0.0, sft_coef=sft_coef, lr=1e-2, ppo_epochs=2,
+                           minibatch_size=4)
+        opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
+        _update(model, copy.deepcopy(model), None, opt, samples, spec, tok.pad_token_id)
+        ids, mask, action = _pad(batch, tok.pad_token_id)
+        with torch.no_grad():
+            logp, _ = _forward(model, None, ids, mask, 1.0)
+        return (logp * action).sum(-1).tolist()  # each sample's log-likelihood
+
+    before = logp_after([], 0.0)  # the untrained policy (an empty batch is not trained on)
+    assert logp_after(batch, 0.0) == pytest.approx(before, abs=1e-6)  # zero advantages, no KL: no change
+    assert logp_after(batch[2:], 1.0) == pytest.approx(before, abs=1e-6)  # no right sample: nothing to imitate
+    after = logp_after(batch, 1.0)
+    assert after[0] > before[0] + 1.0  # the right solution became likelier
+    # the wrong one shares all but two characters with it: it gains less than the right one
+    assert after[2] - before[2] < after[0] - before[0]
