@@ -150,6 +150,9 @@ def main() -> None:
     ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
     ap.add_argument("--kl-coef", type=float, default=StepPPOSpec().kl_coef,
                     help="the PPO arms' KL penalty weight against the starting policy")
+    ap.add_argument("--rft-epochs", type=float, default=0.0,
+                    help="RFT: this many passes over its rows instead of the PPO arms' optimizer steps (a "
+                         "diagnostic of how much of RFT's gain is repetition; 0: the same steps)")
     ap.add_argument("--sft-coef", type=float, default=StepPPOSpec().sft_coef,
                     help="the PPO arms' supervised term: weight of the NLL of each iteration's right samples")
     ap.add_argument("--lam", type=float, default=StepPPOSpec().lam, help="GAE's lambda (credit gae)")
@@ -246,7 +249,10 @@ def main() -> None:
             if not rows:  # nothing to learn from: the base policy is what this arm ends with
                 path = policy
             elif arm == "RFT":
-                train_rft(policy, rows, out, RFTSpec(steps=opt_steps, batch_size=base_spec.minibatch_size))
+                steps = (math.ceil(args.rft_epochs * len(rows) / base_spec.minibatch_size) if args.rft_epochs
+                         else opt_steps)
+                info["optimizer_steps"] = steps
+                train_rft(policy, rows, out, RFTSpec(steps=steps, batch_size=base_spec.minibatch_size))
             else:
                 train_dpo(policy, rows, out, DPOSpec(steps=opt_steps),
                           completion_end=step_format(offline[0].domain).separator)
@@ -286,7 +292,8 @@ def main() -> None:
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
                       "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps,
                       "kl_estimator": args.kl_estimator, "kl_coef": args.kl_coef,
-                      "sft_coef": args.sft_coef, "lam": args.lam, "vf_lr": args.vf_lr, "train_problems": args.train_problems or len(train),
+                      "sft_coef": args.sft_coef, "rft_epochs": args.rft_epochs, "lam": args.lam, "vf_lr": args.vf_lr,
+                      "train_problems": args.train_problems or len(train),
                       "seed": args.seed, "optimizer_steps": opt_steps,
                       "arms": figures, "means_over_seeds": means}))
 
