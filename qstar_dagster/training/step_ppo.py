@@ -383,16 +383,18 @@ def make_optimizer(model, spec: StepPPOSpec, device: str = "cpu") -> tuple[Value
 
 
 def _forward(model, value_head, ids, mask, temperature: float, plain: bool = False):
-    """(log-probability of each next token at `temperature` [B, T-1], values [B, T-1] or None),
-    and with `plain` the log-probability at temperature 1 as well (the supervised term's)."""
+    """(log-probability of each next token at `temperature` [B, T-1], values [B, T-1] or None,
+    with `plain` the log-probability at temperature 1 (the supervised term's), else None)."""
     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=value_head is not None)
     logits = out.logits[:, :-1].float()
-    logp = torch.log_softmax(logits / max(temperature, 1e-6), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    def token_logp(scaled):
+        return torch.log_softmax(scaled, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    logp = token_logp(logits / max(temperature, 1e-6))
     # the value of the state before each action token: the hidden state that predicts it
     values = value_head(out.hidden_states[-1][:, :-1].float()) if value_head is not None else None
-    if plain:
-        return logp, values, torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return logp, values
+    return logp, values, token_logp(logits) if plain else None
 
 
 def _per_token(samples: Sequence[Sample], width: int, values: torch.Tensor | None, spec: StepPPOSpec,
@@ -642,8 +644,8 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
     right = action * torch.tensor([float(s.correct) for s in samples])[:, None]
     ids, mask, action, credit, right = (t.to(device) for t in (ids, mask, action, credit, right))
     with torch.no_grad():
-        old_logp, values = _forward(model, value_head, ids, mask, spec.temperature)
-        ref_logp, _ = _forward(reference, None, ids, mask, spec.temperature)
+        old_logp, values, _ = _forward(model, value_head, ids, mask, spec.temperature)
+        ref_logp, _, _ = _forward(reference, None, ids, mask, spec.temperature)
     group_adv: dict[int, list[float]] = {}  # the critic-free modes' advantages per step, by row
     if not spec.needs_critic:
         by_group: dict[int, list[int]] = {}
@@ -674,10 +676,8 @@ def _update(model, reference, value_head, opt, samples: list[Sample], spec: Step
             idx = perm[start: start + spec.minibatch_size]
             m, c = action[idx], credit[idx]
             n, n_c = m.sum().clamp(min=1), c.sum().clamp(min=1)
-            if spec.sft_coef:
-                logp, v, plain = _forward(model, value_head, ids[idx], mask[idx], spec.temperature, plain=True)
-            else:
-                logp, v = _forward(model, value_head, ids[idx], mask[idx], spec.temperature)
+            logp, v, plain = _forward(model, value_head, ids[idx], mask[idx], spec.temperature,
+                                      plain=bool(spec.sft_coef))
             ratio = torch.exp(logp - old_logp[idx])
             a = adv[idx]
             pg = -torch.min(ratio * a, ratio.clamp(1 - spec.clip, 1 + spec.clip) * a)

@@ -226,7 +226,7 @@ def test_the_supervised_term_imitates_the_right_samples_only():
         _update(model, copy.deepcopy(model), None, opt, samples, spec, tok.pad_token_id)
         ids, mask, action = _pad(batch, tok.pad_token_id)
         with torch.no_grad():
-            logp, _ = _forward(model, None, ids, mask, 1.0)
+            logp, _, _ = _forward(model, None, ids, mask, 1.0)
         return (logp * action).sum(-1).tolist()  # each sample's log-likelihood
 
     before = logp_after([], 0.0)  # the untrained policy (an empty batch is not trained on)
