@@ -60,6 +60,7 @@ from qstar_dagster.training.prm import PRMScorer
 from qstar_dagster.training.rft import RFTSpec, train_rft
 from qstar_dagster.training.step_ppo import (
     KL_ESTIMATORS,
+    SHAPINGS,
     StepPPOSpec,
     iteration_batch,
     mc_scores,
@@ -155,6 +156,8 @@ def main() -> None:
                          "diagnostic of how much of RFT's gain is repetition; 0: the same steps)")
     ap.add_argument("--sft-coef", type=float, default=StepPPOSpec().sft_coef,
                     help="the PPO arms' supervised term: weight of the NLL of each iteration's right samples")
+    ap.add_argument("--shaping", choices=SHAPINGS, default=StepPPOSpec().shaping,
+                    help="the PPO arms' step-reward shaping (StepPPOSpec.shaping)")
     ap.add_argument("--lam", type=float, default=StepPPOSpec().lam, help="GAE's lambda (credit gae)")
     ap.add_argument("--vf-lr", type=float, default=StepPPOSpec().vf_lr, help="the value head's lr (0: the PPO lr)")
     ap.add_argument("--curve-every", type=int, default=0,
@@ -192,7 +195,8 @@ def main() -> None:
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
                             adam_eps=args.adam_eps, kl_estimator=args.kl_estimator, kl_coef=args.kl_coef,
-                            sft_coef=args.sft_coef, lam=args.lam, vf_lr=args.vf_lr, seed=seeds[0],
+                            sft_coef=args.sft_coef, shaping=args.shaping, lam=args.lam, vf_lr=args.vf_lr,
+                            seed=seeds[0],
                             temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             eval_every=args.curve_every)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
@@ -292,7 +296,8 @@ def main() -> None:
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
                       "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps,
                       "kl_estimator": args.kl_estimator, "kl_coef": args.kl_coef,
-                      "sft_coef": args.sft_coef, "rft_epochs": args.rft_epochs, "lam": args.lam, "vf_lr": args.vf_lr,
+                      "sft_coef": args.sft_coef, "shaping": args.shaping, "rft_epochs": args.rft_epochs,
+                      "lam": args.lam, "vf_lr": args.vf_lr,
                       "train_problems": args.train_problems or len(train),
                       "seed": args.seed, "optimizer_steps": opt_steps,
                       "arms": figures, "means_over_seeds": means}))

@@ -23,8 +23,9 @@ Credit assignment (`credit`):
 
 Step rewards are shaped against reward hacking (`shaping`): `clip` (min(score - 0.5, 0):
 no step earns more than nothing, so writing more steps never pays, Gao et al. 2410.15115),
-`delta` (score_k - score_{k+1}: the return from a step telescopes to its own score), or
-`none`. The oracle's step accuracy of the samples is logged beside the reward, so a policy
+`delta` (score_k - score_{k+1}: the return from a step telescopes to its own score),
+`progress` (score_k - score_{k-1}: the change the step made to the value of the solution so
+far, a process advantage; the sum is bounded by the last score), or `none`. The oracle's step accuracy of the samples is logged beside the reward, so a policy
 that learns to please the PRM instead of solving shows as the two curves parting.
 
 Pure core: plain torch on any Hugging Face causal LM; sampling goes through a `Generator`
@@ -64,7 +65,7 @@ CREDITS = ("step", "gae", "group")
 REWARDS = ("prm", "mc", "oracle", "none")  # none: the outcome alone (outcome-only RL)
 AFTER_ERROR = ("mask", "keep")
 BASELINES = ("critic", "group")
-SHAPINGS = ("clip", "delta", "none")
+SHAPINGS = ("clip", "delta", "progress", "none")
 KL_ESTIMATORS = ("k3", "k2")
 STATE = "state.pt"  # the progress of an unfinished training, in its progress directory
 
@@ -134,6 +135,12 @@ def shape(scores: Sequence[float], shaping: str, threshold: float = 0.5) -> list
         return [min(float(s) - threshold, 0.0) for s in scores]
     if shaping == "delta":
         return [float(s) - float(nxt) for s, nxt in itertools.pairwise(scores)] + [float(scores[-1])] if scores else []
+    if shaping == "progress":
+        # score_k - score_k-1: what the step changed in the value of the solution so far (the first
+        # step against 0, a constant that a group baseline removes). A choice that leads into a dead
+        # end takes the whole drop; the steps after it, in a state already lost, get ~0 whatever
+        # they do. Setlur et al. 2410.08146 ("process advantage verifiers"). Sums to the last score.
+        return [float(b) - float(a) for a, b in itertools.pairwise([0.0, *scores])]
     raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {shaping!r}")
 
 

@@ -111,6 +111,27 @@ def test_shaping():
     assert shape(scores, "clip") == approx([0.0, -0.3, 0.0])  # nothing to gain from more steps
     assert shape(scores, "delta") == approx([0.7, -0.4, 0.6])  # the return from step k is score_k
     assert sum(shape(scores, "delta")) == pytest.approx(scores[0])
+    assert shape(scores, "progress") == approx([0.9, -0.7, 0.4])  # what each step changed
+    assert sum(shape(scores, "progress")) == pytest.approx(scores[-1])
+
+
+def test_progress_blames_the_choice_that_lost_the_solution():
+    """Two samples of one problem (outcome left out): one keeps the target in reach, the other's
+    first step is a dead end and its next two steps, right or not, are in a lost state. With
+    progress shaping and the group baseline, the dead-end choice takes the most blame; with
+    clip, the lost state's later steps take more than the choice that lost it."""
+    kept, lost = [0.8, 0.9, 0.95], [0.1, 0.0, 0.0]
+
+    def advantages(shaping):
+        return depth_baseline_advantages([shape(kept, shaping), shape(lost, shaping)])
+
+    good, bad = advantages("progress")
+    assert bad == approx([-0.35, -0.1, -0.025])
+    assert good == approx([0.35, 0.1, 0.025])
+    assert min(bad) == bad[0]
+    _, bad_clip = advantages("clip")
+    assert bad_clip == approx([-0.2, -0.25, -0.25])
+    assert min(bad_clip) < bad_clip[0]
 
 
 def test_each_token_belongs_to_one_step():
