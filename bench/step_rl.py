@@ -196,8 +196,7 @@ def main() -> None:
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
                             adam_eps=args.adam_eps, kl_estimator=args.kl_estimator, kl_coef=args.kl_coef,
                             sft_coef=args.sft_coef, shaping=args.shaping, lam=args.lam, vf_lr=args.vf_lr,
-                            seed=seeds[0],
-                            temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                            seed=seeds[0], temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             eval_every=args.curve_every)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group

@@ -25,7 +25,8 @@ Step rewards are shaped against reward hacking (`shaping`): `clip` (min(score - 
 no step earns more than nothing, so writing more steps never pays, Gao et al. 2410.15115),
 `delta` (score_k - score_{k+1}: the return from a step telescopes to its own score),
 `progress` (score_k - score_{k-1}: the change the step made to the value of the solution so
-far, a process advantage; the sum is bounded by the last score), or `none`. The oracle's step accuracy of the samples is logged beside the reward, so a policy
+far, a process advantage; the rewards sum to the last score, so more steps never pay), or
+`none`. The oracle's step accuracy of the samples is logged beside the reward, so a policy
 that learns to please the PRM instead of solving shows as the two curves parting.
 
 Pure core: plain torch on any Hugging Face causal LM; sampling goes through a `Generator`
