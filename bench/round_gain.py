@@ -99,8 +99,10 @@ def main() -> None:
     r = report(store, test_set)
     print("\n" + render(r))
     base_greedy = r["base_greedy"]
-    print(f"\n{args.domain}: round 1 from a base that learned {args.references} written solutions "
-          f"({base['checkpoint_id']}); {args.test} held-out problems of {test_set}")
+    learned = ("the shipped base, which learned the whole training set" if base_config.get("shipped")
+               else f"a base that learned {args.references} written solutions")
+    print(f"\n{args.domain}: round 1 from {learned} ({base['checkpoint_id']}); {args.test} held-out problems of "
+          f"{test_set}")
     print("| policy | greedy | vs the base (points) | pass@8 | PRM best-of-8 |")
     print("|---|---|---|---|---|")
 

@@ -148,6 +148,10 @@ def main() -> None:
     ap.add_argument("--train-problems", type=int, default=0,
                     help="learn on the first N training problems only (0: all); with N = --problems every "
                          "iteration samples the same problems, so 'right on train' shows whether the loop fits them")
+    ap.add_argument("--fresh", type=int, default=0,
+                    help="learn on N problems the base never saw instead: the held-out set's draw past the --test "
+                         "problems measured (disjoint from both; the shipped policies learned the whole training "
+                         "set, so its problems are ones they have seen solved)")
     ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
     ap.add_argument("--kl-coef", type=float, default=StepPPOSpec().kl_coef,
                     help="the PPO arms' KL penalty weight against the starting policy")
@@ -187,7 +191,10 @@ def main() -> None:
         print("no PRM (pass --prm, or run make demo): the prm arms are left out")
     train_set, test_set = SETS[args.domain]
     train = builtin_problems(train_set)
-    test = builtin_problems(test_set, n=max(args.test, BUILTIN_PROMPT_SETS[test_set].n))[: args.test]
+    drawn = builtin_problems(test_set, n=max(args.test + args.fresh, BUILTIN_PROMPT_SETS[test_set].n))
+    test = drawn[: args.test]
+    if args.fresh:  # the held-out draw is the same for any n, so these follow the measured ones
+        train = drawn[args.test: args.test + args.fresh]
     if args.train_problems:
         train = train[: args.train_problems]
     lrs = [float(x) for x in args.lr.split(",")]
@@ -297,7 +304,7 @@ def main() -> None:
                       "kl_estimator": args.kl_estimator, "kl_coef": args.kl_coef,
                       "sft_coef": args.sft_coef, "shaping": args.shaping, "rft_epochs": args.rft_epochs,
                       "lam": args.lam, "vf_lr": args.vf_lr,
-                      "train_problems": args.train_problems or len(train),
+                      "train_problems": args.train_problems or len(train), "fresh": args.fresh,
                       "seed": args.seed, "optimizer_steps": opt_steps,
                       "arms": figures, "means_over_seeds": means}))
 
