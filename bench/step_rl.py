@@ -23,6 +23,8 @@ does on held-out problems (`tests/training/test_step_ppo.py`'s Countdown case an
 control: `--train-problems 8 --problems 8 --group 8 --iterations 10 --temperature 1
 --max-new-tokens 64 --lr 2e-4,0 --arms "step-PPO step/oracle group-baseline"`).
 `--curve-every K` logs held-out greedy along training.
+`--fresh N` learns on N problems the base never saw (the held-out draw past the measured
+problems) instead of the training set, whose written solutions the shipped policies learned.
 
 The last line is one JSON object.
 """
