@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BasePolicyConfig:
-    """The defaults are what trained the policies shipped with the package (README, "Base
-    policy"): 3,000 steps, about 30-50 minutes on one CPU core; Countdown's trained 4,000,
-    which its manifest records and `rebuild_config` reads. `practice` adds Countdown's
+    """Training from scratch: 3,000 steps at hidden 128, about 30-50 minutes on one CPU core.
+    The shipped policies' own settings are in their manifests, which `rebuild_config` reads:
+    arithmetic's is 24 wide and trained 6,000 steps, Countdown's 4,000 (README, "Base policy"). `practice` adds Countdown's
     practice walks (a third of the rows at 0.5): without them the policy writes the target as
     its last step's result whatever the arithmetic (README, "Practice walks")."""
 
@@ -59,8 +59,8 @@ class BasePolicyConfig:
 
 def rebuild_config(train_prompt_set: str, root: Path | None = None) -> dict:
     """The trainer settings in the manifest of the policy shipped for `train_prompt_set` (none
-    shipped: {}), so that `qstar ship-policy` rebuilds what ships: the Countdown policy trains
-    4,000 steps where the default is 3,000 (README, "Countdown defaults")."""
+    shipped: {}), so that `qstar ship-policy` rebuilds what ships: the arithmetic policy is 24
+    wide and trains 6,000 steps, the Countdown one 4,000, where the defaults are 128 and 3,000."""
     policy = shipped_policies(root).get(train_prompt_set)
     names = {f.name for f in fields(BasePolicyConfig)}
     return {k: v for k, v in (policy.config if policy else {}).items() if k in names}
