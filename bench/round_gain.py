@@ -76,15 +76,16 @@ def main() -> None:
 
     execute("embedded_pipeline", f"prompt set {train_set}", train_set, "prompt_set", None)
     execute("embedded_pipeline", f"prompt set {test_set}", test_set, "prompt_set", {"n": args.test})
-    base_config = {"shipped": False, "references": args.references, **BASES[args.domain],
-                   **json.loads(args.base_config or "{}"), "train_prompt_set": train_set, "eval_prompt_set": test_set}
+    given = json.loads(args.base_config or "{}")
+    defaults = {} if given.get("shipped") else {"shipped": False, "references": args.references, **BASES[args.domain]}
+    base_config = {**defaults, **given, "train_prompt_set": train_set, "eval_prompt_set": test_set}
     t = time.monotonic()
-    base = execute("base_policy_job", f"base policy from {args.references} written solutions", None, "base_policy",
-                   base_config)
+    base = execute("base_policy_job", "the shipped base policy" if given.get("shipped") else
+                   f"base policy from {args.references} written solutions", None, "base_policy", base_config)
     seconds["base_policy"] = time.monotonic() - t
 
     batch = RolloutsConfig.model_fields["batch_size"].default  # the window starts on a batch boundary
-    skip = skip_past(args.references, batch)
+    skip = skip_past(args.references, batch)  # with a shipped base too, so its rounds' windows stay where they were
     step_ppo = {**STEP_PPO_COMMON, **STEP_PPO[args.domain], **json.loads(args.step_ppo or "{}"), **NO_OWN_LOOK}
     spec = RoundSpec(round=1, train_set=train_set, test_set=test_set, train_problems=args.train_problems,
                      rollouts={"skip_problems": skip, "batch_size": batch}, labeler=args.labeler,
@@ -115,7 +116,8 @@ def main() -> None:
         print(f"| {name} | {pct(g)} | {pct(None if g is None else 100 * (g - base_greedy), '+.1f')} | "
               f"{pct(r.get(f'{prefix}_pass_at_8'))} | {pct(r.get(f'{prefix}_prm_best_of_8'))} |")
     datasets = {k: v for k, v in done["datasets"].items() if k.endswith("_rows")}  # the round's dataset sizes
-    print(json.dumps({"domain": args.domain, "references": args.references, "train_problems": args.train_problems,
+    print(json.dumps({"domain": args.domain, "references": None if given.get("shipped") else args.references,
+                      "train_problems": args.train_problems,
                       "skip_problems": skip, "labeler": args.labeler, "test": args.test, "base_config": base_config,
                       "step_ppo": step_ppo, "report": r, "datasets": datasets, "run_id": done["run_id"],
                       "seconds": {k: round(v, 1) for k, v in seconds.items()},
