@@ -77,10 +77,11 @@ def main() -> None:
     execute("embedded_pipeline", f"prompt set {train_set}", train_set, "prompt_set", None)
     execute("embedded_pipeline", f"prompt set {test_set}", test_set, "prompt_set", {"n": args.test})
     given = json.loads(args.base_config or "{}")
-    defaults = {} if given.get("shipped") else {"shipped": False, "references": args.references, **BASES[args.domain]}
+    shipped = bool(given.get("shipped"))  # then the from-scratch settings do not apply, and are not recorded
+    defaults = {} if shipped else {"shipped": False, "references": args.references, **BASES[args.domain]}
     base_config = {**defaults, **given, "train_prompt_set": train_set, "eval_prompt_set": test_set}
     t = time.monotonic()
-    base = execute("base_policy_job", "the shipped base policy" if given.get("shipped") else
+    base = execute("base_policy_job", "the shipped base policy" if shipped else
                    f"base policy from {args.references} written solutions", None, "base_policy", base_config)
     seconds["base_policy"] = time.monotonic() - t
 
@@ -100,7 +101,7 @@ def main() -> None:
     r = report(store, test_set)
     print("\n" + render(r))
     base_greedy = r["base_greedy"]
-    learned = ("the shipped base, which learned the whole training set" if base_config.get("shipped")
+    learned = ("the shipped base, which learned the whole training set" if shipped
                else f"a base that learned {args.references} written solutions")
     print(f"\n{args.domain}: round 1 from {learned} ({base['checkpoint_id']}); {args.test} held-out problems of "
           f"{test_set}")
@@ -116,7 +117,7 @@ def main() -> None:
         print(f"| {name} | {pct(g)} | {pct(None if g is None else 100 * (g - base_greedy), '+.1f')} | "
               f"{pct(r.get(f'{prefix}_pass_at_8'))} | {pct(r.get(f'{prefix}_prm_best_of_8'))} |")
     datasets = {k: v for k, v in done["datasets"].items() if k.endswith("_rows")}  # the round's dataset sizes
-    print(json.dumps({"domain": args.domain, "references": None if given.get("shipped") else args.references,
+    print(json.dumps({"domain": args.domain, "references": None if shipped else args.references,
                       "train_problems": args.train_problems,
                       "skip_problems": skip, "labeler": args.labeler, "test": args.test, "base_config": base_config,
                       "step_ppo": step_ppo, "report": r, "datasets": datasets, "run_id": done["run_id"],

@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BasePolicyConfig:
     """Training from scratch: 3,000 steps at hidden 128, about 30-50 minutes on one CPU core.
-    The shipped policies' own settings are in their manifests, which `rebuild_config` reads:
-    arithmetic's is 24 wide and trained 6,000 steps, Countdown's 4,000 (README, "Base policy"). `practice` adds Countdown's
-    practice walks (a third of the rows at 0.5): without them the policy writes the target as
-    its last step's result whatever the arithmetic (README, "Practice walks")."""
+    The shipped policies' own settings are in their manifests, which `rebuild_config` reads
+    (README, "Base policy"). `practice` adds Countdown's practice walks (a third of the rows
+    at 0.5): without them the policy writes the target as its last step's result whatever the
+    arithmetic (README, "Practice walks")."""
 
     hidden: int = option(128, "width of the character-level Llama")
     layers: int = option(3, "transformer layers")
@@ -59,8 +59,7 @@ class BasePolicyConfig:
 
 def rebuild_config(train_prompt_set: str, root: Path | None = None) -> dict:
     """The trainer settings in the manifest of the policy shipped for `train_prompt_set` (none
-    shipped: {}), so that `qstar ship-policy` rebuilds what ships: the arithmetic policy is 24
-    wide and trains 6,000 steps, the Countdown one 4,000, where the defaults are 128 and 3,000."""
+    shipped: {}), so that `qstar ship-policy` rebuilds what ships, not the defaults above."""
     policy = shipped_policies(root).get(train_prompt_set)
     names = {f.name for f in fields(BasePolicyConfig)}
     return {k: v for k, v in (policy.config if policy else {}).items() if k in names}
