@@ -24,8 +24,9 @@ from qstar_dagster.training.checkpoints import SUMMARY, read_summary
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "policies"
 MANIFEST = "shipped.json"
 REBUILD = "qstar ship-policy --domain {domain}"
-REBUILD_VERIFIER = ("python bench/verifier_backbone.py, then bench/ship_trained.py --role verifier (the commands "
-                    "are in its manifest's trained_by; README, \"A PRM that verifies\")")
+REBUILD_VERIFIER = ("python bench/verifier_backbone.py (arith) or bench/base_plateau.py --practice 0 (countdown), "
+                    "then bench/ship_trained.py --role verifier (the commands are in its manifest's trained_by; "
+                    "README, \"A PRM that verifies\")")
 ROLES = ("policy", "verifier")
 
 

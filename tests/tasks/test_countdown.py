@@ -67,12 +67,12 @@ def test_reference_solutions_are_right_and_vary_in_order():
     assert first_moves == set("+-*/")  # the solver's move order is random, not fixed
 
 
-def test_the_default_mixes_three_and_four_numbers_in_equal_shares():
-    problems = countdown.generate_problems(400, seed=5)
+def test_the_default_mixes_two_shares_of_three_numbers_to_one_of_four():
+    problems = countdown.generate_problems(600, seed=5)
     parsed = [countdown.parse_problem(p.problem) for p in problems]
     threes = [q for q in parsed if len(q.numbers) == 3]
     fours = [q for q in parsed if len(q.numbers) == 4]
-    assert len(threes) == len(fours) == 200
+    assert len(threes) == 2 * len(fours) == 400
     assert max(max(q.numbers) for q in threes) > 13 >= max(max(q.numbers) for q in fours)  # 1-30 and 1-13
     assert all(10 <= q.target <= 99 for q in parsed)
     for p in problems:  # each with its own number of steps
