@@ -1,8 +1,9 @@
 """Ship a model that a bench trained into the package, with its manifest: a base policy that
 bench/base_plateau.py trained (the base_policy asset's trainer on the built-in training set,
-with the domain's defaults), or, with `--role verifier`, a verifier backbone (written beside it as
-`<domain>-verifier`) that bench/verifier_backbone.py continued from the shipped policy or
-that bench/base_plateau.py trained from scratch on reference solutions alone (`--practice 0`). This is how the shipped models were written; a policy's asset path is
+with the domain's defaults), or, with `--role verifier`, a verifier backbone (written beside
+it as `<domain>-verifier`) that bench/verifier_backbone.py continued from the shipped policy
+or that bench/base_plateau.py trained from scratch on reference solutions alone
+(`--practice 0`). This is how the shipped models were written; a policy's asset path is
 `qstar ship-policy --domain D`.
 
     python bench/ship_trained.py arith /tmp/plateau/arith_max_operand=99_max_multiplier=9-3000 3000 \
