@@ -24,8 +24,7 @@ from qstar_dagster.training.checkpoints import SUMMARY, read_summary
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "policies"
 MANIFEST = "shipped.json"
 REBUILD = "qstar ship-policy --domain {domain}"
-REBUILD_VERIFIER = ("python bench/verifier_backbone.py (arith) or bench/base_plateau.py --practice 0 (countdown), "
-                    "then bench/ship_trained.py --role verifier (the commands are in its manifest's trained_by; "
+REBUILD_VERIFIER = ("{command}, then bench/ship_trained.py --role verifier (its manifest's trained_by says how; "
                     "README, \"A PRM that verifies\")")
 ROLES = ("policy", "verifier")
 
@@ -66,7 +65,11 @@ class ShippedPolicy:
         return self.manifest.get("role", "policy")
 
     def rebuild_hint(self) -> str:
-        return REBUILD_VERIFIER if self.role == "verifier" else REBUILD.format(domain=self.domain)
+        if self.role != "verifier":
+            return REBUILD.format(domain=self.domain)
+        # a verifier is made by a bench, which its manifest names: trained_by is "<command>: <what it did>"
+        command = self.manifest.get("trained_by", "").split(": ", 1)[0]
+        return REBUILD_VERIFIER.format(command=f"python {command}" if command else "the bench that trained it")
 
 
 def shipped_policies(root: Path | None = None, role: str = "policy") -> dict[str, ShippedPolicy]:
