@@ -17,6 +17,10 @@ its training.json) is measured again, not retrained, so a longer schedule can be
 `--references N` trains on the reference solutions of the first N training problems only (the
 held-out problems stay outside all of them), as for a real policy that has seen few written
 solutions of a task whose problems and checker are plentiful.
+`--extra 4:1-13:10-99=15000` adds the reference solutions of that many more problems of a
+Countdown spec, outside the training set, the held-out draw (at least its first 1,000, which
+hold the built-in `countdown-test`) and `game24`: a verifier may read more than the policy,
+because written solutions of a checkable task are cheap ("Countdown defaults" in the README).
 The last line is one JSON object.
 """
 
@@ -81,6 +85,17 @@ def problems_of(setting: str, n_test: int) -> tuple[list, list]:
     raise SystemExit(f"--settings entry {setting!r}: start it with arith: or countdown:")
 
 
+def extra_problems(extra: str, setting: str, train: list, n_held: int) -> list:
+    """--extra SPEC=N: N problems of SPEC, none of them in training, in the setting's first
+    n_held held-out problems, or in game24."""
+    text, _, n = extra.partition("=")
+    if not setting.startswith("countdown") or not n.isdigit():
+        raise SystemExit(f"--extra {extra!r}: write SPEC=N, e.g. 4:1-13:10-99=15000, with a countdown setting")
+    _, held_out = problems_of(setting, n_held)
+    taken = frozenset(p.problem for p in [*builtin_problems("game24"), *train, *held_out])
+    return countdown.generate_problems(int(n), seed=13, spec=parse_spec(text), exclude=taken)
+
+
 def measure(setting: str, path: Path, held_out: list) -> dict:
     gen = TransformersGenerator(str(path))
     if setting.startswith("countdown"):
@@ -109,6 +124,8 @@ def main() -> None:
     ap.add_argument("--references", type=int, default=0,
                     help="train on the reference solutions of the first N training problems only (0: all), as when "
                          "written solutions are scarce and problems with a checker are not")
+    ap.add_argument("--extra", default="", help="SPEC=N: the reference solutions of N more Countdown problems of SPEC "
+                         "(n:min-max:target_min-target_max), outside training, held-out and game24 (e.g. for a verifier)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--curve-every", type=int, default=250, help="steps between greedy points (100 problems) in the log")
     args = ap.parse_args()
@@ -126,6 +143,8 @@ def main() -> None:
         train, held_out = problems_of(setting, args.problems)
         train = cfg.problems(train)
         kind = setting.partition(":")[0]  # practice walks are Countdown's
+        if args.extra:
+            train = train + extra_problems(args.extra, setting, train, max(args.problems, 1000))
         runs[setting] = {"train_problems": len(train), "schedules": {}}
 
         def on_eval(model, tok, curve_problems=held_out[:100]) -> float:
@@ -134,7 +153,8 @@ def main() -> None:
         for steps in sorted(schedules, reverse=True):  # the longest first: it is the candidate to ship
             path = Path(args.save) / (f"{setting.replace(':', '_').replace(',', '_')}-{steps}"
                                       + (f"-practice{cfg.practice:g}" if cfg.practice and kind == "countdown" else "")
-                                      + size_tag + (f"-ref{args.references}" if args.references else ""))
+                                      + size_tag + (f"-ref{args.references}" if args.references else "")
+                                      + (f"-extra{args.extra.replace(':', '_').replace('=', 'x')}" if args.extra else ""))
             saved = path / "training.json"  # the trainer's summary beside the weights, as in a checkpoint
             if saved.is_file() and (path / "model.safetensors").is_file():  # trained by an earlier run: measure it
                 summary = json.loads(saved.read_text())
@@ -174,6 +194,7 @@ def main() -> None:
     print(json.dumps({"bench": "base_plateau", "machine": platform.machine(), "threads": args.threads,
                       "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "lr": cfg.lr,
                                 "practice": cfg.practice}, "references": args.references or None,
+                      "extra": args.extra or None,
                       "runs": runs}))
 
 
