@@ -85,13 +85,13 @@ def problems_of(setting: str, n_test: int) -> tuple[list, list]:
     raise SystemExit(f"--settings entry {setting!r}: start it with arith: or countdown:")
 
 
-def extra_problems(extra: str, setting: str, train: list, n_held: int) -> list:
-    """--extra SPEC=N: N problems of SPEC, none of them in training, in the setting's first
-    n_held held-out problems, or in game24."""
+def extra_problems(extra: str, setting: str, n_held: int) -> list:
+    """--extra SPEC=N: N problems of SPEC, none of them in the setting's training set (all of
+    it, whatever --references keeps), in its first n_held held-out problems, or in game24."""
     text, _, n = extra.partition("=")
     if not setting.startswith("countdown") or not n.isdigit():
         raise SystemExit(f"--extra {extra!r}: write SPEC=N, e.g. 4:1-13:10-99=15000, with a countdown setting")
-    _, held_out = problems_of(setting, n_held)
+    train, held_out = problems_of(setting, n_held)
     taken = frozenset(p.problem for p in [*builtin_problems("game24"), *train, *held_out])
     return countdown.generate_problems(int(n), seed=13, spec=parse_spec(text), exclude=taken)
 
@@ -144,7 +144,7 @@ def main() -> None:
         train = cfg.problems(train)
         kind = setting.partition(":")[0]  # practice walks are Countdown's
         if args.extra:
-            train = train + extra_problems(args.extra, setting, train, max(args.problems, 1000))
+            train = train + extra_problems(args.extra, setting, max(args.problems, 1000))
         runs[setting] = {"train_problems": len(train), "schedules": {}}
 
         def on_eval(model, tok, curve_problems=held_out[:100]) -> float:
