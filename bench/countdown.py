@@ -10,13 +10,16 @@ held-out problems and a slice of `game24` prints side by side:
 - beam search at one node budget, valued by the policy's likelihood, by a PRM (--prm, or
   --verifier: a language model read as the generative PRM's backbone) and by the oracle's
   "still solvable" (a ceiling: what a perfect verifier would let the same search reach);
-  and each PRM's best-of-8 of the same samples.
+  and each PRM's best-of-8 of the same samples. --aggregations reads a PRM's step scores
+  into a path's value more than one way (min, last, prod; one beam each), --beam searches
+  more than one beam shape (KxW: K steps per expanded node, W open nodes) at the same budget.
 
 With --specs, one policy per domain setting (how many numbers, their range, the targets'),
 each trained on 60,000 problems of its setting (all of them, when it has fewer) and
 measured on 200 held-out ones, in one run:
 
     python bench/countdown.py [--model DIR] [--prm DIR] [--verifier DIR,DIR] [--steps 900] [--problems 200]
+                              [--aggregations min,last,prod] [--beam 4x4,4x8]
     python bench/countdown.py --specs "4:1-20:10-99,4:1-10:10-50,3:1-20:10-99"
 
 The last line is one JSON object with the figures.
@@ -30,6 +33,7 @@ import json
 import platform
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,7 +42,7 @@ from qstar_dagster.evaluation.evaluate import EvalSpec, prm_metrics, sample, sco
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.search.algorithms import SearchSpec, search
 from qstar_dagster.search.tree import Tree
-from qstar_dagster.search.value import LikelihoodValue, PRMValue
+from qstar_dagster.search.value import PRM_AGGREGATIONS, LikelihoodValue, PRMValue
 from qstar_dagster.tasks import countdown
 from qstar_dagster.tasks.problem import policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
@@ -102,10 +106,10 @@ def step_rates(sampled) -> dict:
             "valid_until_first_slip": {k: ok / n if n else None for k, (ok, n) in at.items()}}
 
 
-def beam(gen, problems, value) -> dict:
-    trees = [Tree(f"t{i}", p, policy_prompt(p.problem), LINE, BEAM.max_depth) for i, p in enumerate(problems)]
+def beam(gen, problems, value, spec: SearchSpec = BEAM) -> dict:
+    trees = [Tree(f"t{i}", p, policy_prompt(p.problem), LINE, spec.max_depth) for i, p in enumerate(problems)]
     started = time.perf_counter()
-    search(trees, BEAM, gen, value, seed=0)
+    search(trees, spec, gen, value, seed=0)
     return {"selected": sum(bool(t.selected_leaf() and t.selected_leaf().is_correct) for t in trees) / len(trees),
             "any_path": sum(any(n.is_correct for n in t.terminals()) for t in trees) / len(trees),
             "nodes_per_tree": round(sum(len(t.nodes) for t in trees) / len(trees), 1),
@@ -121,11 +125,14 @@ def by_numbers(sampled) -> dict:
                 "pass_at_8": sum(any(s.correct) for s in g) / len(g)} for k, g in sorted(groups.items())}
 
 
-def measure(gen, problems, prms=None) -> dict:
+def measure(gen, problems, prms=None, aggregations=("min",), shapes=(BEAM,)) -> dict:
     """`prms`: name -> step scorer; each also picks best-of-8 and values beam search, at the
-    likelihood's node budget."""
+    likelihood's node budget, once per way of reading a path's step scores (`aggregations`:
+    the first is the one the figures' "beam" is). `shapes`: beam specs, the first the main
+    one; each further one is searched by the likelihood, the oracle and each PRM's first
+    aggregation."""
     sampled = sample(gen, problems, EvalSpec(ns=(8,), max_new_tokens=96))
-    n = len(sampled)
+    n, spec = len(sampled), shapes[0]
     return {
         "problems": n,
         "greedy": sum(s.greedy_correct for s in sampled) / n,
@@ -133,12 +140,31 @@ def measure(gen, problems, prms=None) -> dict:
         "random_sample": sum(sum(s.correct) / len(s.correct) for s in sampled) / n,
         "by_numbers": by_numbers(sampled),
         **step_rates(sampled),
-        "beam_likelihood": beam(gen, problems, LikelihoodValue()),
-        "beam_oracle": beam(gen, problems, OracleValue()),
+        "beam_likelihood": beam(gen, problems, LikelihoodValue(), spec),
+        "beam_oracle": beam(gen, problems, OracleValue(), spec),
         "prm": {name: {"best_of_8": prm_metrics(sampled, score_samples(scorer, sampled), [8])[("prm_best_of:min", 8)],
-                       "beam": beam(gen, problems, PRMValue(scorer))}
+                       **{("beam" if i == 0 else f"beam_{how}"): beam(gen, problems, PRMValue(scorer, how), spec)
+                          for i, how in enumerate(aggregations)}}
                 for name, scorer in (prms or {}).items()},
+        "other_shapes": {shape_name(other): {
+            "likelihood": beam(gen, problems, LikelihoodValue(), other),
+            "oracle": beam(gen, problems, OracleValue(), other),
+            **{name: beam(gen, problems, PRMValue(scorer, aggregations[0]), other) for name, scorer in (prms or {}).items()}}
+            for other in shapes[1:]},
     }
+
+
+def shape_name(spec: SearchSpec) -> str:
+    return f"{spec.k}x{spec.beam_width}"
+
+
+def parse_shapes(text: str) -> tuple[SearchSpec, ...]:
+    """"4x4,4x8" -> beam specs with k steps per expanded node and w open nodes, BEAM's budget."""
+    try:
+        return tuple(replace(BEAM, k=int(k), beam_width=int(w))
+                     for k, w in (part.strip().lower().split("x") for part in text.split(",")))
+    except ValueError:
+        raise SystemExit(f"--beam {text!r}: write KxW shapes separated by commas, e.g. 4x4,4x8") from None
 
 
 def parse_spec(text: str) -> countdown.CountdownSpec | tuple[countdown.CountdownSpec, ...]:
@@ -195,7 +221,16 @@ def main() -> None:
                     "Countdown PRM, $QSTAR_HOME/checkpoints/<id>)")
     ap.add_argument("--verifier", default="", help="comma-separated LM directories, each read as a generative PRM's "
                     "backbone (uncalibrated): best-of-8 and beam search by each")
+    ap.add_argument("--aggregations", default="min", help="comma-separated ways a PRM's step scores value a path in "
+                    f"beam search ({', '.join(PRM_AGGREGATIONS)}), each a beam of its own; the first is the PRM's 'beam'")
+    ap.add_argument("--beam", default=shape_name(BEAM), help="comma-separated beam shapes KxW: K steps sampled per "
+                    f"expanded node, W open nodes kept per depth (budget {BEAM.max_nodes} nodes per tree each); the "
+                    "first is the main one, each other one is searched too")
     args = ap.parse_args()
+    aggregations = tuple(args.aggregations.split(","))
+    if bad := [a for a in aggregations if a not in PRM_AGGREGATIONS]:
+        raise SystemExit(f"--aggregations {bad}: choose from {', '.join(PRM_AGGREGATIONS)}")
+    shapes = parse_shapes(args.beam)
     torch.set_num_threads(args.threads)
     hands = builtin_problems("game24")
     step = max(1, len(hands) // args.problems)
@@ -220,8 +255,8 @@ def main() -> None:
         prms[f"verifier {Path(backbone).name}"] = PRMScorer(backbone, "cpu", head="generative")
     for name, (path, training, held_out, four) in runs.items():
         gen = TransformersGenerator(str(path))
-        figures[name] = {"training": training, "held-out": measure(gen, held_out, prms),
-                         "game24": measure(gen, game24, prms) if four else None}
+        figures[name] = {"training": training, "held-out": measure(gen, held_out, prms, aggregations, shapes),
+                         "game24": measure(gen, game24, prms, aggregations, shapes) if four else None}
 
     def pct(v):
         return f"{'–':>13} " if v is None else f"{v:>13.1%} "
@@ -249,16 +284,23 @@ def main() -> None:
     for label, key in [("beam, likelihood value", "beam_likelihood"), ("beam, oracle value (ceiling)", "beam_oracle")]:
         print(f"{label:36}" + "".join(pct(figures[n][part][key]["selected"]) for n, part in columns))
     for prm_name in prms:
-        print(f"{('beam, ' + prm_name)[:35]:36}"
-              + "".join(pct(figures[n][part]["prm"][prm_name]["beam"]["selected"]) for n, part in columns))
+        for i, how in enumerate(aggregations):
+            key = "beam" if i == 0 else f"beam_{how}"
+            print(f"{('beam (' + how + '), ' + prm_name)[:35]:36}"
+                  + "".join(pct(figures[n][part]["prm"][prm_name][key]["selected"]) for n, part in columns))
         print(f"{('best-of-8, ' + prm_name)[:35]:36}"
               + "".join(pct(figures[n][part]["prm"][prm_name]["best_of_8"]) for n, part in columns))
+    for other in shapes[1:]:
+        for label in ["likelihood", "oracle", *prms]:
+            print(f"{('beam ' + shape_name(other) + ', ' + label)[:35]:36}" + "".join(
+                pct(figures[n][part]["other_shapes"][shape_name(other)][label]["selected"]) for n, part in columns))
     for name, f in figures.items():
         if f["training"]:
             print(f"{name}: trained {f['training']['steps']} steps in {f['training']['seconds']}s, "
                   f"loss {f['training']['final_loss']}")
     print(json.dumps({"bench": "countdown", "machine": platform.machine(), "threads": args.threads,
-                      "beam": BEAM.__dict__, "runs": figures}))
+                      "beam": shapes[0].__dict__, "other_shapes": [shape_name(x) for x in shapes[1:]],
+                      "aggregations": aggregations, "runs": figures}))
 
 
 if __name__ == "__main__":

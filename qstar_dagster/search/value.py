@@ -70,27 +70,36 @@ class MonteCarloValue:
         return [e.soft for e in estimates]
 
 
+PRM_AGGREGATIONS = ("min", "last", "prod")
+
+
 class PRMValue:
-    """A process reward model's view of the path: the minimum of its step scores (a path is
-    as good as its weakest step; `aggregation` "last" reads only the newest step)."""
+    """A process reward model's view of the path from its step scores: `min` (a path is as
+    good as its weakest step), `last` (only the newest step: the value of the state reached)
+    or `prod` (their product: the chance that every step is right, if the scores were
+    independent)."""
 
     name = "prm"
     uses_reference = False
 
     def __init__(self, scorer, aggregation: str = "min"):
-        if aggregation not in ("min", "last"):
-            raise ValueError(f"PRM aggregation must be min or last, got {aggregation!r}")
+        if aggregation not in PRM_AGGREGATIONS:
+            raise ValueError(f"PRM aggregation must be one of {', '.join(PRM_AGGREGATIONS)}, got {aggregation!r}")
         self.scorer, self.aggregation = scorer, aggregation
 
     def __call__(self, items, seed):
         paths = [[n.text for n in tree.path(node)[1:]] for tree, node in items]
         scored = self.scorer.score_batch([(tree.problem.problem, p) for (tree, _), p in zip(items, paths) if p])
         it = iter(scored)
-        out = []
-        for p in paths:
-            s = next(it) if p else [1.0]
-            out.append(min(s) if self.aggregation == "min" else s[-1])
-        return out
+        return [aggregate(next(it) if p else [1.0], self.aggregation) for p in paths]
+
+
+def aggregate(scores: Sequence[float], how: str) -> float:
+    if how == "min":
+        return min(scores)
+    if how == "last":
+        return scores[-1]
+    return math.prod(scores)
 
 
 VALUE_FUNCTIONS = ("none", "likelihood", "mc", "prm")

@@ -12,6 +12,7 @@ from qstar_dagster.search.value import (
     LikelihoodValue,
     MonteCarloValue,
     NoValue,
+    PRMValue,
     make_value_function,
 )
 from qstar_dagster.tasks.arith import generate_problems
@@ -147,6 +148,31 @@ def test_likelihood_value_is_the_geometric_mean_token_probability(problems):
     a = tree.add_child(tree.root, Completion("3 + 4 = 7", 10, -2.0, "stop", stop_string="\n"))
     b = tree.add_child(a, Completion("7 - 1 = 6", 10, -3.0, "stop", stop_string="\n"))
     assert LikelihoodValue()([(tree, b)], seed=0) == [pytest.approx(math.exp(-5.0 / 20))]
+
+
+class StepScores:
+    """A PRM whose step scores are given by hand: the score of a step is looked up by its text."""
+
+    def __init__(self, scores):
+        self.scores, self.calls = scores, []
+
+    def score_batch(self, items):
+        self.calls.append(items)
+        return [[self.scores[s] for s in steps] for _, steps in items]
+
+
+def test_prm_value_reads_the_step_scores_by_min_last_or_product(problems):
+    tree = make_trees(problems[:1], SearchSpec())[0]
+    a = tree.add_child(tree.root, Completion("3 + 4 = 7", 10, -2.0, "stop", stop_string="\n"))
+    b = tree.add_child(a, Completion("7 - 1 = 6", 10, -3.0, "stop", stop_string="\n"))
+    scorer = StepScores({"3 + 4 = 7": 0.5, "7 - 1 = 6": 0.8})
+    items = [(tree, b), (tree, a), (tree, tree.root)]
+    assert PRMValue(scorer)(items, seed=0) == [0.5, 0.5, 1.0]  # the root has no steps: nothing to doubt
+    assert PRMValue(scorer, "last")(items, seed=0) == [0.8, 0.5, 1.0]
+    assert PRMValue(scorer, "prod")(items, seed=0) == [pytest.approx(0.4), 0.5, 1.0]
+    assert scorer.calls[0] == [(problems[0].problem, ["3 + 4 = 7", "7 - 1 = 6"]), (problems[0].problem, ["3 + 4 = 7"])]
+    with pytest.raises(ValueError, match="min, last, prod"):
+        PRMValue(scorer, "mean")
 
 
 def test_monte_carlo_value_scores_terminals_by_correctness_and_never_picks_answers(problems, gen):
