@@ -50,7 +50,8 @@ from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.base_policy import BasePolicyConfig, train_base_policy
 from qstar_dagster.training.prm import PRMScorer
 
-BEAM = SearchSpec(algorithm="beam", k=4, beam_width=4, max_nodes=64, value="likelihood")
+# the rollouts' default: 4 steps per expanded node, the domain's 8 open nodes per depth, 64 nodes
+BEAM = SearchSpec(algorithm="beam", k=4, max_nodes=64, value="likelihood").for_domain("countdown")
 
 
 class OracleValue:
@@ -215,6 +216,8 @@ def main() -> None:
                     "each (default: the built-in sets, countdown-train / countdown-test)")
     ap.add_argument("--steps", type=int, default=BasePolicyConfig().steps, help="training steps")
     ap.add_argument("--problems", type=int, default=200, help="held-out problems and game24 hands")
+    ap.add_argument("--offset", type=int, default=0, help="skip this many problems of countdown-test and of game24's "
+                    "hands (a fresh slice, to check a choice made on the first one; built-in sets only)")
     ap.add_argument("--save", default="/tmp/countdown-policy", help="where trained policies go")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prm", help="a PRM checkpoint directory: best-of-8 and beam search by it too (e.g. the demo's "
@@ -227,6 +230,8 @@ def main() -> None:
                     f"expanded node, W open nodes kept per depth (budget {BEAM.max_nodes} nodes per tree each); the "
                     "first is the main one, each other one is searched too")
     args = ap.parse_args()
+    if args.offset and args.specs:
+        raise SystemExit("--offset skips problems of the built-in sets; --specs makes its own held-out problems")
     aggregations = tuple(args.aggregations.split(","))
     if bad := [a for a in aggregations if a not in PRM_AGGREGATIONS]:
         raise SystemExit(f"--aggregations {bad}: choose from {', '.join(PRM_AGGREGATIONS)}")
@@ -234,7 +239,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     hands = builtin_problems("game24")
     step = max(1, len(hands) // args.problems)
-    game24 = hands[::step][: args.problems]
+    spread = hands[::step]  # the default slice: spread over the hands; --offset goes on with the rest
+    game24 = (spread + [h for h in hands if h not in spread])[args.offset: args.offset + args.problems]
     game24_texts = frozenset(p.problem for p in hands)
     runs = {}  # setting -> (policy dir, training summary, held-out problems, also game24)
     if args.specs:
@@ -247,7 +253,8 @@ def main() -> None:
     else:
         path = Path(args.model or args.save)
         training = None if args.model else train(builtin_problems("countdown-train"), path, args.steps)
-        runs["built-in"] = (path, training, builtin_problems("countdown-test", n=args.problems), True)
+        held_out = builtin_problems("countdown-test", n=args.offset + args.problems)[args.offset:]
+        runs["built-in"] = (path, training, held_out, True)
 
     figures = {}
     prms = {"PRM": PRMScorer(args.prm, "cpu")} if args.prm else {}

@@ -71,7 +71,7 @@ def main() -> None:
     model_path = args.model or default_model()
     gen = TransformersGenerator(model_path)
     problems = builtin_problems("arith-test")[: args.problems]
-    spec = SearchSpec()  # the demo's rollouts: beam, k=4, width 4, likelihood value
+    spec = SearchSpec().for_domain("arith")  # the demo's rollouts: beam, k=4, width 4, likelihood value
     trees = [Tree(f"t{i}", p, policy_prompt(p.problem), LINE, spec.max_depth) for i, p in enumerate(problems)]
     search(trees, spec, gen, make_value_function(spec.value, gen), seed=0)
     truth_map = oracle_labels(trees)

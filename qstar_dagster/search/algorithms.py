@@ -11,7 +11,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qstar_dagster.generation.base import Generator, SamplingParams
 from qstar_dagster.search.tree import Node, Tree
@@ -29,7 +29,8 @@ class SearchSpec:
     n: int = option(8, "best_of_n: samples per problem")
     # At a few dozen nodes, MCTS with k=4 spends its budget wide and rarely reaches an answer.
     k: int | None = option(None, "beam, mcts: next steps sampled per expanded node; unset: 4 for beam, 2 for mcts")
-    beam_width: int = option(4, "beam: open nodes kept per problem and depth")
+    beam_width: int | None = option(None, "beam: open nodes kept per problem and depth; unset: the domain's (4; "
+                                    "Countdown 8, whose 2-3 steps leave the node budget room for it)")
     simulations: int = option(16, "mcts: rounds of select-expand-evaluate-backup")
     c_puct: float = option(1.5, "mcts: exploration weight of the policy prior")
     max_depth: int = option(6, "steps per path")
@@ -53,8 +54,14 @@ class SearchSpec:
             raise ValueError(f"search algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.value not in VALUE_FUNCTIONS:
             raise ValueError(f"value function must be one of {VALUE_FUNCTIONS}, got {self.value!r}")
-        if min(self.n, self.k, self.beam_width, self.max_depth, self.step_max_tokens, self.max_nodes - 1) < 1:
+        width = 1 if self.beam_width is None else self.beam_width  # unset: the domain's, filled in later
+        if min(self.n, self.k, width, self.max_depth, self.step_max_tokens, self.max_nodes - 1) < 1:
             raise ValueError(f"n, k, beam_width, max_depth, step_max_tokens must be >= 1 and max_nodes >= 2: {self}")
+
+
+    def for_domain(self, name: str) -> SearchSpec:
+        """The spec with what it leaves to the domain (the beam's width) filled in."""
+        return self if self.beam_width is not None else replace(self, beam_width=domain(name).beam_width)
 
 
 @dataclass
@@ -181,7 +188,7 @@ class Search:
                 for n in nodes:
                     value.setdefault(steps[id(n)], n.value or 0.0)
                 nodes.sort(key=lambda n: -value[steps[id(n)]])
-                del nodes[self.spec.beam_width:]
+                del nodes[self.spec.for_domain(by_id[tid].problem.domain).beam_width:]
 
     def _mcts(self, trees: list[Tree]) -> None:
         """`simulations` rounds over all trees at once: PUCT selection from the root to a leaf,

@@ -69,6 +69,8 @@ def plan_rollout(prompt_set: str, version: str, problems: Sequence[Problem], pol
     if len(separators) > 1:  # one stop string per generator call
         raise ValueError(f"prompt set {prompt_set!r} mixes step formats {sorted(separators)}; "
                          "split it into one prompt set per domain")
+    if len(domains := {p.domain for p in problems}) == 1:  # else each tree reads its own domain's
+        spec = spec.for_domain(domains.pop())  # what the domain fills in is recorded, and hashed as if set
     key = id_settings(spec)  # a spec without a PRM hashes as before PRMs existed
     rollout_id = content_id("r", prompt_set, version, policy_checkpoint, key, batch_size, template)
     batches = []

@@ -33,6 +33,9 @@ class Domain:
     # (problem text, rng) -> a practice walk's pieces of text, each trained or not (the base
     # policy's trainer adds them to the reference solutions); None where there are none
     practice: Callable[[str, random.Random], list[tuple[str, bool]]] | None = None
+    # beam search's open nodes per depth where its spec leaves it unset: as many as the 64-node
+    # budget has room for at the domain's depth (README, "Countdown search: the beam's shape")
+    beam_width: int = 4
 
     @property
     def step_format(self) -> StepFormat:
@@ -53,7 +56,8 @@ class Domain:
 DOMAINS: dict[str, Domain] = {
     "arith": Domain("arith", oracle_steps=arith.oracle_steps),
     countdown.DOMAIN: Domain(countdown.DOMAIN, grade=lambda p, s: countdown.grade(p.problem, s),
-                             oracle_steps=countdown.oracle_steps, votes=False, practice=countdown.practice_walk),
+                             oracle_steps=countdown.oracle_steps, votes=False, practice=countdown.practice_walk,
+                             beam_width=8),
     "gsm8k": Domain("gsm8k"),
     "math": Domain("math"),
     "jsonl": Domain("jsonl"),

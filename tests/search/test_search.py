@@ -7,6 +7,7 @@ import pytest
 from qstar_dagster.generation.base import Completion
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.search.algorithms import SearchSpec, search
+from qstar_dagster.search.rollouts import plan_rollout
 from qstar_dagster.search.tree import Tree, check_tree
 from qstar_dagster.search.value import (
     LikelihoodValue,
@@ -17,7 +18,9 @@ from qstar_dagster.search.value import (
 )
 from qstar_dagster.tasks.arith import generate_problems
 from qstar_dagster.tasks.problem import policy_prompt
+from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
+from qstar_dagster.training.shipped import shipped_policy
 
 from ..conftest import EASY_ARITH
 
@@ -159,6 +162,31 @@ class StepScores:
     def score_batch(self, items):
         self.calls.append(items)
         return [[self.scores[s] for s in steps] for _, steps in items]
+
+
+def test_an_unset_beam_width_is_the_domains_and_is_recorded_as_if_set(problems):
+    hands = builtin_problems("game24")[:3]
+    for some, width in ((problems, 4), (hands, 8)):
+        plan = plan_rollout("set", "v1", some, None, SearchSpec())
+        assert plan.spec.beam_width == width  # the trees' stored spec says which
+        # the same rollout as the width written out (arithmetic's ids are those from before the default)
+        assert plan.rollout_id == plan_rollout("set", "v1", some, None, SearchSpec(beam_width=width)).rollout_id
+        assert plan.rollout_id != plan_rollout("set", "v1", some, None, SearchSpec(beam_width=width + 1)).rollout_id
+    with pytest.raises(ValueError, match="beam_width"):
+        SearchSpec(beam_width=0)
+
+
+def test_countdown_beam_keeps_eight_open_nodes_where_the_budget_allows():
+    """Four numbers take three steps: 4 x 8 fills 53 of the 64 nodes, 4 x 4 only 37."""
+    gen = TransformersGenerator(str(shipped_policy("countdown-train").path))
+    spec = SearchSpec(value="none")  # keeps the first 8 open children
+    trees = make_trees(builtin_problems("game24")[:4], spec.for_domain("countdown"))
+    search(trees, spec, gen, NoValue())
+    widths = []
+    for t in trees:
+        assert len(t.nodes) <= spec.max_nodes and check_tree(t) == []
+        widths.append(len([n for n in t.nodes.values() if n.depth == 2 and n.children]))
+    assert max(widths) > 4 and all(w <= 8 for w in widths), widths
 
 
 def test_prm_value_reads_the_step_scores_by_min_last_or_product(problems):
