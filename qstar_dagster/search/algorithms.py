@@ -170,6 +170,7 @@ class Search:
         keep the best `beam_width` open ones per problem; ended paths leave the beam."""
         frontier = {t.tree_id: [t.root] for t in trees}
         by_id = {t.tree_id: t for t in trees}
+        width = {t.tree_id: self.spec.for_domain(t.problem.domain).beam_width for t in trees}
         while any(frontier.values()):
             children = self.expand([(by_id[tid], n) for tid, nodes in frontier.items() for n in nodes],
                                    self.spec.k)
@@ -188,7 +189,7 @@ class Search:
                 for n in nodes:
                     value.setdefault(steps[id(n)], n.value or 0.0)
                 nodes.sort(key=lambda n: -value[steps[id(n)]])
-                del nodes[self.spec.for_domain(by_id[tid].problem.domain).beam_width:]
+                del nodes[width[tid]:]
 
     def _mcts(self, trees: list[Tree]) -> None:
         """`simulations` rounds over all trees at once: PUCT selection from the root to a leaf,
