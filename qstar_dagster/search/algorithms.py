@@ -58,7 +58,6 @@ class SearchSpec:
         if min(self.n, self.k, width, self.max_depth, self.step_max_tokens, self.max_nodes - 1) < 1:
             raise ValueError(f"n, k, beam_width, max_depth, step_max_tokens must be >= 1 and max_nodes >= 2: {self}")
 
-
     def for_domain(self, name: str) -> SearchSpec:
         """The spec with what it leaves to the domain (the beam's width) filled in."""
         return self if self.beam_width is not None else replace(self, beam_width=domain(name).beam_width)
