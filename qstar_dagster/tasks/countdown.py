@@ -33,8 +33,11 @@ from qstar_dagster.tasks.verdicts import OracleResult, StepVerdict
 
 DOMAIN = "countdown"
 PROBLEM_PREFIX = "Make"
-_PROBLEM_RE = re.compile(r"^\s*Make\s+(\d+)\s+from:\s*((?:\d+\s*)+)$")
-_STEP_RE = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(-?\d+)\s*\(left:\s*((?:-?\d+\s*)*)\)\s*\.?\s*$")
+# Lists of numbers: each number but the last followed by spaces, so that a run of digits
+# splits into numbers one way only. `(?:-?\d+\s*)*` split it every way, and one sampled step
+# with a few dozen digits and no ")" took hours to reject (tests/tasks/test_countdown.py).
+_PROBLEM_RE = re.compile(r"^\s*Make\s+(\d+)\s+from:\s*((?:\d+\s+)*\d+)\s*$")
+_STEP_RE = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(-?\d+)\s*\(left:\s*((?:-?\d+\s+)*(?:-?\d+)?)\s*\)\s*\.?\s*$")
 OPERATORS = ("+", "-", "*", "/")
 
 

@@ -4,6 +4,8 @@ that the stages ask instead of assuming arithmetic."""
 import itertools
 import random
 import re
+import subprocess
+import sys
 from functools import cache
 
 import pytest
@@ -111,6 +113,20 @@ def test_the_oracle_says_what_is_wrong(steps, reasons):
     result = oracle_steps("Make 24 from: 4 7 8 8", steps)
     assert [v.reason for v in result.verdicts] == reasons
     assert result.first_error == next((i for i, r in enumerate(reasons) if r != "ok"), None)
+
+
+def test_a_long_run_of_digits_is_rejected_at_once():
+    """A policy drifting in RL wrote a step whose list of what is left was a run of digits with
+    no ")": the oracle's pattern tried every way to split it into numbers, and the run hung in
+    grading. In a subprocess, so that a regression fails here instead of hanging the suite."""
+    digits = "7" * 60
+    check = (f"from qstar_dagster.tasks.countdown import grade, oracle_steps, parse_problem\n"
+             f"r = oracle_steps('Make 24 from: 4 7 8 8', ['8 - 4 = 4 (left: {digits}'])\n"
+             f"assert r.verdicts[0].reason.startswith('not of the form'), r\n"
+             f"assert grade('Make 24 from: 4 7 8 8', '8 - 4 = 4 (left: 4 {digits} x') == (None, False)\n"
+             f"try:\n    parse_problem('Make 24 from: {digits}x')\nexcept ValueError:\n    pass\n"
+             f"else:\n    raise AssertionError('parsed')\n")
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=30)
 
 
 def test_an_invalid_step_leaves_the_numbers_as_they_were():
