@@ -239,8 +239,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     hands = builtin_problems("game24")
     step = max(1, len(hands) // args.problems)
-    spread = hands[::step]  # the default slice: spread over the hands; --offset goes on with the rest
-    game24 = (spread + [h for h in hands if h not in spread])[args.offset: args.offset + args.problems]
+    # the default slice spreads over the hands (every step-th); --offset goes on with the rest
+    order = hands[::step] + [h for i, h in enumerate(hands) if i % step]
+    game24 = order[args.offset: args.offset + args.problems]
     game24_texts = frozenset(p.problem for p in hands)
     runs = {}  # setting -> (policy dir, training summary, held-out problems, also game24)
     if args.specs:

@@ -180,7 +180,7 @@ def test_countdown_beam_keeps_eight_open_nodes_where_the_budget_allows():
     """Four numbers take three steps: 4 x 8 fills 53 of the 64 nodes, 4 x 4 only 37."""
     gen = TransformersGenerator(str(shipped_policy("countdown-train").path))
     spec = SearchSpec(value="none")  # keeps the first 8 open children
-    trees = make_trees(builtin_problems("game24")[:4], spec.for_domain("countdown"))
+    trees = make_trees(builtin_problems("game24")[:4], spec)
     search(trees, spec, gen, NoValue())
     widths = []
     for t in trees:
