@@ -168,8 +168,9 @@ def main() -> None:
     ap.add_argument("--vf-lr", type=float, default=StepPPOSpec().vf_lr, help="the value head's lr (0: the PPO lr)")
     ap.add_argument("--curve-every", type=int, default=0,
                     help="PPO arms: held-out greedy on the first 100 --test problems every N iterations (0: none)")
-    ap.add_argument("--temperature", type=float, default=StepPPOSpec().temperature,
-                    help="the PPO arms' sampling temperature")
+    ap.add_argument("--temperature", default=str(StepPPOSpec().temperature),
+                    help="the PPO arms' sampling temperature; a comma-separated list runs each PPO arm at each "
+                         "(at a lower one the samples, and so the objective, sit nearer the greedy decode)")
     ap.add_argument("--max-new-tokens", type=int, default=StepPPOSpec().max_new_tokens,
                     help="the PPO arms' tokens per solution")
     ap.add_argument("--seed", default=str(StepPPOSpec().seed),
@@ -200,12 +201,13 @@ def main() -> None:
     if args.train_problems:
         train = train[: args.train_problems]
     lrs = [float(x) for x in args.lr.split(",")]
+    temperatures = [float(x) for x in args.temperature.split(",")]
     seeds = [int(x) for x in args.seed.split(",")]
     base_spec = StepPPOSpec(iterations=args.iterations, problems_per_iteration=args.problems, group_size=args.group,
                             lr=lrs[0], minibatch_size=args.minibatch, ppo_epochs=args.epochs,
                             adam_eps=args.adam_eps, kl_estimator=args.kl_estimator, kl_coef=args.kl_coef,
                             sft_coef=args.sft_coef, shaping=args.shaping, lam=args.lam, vf_lr=args.vf_lr,
-                            seed=seeds[0], temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                            seed=seeds[0], temperature=temperatures[0], max_new_tokens=args.max_new_tokens,
                             eval_every=args.curve_every)
     per_iteration = math.ceil(args.problems * args.group / base_spec.minibatch_size) * base_spec.ppo_epochs
     opt_steps, samples = args.iterations * per_iteration, args.iterations * args.problems * args.group
@@ -221,14 +223,19 @@ def main() -> None:
     figures: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="step_rl-"))
 
-    def run_name(arm: str, lr: float, seed: int | None) -> str:
+    def run_name(arm: str, lr: float, temperature: float, seed: int | None) -> str:
         """The arm's name in the tables; seed None: its mean over the seeds."""
         return (arm + (f" lr {lr:g}" if len(lrs) > 1 and arm in PPO_ARMS else "")
+                + (f" T {temperature:g}" if len(temperatures) > 1 and arm in PPO_ARMS else "")
                 + (f" seed {seed}" if seed is not None and len(seeds) > 1 and arm != "base" else ""))
 
-    runs = [(run_name(a, lr, seed), a, lr, seed) for a in arms for lr in (lrs if a in PPO_ARMS else lrs[:1])
+    def settings(arm: str) -> list[tuple[float, float]]:
+        """The (lr, temperature) pairs an arm runs at: the sweeps apply to the PPO arms."""
+        return [(lr, t) for lr in lrs for t in temperatures] if arm in PPO_ARMS else [(lrs[0], temperatures[0])]
+
+    runs = [(run_name(a, lr, t, seed), a, lr, t, seed) for a in arms for lr, t in settings(a)
             for seed in (seeds if a != "base" else seeds[:1])]
-    for name, arm, lr, seed in runs:
+    for name, arm, lr, temperature, seed in runs:
         started = time.monotonic()
         out = work / name.replace(" ", "_").replace("/", "_")
         info: dict = {}
@@ -237,7 +244,7 @@ def main() -> None:
         elif arm in PPO_ARMS:
             reward, credit, after_error, *baseline = PPO_ARMS[arm]
             spec = replace(base_spec, reward=reward, credit=credit, after_error=after_error, lr=lr, seed=seed,
-                           baseline=baseline[0] if baseline else base_spec.baseline)
+                           temperature=temperature, baseline=baseline[0] if baseline else base_spec.baseline)
             score = {"prm": lambda: prm_scores(PRMScorer(prm)), "mc": lambda: mc_scores(4, 0.7, 96)}.get(
                 reward, lambda: None)()
             summary = train_step_ppo(policy, train, out, spec, score=score,
@@ -278,7 +285,7 @@ def main() -> None:
               f"{f['oracle_step_accuracy']:.1%} ({train_s:.0f}s)", flush=True)
 
     print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
-          f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr})")
+          f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr}, T {args.temperature})")
     print(f"{'arm':48}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
           f"{'right on train, first/last 10 it.':>36}")
     for arm, f in figures.items():
@@ -289,9 +296,9 @@ def main() -> None:
     means = {}
     if len(seeds) > 1:  # each trained arm over its seeds
         for arm in (a for a in arms if a != "base"):
-            for lr in (lrs if arm in PPO_ARMS else lrs[:1]):
-                runs_of = [figures[run_name(arm, lr, seed)] for seed in seeds]
-                means[run_name(arm, lr, None)] = {
+            for lr, t in settings(arm):
+                runs_of = [figures[run_name(arm, lr, t, seed)] for seed in seeds]
+                means[run_name(arm, lr, t, None)] = {
                     key: sum(f[key] or 0 for f in runs_of) / len(runs_of)
                     for key in ("greedy", "pass_at_8", "oracle_step_accuracy")} | {
                     "greedy_per_seed": [f["greedy"] for f in runs_of]}
@@ -302,7 +309,8 @@ def main() -> None:
                   + " / ".join(f"{g:.1%}" for g in m["greedy_per_seed"]))
     print(json.dumps({"bench": "step_rl", "machine": platform.machine(), "threads": args.threads,
                       "domain": args.domain, "policy": policy, "prm": prm, "iterations": args.iterations,
-                      "problems": args.problems, "group": args.group, "lr": lrs, "adam_eps": args.adam_eps,
+                      "problems": args.problems, "group": args.group, "lr": lrs, "temperature": temperatures,
+                      "adam_eps": args.adam_eps,
                       "kl_estimator": args.kl_estimator, "kl_coef": args.kl_coef,
                       "sft_coef": args.sft_coef, "shaping": args.shaping, "rft_epochs": args.rft_epochs,
                       "lam": args.lam, "vf_lr": args.vf_lr,
