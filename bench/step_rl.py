@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import platform
+import random
 import tempfile
 import time
 from dataclasses import replace
@@ -154,6 +155,9 @@ def main() -> None:
                     help="learn on N problems the base never saw instead: the held-out set's draw past the --test "
                          "problems measured (disjoint from both; the shipped policies learned the whole training "
                          "set, so its problems are ones they have seen solved)")
+    ap.add_argument("--fit", type=int, default=0,
+                    help="also measure each arm on N of the problems it learns on (a seeded draw): does the "
+                         "policy fit its own training problems, or only as well as new ones? (0: not measured)")
     ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
     ap.add_argument("--kl-coef", type=float, default=StepPPOSpec().kl_coef,
                     help="the PPO arms' KL penalty weight against the starting policy")
@@ -200,6 +204,7 @@ def main() -> None:
         train = drawn[args.test: args.test + args.fresh]
     if args.train_problems:
         train = train[: args.train_problems]
+    fit = random.Random(0).sample(train, min(args.fit, len(train))) if args.fit else []
     lrs = [float(x) for x in args.lr.split(",")]
     temperatures = [float(x) for x in args.temperature.split(",")]
     seeds = [int(x) for x in args.seed.split(",")]
@@ -278,6 +283,10 @@ def main() -> None:
         train_s = time.monotonic() - started
         figures[name] = {**measure(path, test), **info, "train_seconds": round(train_s, 1)}
         f = figures[name]
+        if fit:
+            f["on_train"] = measure(path, fit)
+            print(f"{name}: on {len(fit)} of its training problems greedy {f['on_train']['greedy']:.1%}, pass@8 "
+                  f"{f['on_train']['pass_at_8']:.1%}", flush=True)
         if f.get("heldout_curve"):
             print(f"{name}: held-out greedy along training (first 100 problems): "
                   + ", ".join(f"{it}: {g:.0%}" for it, g in f["heldout_curve"]), flush=True)
@@ -287,12 +296,13 @@ def main() -> None:
     print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
           f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr}, T {args.temperature})")
     print(f"{'arm':48}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
-          f"{'right on train, first/last 10 it.':>36}")
+          f"{'right on train, first/last 10 it.':>36}" + (f"{'greedy, train':>15}" if fit else ""))
     for arm, f in figures.items():
         trend = (f"{f['train_right_first_10']:.1%} -> {f['train_right_last_10']:.1%}"
                  if "train_right_first_10" in f else "")
         print(f"{arm:48}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
-              f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}")
+              f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}"
+              + (f"{f['on_train']['greedy']:>15.1%}" if fit else ""))
     means = {}
     if len(seeds) > 1:  # each trained arm over its seeds
         for arm in (a for a in arms if a != "base"):
@@ -314,7 +324,7 @@ def main() -> None:
                       "kl_estimator": args.kl_estimator, "kl_coef": args.kl_coef,
                       "sft_coef": args.sft_coef, "shaping": args.shaping, "rft_epochs": args.rft_epochs,
                       "lam": args.lam, "vf_lr": args.vf_lr,
-                      "train_problems": args.train_problems or len(train), "fresh": args.fresh,
+                      "train_problems": args.train_problems or len(train), "fresh": args.fresh, "fit": len(fit),
                       "seed": args.seed, "optimizer_steps": opt_steps,
                       "arms": figures, "means_over_seeds": means}))
 
