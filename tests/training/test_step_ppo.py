@@ -55,6 +55,18 @@ def test_the_trained_tokens_are_the_sampled_ones():
             assert s.token_step == token_step
         finished += c.finish_reason == "stop"
     assert finished  # the end-of-sequence case was checked
+    # and the trainer's log-probability of each trained token is the one the sampler drew it
+    # with (the generator reports them at temperature 1): so PPO's ratio starts at 1, and a
+    # logged KL in the thousands is the policy's drift, not a token read at the wrong place
+    from transformers import AutoModelForCausalLM
+
+    from qstar_dagster.training.step_ppo import _forward, _pad
+
+    ids, mask, action = _pad(samples, tok.pad_token_id)
+    with torch.no_grad():
+        logp, _, _ = _forward(AutoModelForCausalLM.from_pretrained(policy).eval(), None, ids, mask, 1.0)
+    for r, c in enumerate(completions):
+        assert logp[r][action[r].bool()].tolist() == pytest.approx(c.token_logprobs, abs=1e-4)
 
 
 def test_exact_step_rewards_teach_a_choice(tmp_path):
