@@ -92,7 +92,10 @@ def test_a_rollout_through_two_servers_one_killed_mid_run_ends_as_through_one(se
     assert killed["after"] >= 5 and b_proc.poll() is not None  # B served, then died before the run ended
     [mat] = result.asset_materializations_for_node("tot_rollouts")
     per_server = mat.metadata["policy_server_requests"].value
-    assert per_server[f"{b}/v1/"] >= 5 and per_server[f"{a}/v1/"] > 0 and mat.metadata["policy_server_failovers"].value >= 1
+    # B answered prompts, then its failures moved the rest to A. Not ">= 5": B counts a request
+    # once its batch is generated, the client once the answer arrives, so a batch generated
+    # just before the kill counts on B's side only (a fresh-clone CI run saw 4 against 5)
+    assert per_server[f"{b}/v1/"] > 0 and per_server[f"{a}/v1/"] > 0 and mat.metadata["policy_server_failovers"].value >= 1
     assert served_requests(a) > through_a
     rows_one = LineageStore(one / "lineage.duckdb").query(NODES)[1]
     assert rows_one and LineageStore(two / "lineage.duckdb").query(NODES)[1] == rows_one
