@@ -191,8 +191,10 @@ def main() -> None:
     print(f"{'final loss':26}" + "".join(f"{runs[s]['schedules'][n]['final_loss']:>24}" for s, n in columns))
     print(f"{'train seconds':26}" + "".join(f"{runs[s]['schedules'][n]['seconds']:>24}" for s, n in columns))
     for s, r in runs.items():
-        print(f"{s}: {r['train_problems']} training problems; the longest schedule gains "
-              f"{r['gain_of_longest']} greedy -> {'plateau' if r['plateau'] else 'not at a plateau'}")
+        print(f"{s}: {r['train_problems']} training problems; " + (
+            "one schedule: no plateau test (give two, e.g. --steps S,S+1000)" if r["gain_of_longest"] is None
+            else f"the longest schedule gains {r['gain_of_longest']} greedy -> "
+                 f"{'plateau' if r['plateau'] else 'not at a plateau'}"))
     print(json.dumps({"bench": "base_plateau", "machine": platform.machine(), "threads": args.threads,
                       "model": {"hidden": cfg.hidden, "layers": cfg.layers, "heads": cfg.heads, "lr": cfg.lr,
                                 "practice": cfg.practice}, "references": args.references or None,
