@@ -33,16 +33,14 @@ def test_the_trained_tokens_are_the_sampled_ones():
     (else it learns on sequences the policy never wrote), the end of sequence included, and
     each token must sit in the step its text is in. The shipped policy at temperature 1, on
     problems of its own domain."""
-    from transformers import AutoTokenizer
-
     from qstar_dagster.training.shipped import SHIPPED_ROOT
-    from qstar_dagster.training.step_ppo import make_samples
+    from qstar_dagster.training.step_ppo import _forward, _pad, make_samples
 
-    policy = SHIPPED_ROOT / "arith"
-    tok = AutoTokenizer.from_pretrained(policy)
+    gen = TransformersGenerator(SHIPPED_ROOT / "arith")
+    tok = gen.tokenizer
     problems = generate_problems(8, seed=33)
     prompts = [policy_prompt(p.problem) for p in problems]
-    out = TransformersGenerator(policy).generate(
+    out = gen.generate(
         prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=96, logprobs=True))
     samples = make_samples(tok, problems, prompts, out)
     completions = [c for cs in out for c in cs if c.token_ids]  # make_samples leaves out empty ones
@@ -58,13 +56,9 @@ def test_the_trained_tokens_are_the_sampled_ones():
     # and the trainer's log-probability of each trained token is the one the sampler drew it
     # with (the generator reports them at temperature 1): so PPO's ratio starts at 1, and a
     # logged KL in the thousands is the policy's drift, not a token read at the wrong place
-    from transformers import AutoModelForCausalLM
-
-    from qstar_dagster.training.step_ppo import _forward, _pad
-
     ids, mask, action = _pad(samples, tok.pad_token_id)
     with torch.no_grad():
-        logp, _, _ = _forward(AutoModelForCausalLM.from_pretrained(policy).eval(), None, ids, mask, 1.0)
+        logp, _, _ = _forward(gen.model, None, ids, mask, 1.0)
     for r, c in enumerate(completions):
         assert logp[r][action[r].bool()].tolist() == pytest.approx(c.token_logprobs, abs=1e-4)
 
