@@ -114,6 +114,15 @@ def measure(path: str, problems, k: int = 8) -> dict:
             "oracle_step_accuracy": sum(verdicts) / len(verdicts) if verdicts else None}
 
 
+def choices(path: str, problems) -> dict:
+    """Countdown: how the policy chooses its next step along the written solutions
+    (`bench/choice_fit.py`): the probability on moves that keep the target in reach."""
+    from choice_fit import choice_fit
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return choice_fit(AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), problems)
+
+
 def rft_rows(policy: str, problems, n: int, temperature: float) -> tuple[list[dict], int]:
     out = TransformersGenerator(policy).generate([policy_prompt(p.problem) for p in problems],
                                                  SamplingParams(n=n, temperature=temperature, max_new_tokens=96))
@@ -158,6 +167,10 @@ def main() -> None:
     ap.add_argument("--fit", type=int, default=0,
                     help="also measure each arm on N of the problems it learns on (a seeded draw): does the "
                          "policy fit its own training problems, or only as well as new ones? (0: not measured)")
+    ap.add_argument("--choices", action="store_true",
+                    help="Countdown: also measure each arm's choice of the next step along the held-out problems' "
+                         "written solutions (bench/choice_fit.py): the probability on moves that keep the target "
+                         "in reach, first steps and all")
     ap.add_argument("--arms", help=f"comma-separated subset of: {', '.join(ARMS)}")
     ap.add_argument("--kl-coef", type=float, default=StepPPOSpec().kl_coef,
                     help="the PPO arms' KL penalty weight against the starting policy")
@@ -196,6 +209,8 @@ def main() -> None:
     if prm is None:
         arms = [a for a in arms if not a.endswith("/prm")]
         print("no PRM (pass --prm, or run make demo): the prm arms are left out")
+    if args.choices and args.domain != "countdown":
+        raise SystemExit("--choices measures Countdown's moves; pass --domain countdown or leave it out")
     train_set, test_set = SETS[args.domain]
     train = builtin_problems(train_set)
     drawn = builtin_problems(test_set, n=max(args.test + args.fresh, BUILTIN_PROMPT_SETS[test_set].n))
@@ -283,6 +298,12 @@ def main() -> None:
         train_s = time.monotonic() - started
         figures[name] = {**measure(path, test), **info, "train_seconds": round(train_s, 1)}
         f = figures[name]
+        if args.choices:
+            f["choices"] = choices(path, test)
+            print(f"{name}: probability on next steps that keep the target in reach, first / all steps "
+                  f"{f['choices']['first']['keep_mass']:.1%} / {f['choices']['all']['keep_mass']:.1%} "
+                  f"(a legal move at random {f['choices']['first']['uniform_keep']:.1%} / "
+                  f"{f['choices']['all']['uniform_keep']:.1%})", flush=True)
         if fit:
             f["on_train"] = measure(path, fit)
             print(f"{name}: on {len(fit)} of its training problems greedy {f['on_train']['greedy']:.1%}, pass@8 "
@@ -296,13 +317,16 @@ def main() -> None:
     print(f"\n{args.domain}: {args.test} held-out problems of {test_set}; every trained arm: {samples} sampled "
           f"solutions' budget, {opt_steps} optimizer steps (PPO lr {args.lr}, T {args.temperature})")
     print(f"{'arm':48}{'greedy':>9}{'pass@8':>9}{'step acc':>10}{'tokens':>10}{'train s':>9}"
-          f"{'right on train, first/last 10 it.':>36}" + (f"{'greedy, train':>15}" if fit else ""))
+          f"{'right on train, first/last 10 it.':>36}" + (f"{'greedy, train':>15}" if fit else "")
+          + (f"{'in reach, 1st':>15}" if args.choices else ""))
     for arm, f in figures.items():
         trend = (f"{f['train_right_first_10']:.1%} -> {f['train_right_last_10']:.1%}"
                  if "train_right_first_10" in f else "")
         print(f"{arm:48}{f['greedy']:>9.1%}{f['pass_at_8']:>9.1%}{f['oracle_step_accuracy'] or 0:>10.1%}"
               f"{f.get('sampled_tokens', 0):>10}{f['train_seconds']:>9.0f}{trend:>36}"
-              + (f"{f['on_train']['greedy']:>15.1%}" if fit else ""))
+              + (f"{f['on_train']['greedy']:>15.1%}" if fit else "")
+              + (f"{f['choices']['first']['keep_mass']:>15.1%}" if args.choices else ""))
+    print(f"(the trained arms' policies are kept in {work})")
     means = {}
     if len(seeds) > 1:  # each trained arm over its seeds
         for arm in (a for a in arms if a != "base"):
