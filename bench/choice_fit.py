@@ -46,18 +46,8 @@ from qstar_dagster.tasks.problem import Problem, policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.base_policy import greedy_accuracy
-
-
-def states(problem: Problem) -> list[tuple[str, tuple[int, ...], int]]:
-    """(the text before the step, the numbers left, the step's depth) at every step of the
-    problem's written solution."""
-    p = countdown.parse_problem(problem.problem)
-    steps = problem.reference_solution.split(LINE.separator)
-    out, numbers = [], p.numbers
-    for k, step in enumerate(steps):
-        out.append((policy_prompt(problem.problem) + "".join(s + LINE.separator for s in steps[:k]), numbers, k))
-        numbers = tuple(sorted(int(x) for x in step.split("left:")[1].strip(" )").split()))
-    return out
+from qstar_dagster.training.prm import _pad as pad  # right padding, as the PRM reads steps
+from qstar_dagster.training.prm import token_logprobs
 
 
 @torch.no_grad()
@@ -65,20 +55,11 @@ def move_logprobs(model, tok, items: list[tuple[str, str]], batch: int = 256) ->
     """log p(text | prefix) for each (prefix, text), the text's tokens only."""
     out: list[float] = []
     for i in range(0, len(items), batch):
-        chunk = items[i: i + batch]
         enc = [(tok(pre, add_special_tokens=False)["input_ids"], tok(txt, add_special_tokens=False)["input_ids"])
-               for pre, txt in chunk]
-        width = max(len(a) + len(b) for a, b in enc)
-        ids = torch.full((len(enc), width), tok.pad_token_id)
-        mask = torch.zeros((len(enc), width), dtype=torch.long)
-        scored = torch.zeros((len(enc), width - 1))
-        for r, (a, b) in enumerate(enc):
-            ids[r, : len(a) + len(b)] = torch.tensor(a + b)
-            mask[r, : len(a) + len(b)] = 1
-            scored[r, len(a) - 1: len(a) + len(b) - 1] = 1
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-        token = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        out += (token * scored).sum(-1).tolist()
+               for pre, txt in items[i: i + batch]]
+        ids, mask = pad([a + b for a, b in enc], tok.pad_token_id)
+        token_lp = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids, [], None)
+        out += [token_lp[r, len(a) - 1: len(a) + len(b) - 1].sum().item() for r, (a, b) in enumerate(enc)]
     return out
 
 
@@ -86,15 +67,17 @@ def choice_fit(model, tok, problems: list[Problem]) -> dict:
     """The figures above, for the first steps and for all steps of `problems`' written solutions."""
     rows, items = [], []
     for p in problems:
-        target = countdown.parse_problem(p.problem).target
+        start = countdown.parse_problem(p.problem)
         written = p.reference_solution.split(LINE.separator)
-        for (prefix, numbers, depth), step in zip(states(p), written):
+        prefix, numbers = policy_prompt(p.problem), start.numbers
+        for depth, step in enumerate(written):  # walk the written solution: each state's legal moves
             moves = countdown.moves(numbers)
-            keep = [target in countdown.reachable(left) for *_, left in moves]
-            texts = [f"{a} {op} {b} =" for a, op, b, _, _ in moves]
+            keep = [start.target in countdown.reachable(left) for *_, left in moves]
+            texts = [countdown._step_parts(*move)[0] + " =" for move in moves]  # `8 - 4 =`: the choice, as written
             chosen = texts.index(step.split(" =")[0] + " =")
-            rows.append((depth, len(p.reference_solution.split(LINE.separator)), keep, chosen, len(items)))
+            rows.append((depth, len(written), keep, chosen, len(items)))
             items += [(prefix, t) for t in texts]
+            prefix, numbers = prefix + step + LINE.separator, moves[chosen][4]
     logps = move_logprobs(model, tok, items)
 
     def summary(selected):
