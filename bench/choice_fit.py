@@ -46,8 +46,8 @@ from qstar_dagster.tasks.problem import Problem, policy_prompt
 from qstar_dagster.tasks.prompt_sets import builtin_problems
 from qstar_dagster.tasks.steps import LINE
 from qstar_dagster.training.base_policy import greedy_accuracy
-from qstar_dagster.training.prm import _pad as pad  # right padding, as the PRM reads steps
 from qstar_dagster.training.prm import token_logprobs
+from qstar_dagster.training.sft import right_pad
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def move_logprobs(model, tok, items: list[tuple[str, str]], batch: int = 256) ->
     for i in range(0, len(items), batch):
         enc = [(tok(pre, add_special_tokens=False)["input_ids"], tok(txt, add_special_tokens=False)["input_ids"])
                for pre, txt in items[i: i + batch]]
-        ids, mask = pad([a + b for a, b in enc], tok.pad_token_id)
+        ids, mask = right_pad([a + b for a, b in enc], tok.pad_token_id)
         token_lp = token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids, [], None)
         out += [token_lp[r, len(a) - 1: len(a) + len(b) - 1].sum().item() for r, (a, b) in enumerate(enc)]
     return out

@@ -49,6 +49,7 @@ from qstar_dagster.training.sft import (
     lm_batches,
     log_progress,
     n_steps,
+    right_pad,
     warmup_cosine,
 )
 
@@ -193,17 +194,6 @@ def sibling_pairs(rows: Sequence[dict]) -> list[tuple[str, list[str], str, str]]
     return pairs
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right padding: a sequence's positions stay as encoded."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def _flat_spans(spans: Sequence[Sequence[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = torch.tensor([i for i, ss in enumerate(spans) for _ in ss])
     starts = torch.tensor([a for ss in spans for a, _ in ss])
@@ -280,7 +270,7 @@ def _calibrate(head: _Head, examples: Sequence[dict], pad_id: int, batch_size: i
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            ids, mask = _pad([e["input_ids"] for e in chunk], pad_id)
+            ids, mask = right_pad([e["input_ids"] for e in chunk], pad_id)
             feats.append(head.step_logprobs(ids, mask, [e["spans"] for e in chunk]))
             targets += [t for e in chunk for t in e["targets"]]
     x, y = torch.cat(feats), torch.tensor(targets)
@@ -345,14 +335,14 @@ def train_prm(base_dir: str | Path, rows: Sequence[dict], out_dir: Path, spec: P
     started, losses = time.monotonic(), []
     for step in range(1, total + 1):
         batch = [examples[i] for i in next(batches)]
-        ids, mask = _pad([e["input_ids"] for e in batch], tok.pad_token_id)
+        ids, mask = right_pad([e["input_ids"] for e in batch], tok.pad_token_id)
         z = head(ids, mask, [e["spans"] for e in batch])
         y = torch.tensor([t for e in batch for t in e["targets"]])
         taught = ~y.isnan()
         loss = spec.point_weight * torch.nn.functional.binary_cross_entropy_with_logits(z[taught], y[taught])
         if pair_batches is not None:
             both = [side for i in next(pair_batches) for side in pairs[i]]  # right, wrong, right, wrong, ...
-            pair_ids, pair_mask = _pad([ids for ids, _ in both], tok.pad_token_id)
+            pair_ids, pair_mask = right_pad([ids for ids, _ in both], tok.pad_token_id)
             zp = head(pair_ids, pair_mask, [spans[-1:] for _, spans in both])
             loss = loss - spec.pair_weight * torch.nn.functional.logsigmoid(zp[0::2] - zp[1::2]).mean()
         if lm is not None:
@@ -395,7 +385,7 @@ class _StepScorer:
         out = []
         for start in range(0, len(items), batch_size):
             encoded = [encode_steps(self.tok, p, s) for p, s in items[start:start + batch_size]]
-            ids, mask = _pad([ids for ids, _ in encoded], self.tok.pad_token_id)
+            ids, mask = right_pad([ids for ids, _ in encoded], self.tok.pad_token_id)
             out += self._score(ids.to(self.device), mask.to(self.device), [spans for _, spans in encoded])
         return out
 

@@ -66,16 +66,26 @@ def epoch_batches(n: int, batch_size: int, seed: int):
         yield idx
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, T] padded on the right, so a sequence's positions stay as encoded, and the
+    attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 def lm_batches(examples: list[tuple], spec: FitSpec, pad_id: int):
     """Padded (ids, labels) batches of `encode_pairs` / `encode_pieces` examples, loss on the
     (trained) target tokens only."""
     for idx in epoch_batches(len(examples), spec.batch_size, spec.seed):
         batch = [examples[i] for i in idx]
-        width = max(len(ex[0]) for ex in batch)
-        ids = torch.full((len(batch), width), pad_id)
-        labels = torch.full((len(batch), width), -100)
+        ids, _ = right_pad([ex[0] for ex in batch], pad_id)
+        labels = torch.full(ids.shape, -100)
         for r, (seq, n_prompt, *trained) in enumerate(batch):
-            ids[r, : len(seq)] = torch.tensor(seq)
             target = torch.tensor(seq[n_prompt:])
             if trained:
                 target[~torch.tensor(trained[0])] = -100

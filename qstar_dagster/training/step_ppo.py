@@ -55,6 +55,7 @@ from qstar_dagster.spec import option
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.problem import DEFAULT_PROMPT_TEMPLATE, Problem, policy_prompt
 from qstar_dagster.tasks.steps import step_format
+from qstar_dagster.training.sft import right_pad
 
 log = logging.getLogger(__name__)
 
@@ -357,13 +358,9 @@ class ValueHead(torch.nn.Module):
 def _pad(samples: Sequence[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ids [B, T] (right-padded), attention mask, and the mask of completion tokens whose
     log-probability is trained ([B, T-1], aligned with the logits that predict them)."""
-    width = max(len(s.ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    action = torch.zeros((len(samples), width - 1))
+    ids, mask = right_pad([s.ids for s in samples], pad_id)
+    action = torch.zeros((len(samples), ids.shape[1] - 1))
     for r, s in enumerate(samples):
-        ids[r, : len(s.ids)] = torch.tensor(s.ids)
-        mask[r, : len(s.ids)] = 1
         action[r, s.n_prompt - 1: len(s.ids) - 1] = 1
     return ids, mask, action
 
