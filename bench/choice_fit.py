@@ -73,7 +73,7 @@ def choice_fit(model, tok, problems: list[Problem]) -> dict:
         for depth, step in enumerate(written):  # walk the written solution: each state's legal moves
             moves = countdown.moves(numbers)
             keep = [start.target in countdown.reachable(left) for *_, left in moves]
-            texts = [countdown._step_parts(*move)[0] + " =" for move in moves]  # `8 - 4 =`: the choice, as written
+            texts = [countdown.step_parts(*move)[0] + " =" for move in moves]  # `8 - 4 =`: the choice, as written
             chosen = texts.index(step.split(" =")[0] + " =")
             rows.append((depth, len(written), keep, chosen, len(items)))
             items += [(prefix, t) for t in texts]

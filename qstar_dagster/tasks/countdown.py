@@ -85,10 +85,10 @@ def solvable(numbers: tuple[int, ...] | list[int], target: int) -> bool:
 
 
 def format_step(a: int, op: str, b: int, c: int, left: tuple[int, ...]) -> str:
-    return "".join(_step_parts(a, op, b, c, left))
+    return "".join(step_parts(a, op, b, c, left))
 
 
-def _step_parts(a: int, op: str, b: int, c: int, left: tuple[int, ...]) -> tuple[str, str]:
+def step_parts(a: int, op: str, b: int, c: int, left: tuple[int, ...]) -> tuple[str, str]:
     """A step as (its choice, what follows from the choice): `8 - 4` and ` = 4 (left: 4 7 8)`."""
     return f"{a} {op} {b}", f" = {c} (left: {' '.join(map(str, left))})"
 
@@ -104,7 +104,7 @@ def practice_walk(problem_text: str, rng: random.Random) -> list[tuple[str, bool
     numbers, pieces = parse_problem(problem_text).numbers, []
     while len(numbers) > 1:
         a, op, b, c, left = rng.choice(moves(numbers))
-        choice, rest = _step_parts(a, op, b, c, left)
+        choice, rest = step_parts(a, op, b, c, left)
         pieces += [(choice, False), (rest + (LINE.separator if len(left) > 1 else ""), True)]
         numbers = left
     return pieces
