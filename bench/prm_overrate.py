@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import torch
 
@@ -54,6 +54,7 @@ def step_table(sampled, scores: list[list[list[float]]], threshold: float = 0.5)
     first_errors: dict[str, list[float]] = defaultdict(list)
     wrong_after: list[float] = []  # the wrong steps after a sample's first error
     right_scores: list[float] = []
+    examples: dict[str, tuple[float, str, list[str]]] = {}  # kind -> the highest-scored (score, problem, steps)
     samples = 0
     for s, problem_scores in zip(sampled, scores):
         oracle = domain(s.problem.domain).oracle
@@ -66,8 +67,10 @@ def step_table(sampled, scores: list[list[list[float]]], threshold: float = 0.5)
             region += [(sc, v.correct) for sc, v in zip(step_scores[:end], result.verdicts[:end])]
             right_scores += [sc for sc, v in zip(step_scores[:end], result.verdicts[:end]) if v.correct]
             if result.first_error is not None:
-                first_errors[verdict_kind(result.verdicts[result.first_error].reason)].append(
-                    step_scores[result.first_error])
+                kind, score = verdict_kind(result.verdicts[result.first_error].reason), step_scores[result.first_error]
+                first_errors[kind].append(score)
+                if score > examples.get(kind, (-1.0,))[0]:
+                    examples[kind] = (score, s.problem.problem, steps[:end])
                 wrong_after += [sc for sc, v in zip(step_scores[end:], result.verdicts[end:]) if not v.correct]
     errors = [sc for scs in first_errors.values() for sc in scs]
     escaped = sum(sc >= threshold for sc in errors) + sum(sc >= threshold for sc in wrong_after)
@@ -84,7 +87,8 @@ def step_table(sampled, scores: list[list[list[float]]], threshold: float = 0.5)
         "wrong_after_escape": sum(sc >= threshold for sc in wrong_after) / len(wrong_after) if wrong_after else None,
         "escaped_per_sample": escaped / samples if samples else 0.0,
         "kinds": {k: {"share": len(v) / len(errors), "mean_score": sum(v) / len(v),
-                      "escape": sum(sc >= threshold for sc in v) / len(v)}
+                      "escape": sum(sc >= threshold for sc in v) / len(v),
+                      "top_example": {"score": examples[k][0], "problem": examples[k][1], "steps": examples[k][2]}}
                   for k, v in sorted(first_errors.items(), key=lambda kv: -len(kv[1]))},
     }
 
@@ -152,6 +156,12 @@ def main() -> None:
             f = tables[n]["kinds"].get(k)
             cells.append("-" if f is None else f"{f['share']:.0%} / {f['mean_score']:.2f} / {f['escape']:.0%}")
         print(f"{k[:44]:44}" + "".join(f"{c:>22}" for c in cells))
+    print("\nthe highest-scored first error of each kind, per policy (score: problem | steps, the last one wrong)")
+    for k in kinds:
+        for n in names:
+            if (f := tables[n]["kinds"].get(k)) is not None:
+                ex = f["top_example"]
+                print(f"  {k[:40]:40} {n:>16}  {ex['score']:.2f}: {ex['problem']!r} | {' / '.join(ex['steps'])}")
     print(json.dumps({"bench": "prm_overrate", "domain": args.domain, "prm": args.prm, "test": args.test,
                       "n": args.n, "temperature": args.temperature, "threshold": args.threshold,
                       "policies": policies, "tables": tables}))
