@@ -87,6 +87,8 @@ PPO_ARMS = {  # name -> (reward, credit, after_error[, baseline of credit step])
     # credit step without a critic: the problem's samples' steps at the same depth are the baseline
     "step-PPO step/prm group-baseline": ("prm", "step", "keep", "group"),
     "step-PPO step/oracle group-baseline": ("oracle", "step", "keep", "group"),
+    "step-PPO step/prm group-baseline mask": ("prm", "step", "mask", "group"),
+    "step-PPO step/oracle group-baseline mask": ("oracle", "step", "mask", "group"),
 }
 ARMS = ["base", *PPO_ARMS, "RFT", "step-DPO"]
 
