@@ -10,6 +10,8 @@ accuracy of its samples (are its steps right, not only its answers?), with wall 
 - `step-PPO <credit>/<reward>`: step rewards from the PRM (default: the store's latest,
   trained from the policy), the oracle (a ceiling for the PRM) or Monte Carlo values;
   `group-baseline`: credit step without a critic (the group's steps at the same depth);
+  `mask`: no policy gradient on a wrong solution's steps after its first one scored wrong
+  (`after_error: mask`);
 - `RFT`: the same number of samples drawn once from the base policy, the right ones
   deduplicated, fine-tuned for the same optimizer steps;
 - `step-DPO`: beam-search trees on the same problems, step pairs by the oracle's labels,
