@@ -10,8 +10,9 @@ scores every step and the domain's oracle judges it. Per policy, side by side:
 - the PRM against the oracle on the steps up to each sample's first error (where a step's
   and its prefix's verdicts agree, as `evaluate_prm` reads them): step accuracy at 0.5 and AUC;
 - how many of the first errors the PRM scores at 0.5 or more: the wrong steps `clip`
-  shaping (min(score - 0.5, 0)) leaves unpunished, the escapes; and escaped wrong steps
-  per sample, over all of a sample's wrong steps (after the first error too);
+  shaping (min(score - 0.5, 0)) leaves unpunished, the escapes; the same for the wrong steps
+  after a first error (a PRM trained with `stop_at_first_error`, the default, never learned
+  to score them); and escaped wrong steps per sample;
 - per kind of first error (the oracle's verdict with its numbers taken out, e.g. Countdown's
   "valid, but n cannot be made from n": a legal move off the target): its share of the
   policy's first errors, the PRM's mean score, and its escape rate.
