@@ -132,9 +132,10 @@ def main() -> None:
         return "-" if v is None else fmt.format(v)
 
     names = list(tables)
+    w = max(16, *(len(n) + 2 for n in names))  # a column per policy, as wide as its name
     print(f"\n{args.domain}: {args.test} held-out problems x {args.n} samples at T {args.temperature}; "
           f"PRM {args.prm}; a step scored >= {args.threshold} counts as right")
-    print(f"{'':44}" + "".join(f"{n:>16}" for n in names))
+    print(f"{'':44}" + "".join(f"{n:>{w}}" for n in names))
     rows = [("samples right", "right_samples", "{:.1%}"),
             ("PRM step accuracy (to the first error)", "step_accuracy", "{:.1%}"),
             ("PRM step AUC (to the first error)", "step_auc", "{:.3f}"),
@@ -147,22 +148,22 @@ def main() -> None:
             ("wrong steps scored >= threshold, per sample", "escaped_per_sample", "{:.3f}")]
     for label, key, fmt in rows:
         vals = [tables[n]["first_errors"] / tables[n]["samples"] if key is None else tables[n][key] for n in names]
-        print(f"{label:44}" + "".join(f"{cell(v, fmt):>16}" for v in vals))
+        print(f"{label:44}" + "".join(f"{cell(v, fmt):>{w}}" for v in vals))
     kinds = list(dict.fromkeys(k for n in names for k in tables[n]["kinds"]))
     print("\nfirst errors by kind: share of the policy's first errors / PRM mean score / scored >= threshold")
-    print(f"{'':44}" + "".join(f"{n:>22}" for n in names))
+    print(f"{'':44}" + "".join(f"{n:>{max(w, 22)}}" for n in names))
     for k in kinds:
         cells = []
         for n in names:
             f = tables[n]["kinds"].get(k)
             cells.append("-" if f is None else f"{f['share']:.0%} / {f['mean_score']:.2f} / {f['escape']:.0%}")
-        print(f"{k[:44]:44}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{k[:44]:44}" + "".join(f"{c:>{max(w, 22)}}" for c in cells))
     print("\nthe highest-scored first error of each kind, per policy (score: problem | steps, the last one wrong)")
     for k in kinds:
         for n in names:
             if (f := tables[n]["kinds"].get(k)) is not None:
                 ex = f["top_example"]
-                print(f"  {k[:40]:40} {n:>16}  {ex['score']:.2f}: {ex['problem']!r} | {' / '.join(ex['steps'])}")
+                print(f"  {k[:40]:40} {n:>{w}}  {ex['score']:.2f}: {ex['problem']!r} | {' / '.join(ex['steps'])}")
     print(json.dumps({"bench": "prm_overrate", "domain": args.domain, "prm": args.prm, "test": args.test,
                       "n": args.n, "temperature": args.temperature, "threshold": args.threshold,
                       "policies": policies, "tables": tables}))
