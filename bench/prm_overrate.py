@@ -15,7 +15,8 @@ scores every step and the domain's oracle judges it. Per policy, side by side:
   to score them); and escaped wrong steps per sample;
 - per kind of first error (the oracle's verdict with its numbers taken out, e.g. Countdown's
   "valid, but n cannot be made from n": a legal move off the target): its share of the
-  policy's first errors, the PRM's mean score, and its escape rate.
+  policy's first errors, the PRM's mean score, and its escape rate; and each kind's
+  highest-scored first error, with its problem and steps, to read what fooled the PRM.
 
 A policy that learned to please the PRM writes more of the kinds the PRM overrates. The
 last line is one JSON object.
