@@ -33,7 +33,7 @@ from collections import defaultdict
 
 import torch
 
-from qstar_dagster.evaluation.evaluate import EvalSpec, sample
+from qstar_dagster.evaluation.evaluate import EvalSpec, sample, score_samples
 from qstar_dagster.generation.hf import TransformersGenerator
 from qstar_dagster.tasks.domains import domain
 from qstar_dagster.tasks.prompt_sets import BUILTIN_PROMPT_SETS, builtin_problems
@@ -55,7 +55,6 @@ def step_table(sampled, scores: list[list[list[float]]], threshold: float = 0.5)
     region: list[tuple[float, bool]] = []
     first_errors: dict[str, list[float]] = defaultdict(list)
     wrong_after: list[float] = []  # the wrong steps after a sample's first error
-    right_scores: list[float] = []
     examples: dict[str, tuple[float, str, list[str]]] = {}  # kind -> the highest-scored (score, problem, steps)
     samples = 0
     for s, problem_scores in zip(sampled, scores):
@@ -67,7 +66,6 @@ def step_table(sampled, scores: list[list[list[float]]], threshold: float = 0.5)
             result = oracle(s.problem, steps)
             end = len(steps) if result.first_error is None else result.first_error + 1
             region += [(sc, v.correct) for sc, v in zip(step_scores[:end], result.verdicts[:end])]
-            right_scores += [sc for sc, v in zip(step_scores[:end], result.verdicts[:end]) if v.correct]
             if result.first_error is not None:
                 kind, score = verdict_kind(result.verdicts[result.first_error].reason), step_scores[result.first_error]
                 first_errors[kind].append(score)
@@ -75,6 +73,7 @@ def step_table(sampled, scores: list[list[list[float]]], threshold: float = 0.5)
                     examples[kind] = (score, s.problem.problem, steps[:end])
                 wrong_after += [sc for sc, v in zip(step_scores[end:], result.verdicts[end:]) if not v.correct]
     errors = [sc for scs in first_errors.values() for sc in scs]
+    right_scores = [sc for sc, ok in region if ok]
     escaped = sum(sc >= threshold for sc in errors) + sum(sc >= threshold for sc in wrong_after)
     return {
         "samples": samples,
@@ -121,13 +120,10 @@ def main() -> None:
     for name, path in policies.items():
         sampled = sample(TransformersGenerator(path), test,
                          EvalSpec(ns=(args.n,), temperature=args.temperature, max_new_tokens=96))
-        flat = [(s.problem.problem, steps) for s in sampled for steps in s.steps if steps]
-        it = iter(scorer.score_batch(flat))
-        scores = [[next(it) if steps else [] for steps in s.steps] for s in sampled]
-        t = tables[name] = step_table(sampled, scores, args.threshold)
+        t = tables[name] = step_table(sampled, score_samples(scorer, sampled), args.threshold)
         t["right_samples"] = sum(sum(s.correct) for s in sampled) / t["samples"]
         print(f"{name}: {t['samples']} samples, {t['right_samples']:.1%} right, {t['first_errors']} first errors, "
-              f"{t['first_error_escape']:.1%} of them scored >= {args.threshold}", flush=True)
+              f"{t['first_error_escape'] or 0:.1%} of them scored >= {args.threshold}", flush=True)
 
     def cell(v, fmt="{:.1%}"):
         return "-" if v is None else fmt.format(v)
